@@ -1,0 +1,3 @@
+"""batchfuse: an async batch job runner for image-generation APIs."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,148 @@
+"""The one exception hierarchy of batchfuse.
+
+::
+
+    BatchfuseError                  root; its docstring is the default message
+    ├── InputError                  bad input; exit code 2, shown as one line
+    │   └── ManifestError           names the file, the item and the field
+    ├── StoreError                  the database cannot be used
+    │   └── JobLockedError          another live runner holds the job (SQLite)
+    ├── OutputError                 an output cannot be written (disk full, read-only)
+    └── ProviderError               an API call failed; carries its classification
+        ├── TransientError          retry with backoff (429, 5xx, timeouts, resets, bad bodies)
+        ├── RejectedError           this item will not work as it is (400, safety, no image)
+        └── FatalError              the job cannot go on (bad key, unknown model, daily quota)
+
+Lower-level library errors (aiohttp, OSError from sockets) are translated into
+``ProviderError`` subclasses inside ``batchfuse.providers`` only.  Messages never contain
+an API key: every message built from a foreign exception goes through :func:`scrub`.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+
+
+class ErrorClass(str, Enum):
+    """How a failed attempt is treated by the scheduler."""
+
+    #: Worth retrying: the same request may succeed later.
+    transient = "transient"
+    #: The item will not work as it is; retrying would spend money for nothing.
+    rejected = "rejected"
+    #: Every item would fail the same way: stop the job, leave items pending.
+    fatal = "fatal"
+    #: The attempt was cut short by us (signal, crash); it does not count.
+    interrupted = "interrupted"
+
+
+class BatchfuseError(Exception):
+    """batchfuse failed."""
+
+    exit_code = 1
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.__doc__ or "error")
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class InputError(BatchfuseError):
+    """The input is not valid."""
+
+    exit_code = 2
+
+
+class ManifestError(InputError):
+    """The manifest is not valid."""
+
+    def __init__(self, file: str, message: str, item: str | None = None, field: str | None = None):
+        self.file, self.item, self.field = file, item, field
+        where = [file]
+        if item is not None:
+            where.append(f"item {item}")
+        if field:
+            where.append(field)
+        super().__init__(f"{': '.join(where)}: {message}")
+
+
+class StoreError(BatchfuseError):
+    """The job database cannot be used."""
+
+    exit_code = 3
+
+
+class JobLockedError(StoreError):
+    """Another runner is working on this job."""
+
+
+class OutputError(BatchfuseError):
+    """An output file cannot be written."""
+
+    exit_code = 3
+
+
+class ProviderError(BatchfuseError):
+    """The API call failed."""
+
+    error_class: ErrorClass = ErrorClass.transient
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(scrub(message) if message else None)
+        self.status = status
+        self.retry_after = retry_after
+        self.code = code
+
+
+class TransientError(ProviderError):
+    """The API failed for now; the request may succeed if tried again."""
+
+    error_class = ErrorClass.transient
+
+
+class RejectedError(ProviderError):
+    """The API will not make this item as it is."""
+
+    error_class = ErrorClass.rejected
+
+
+class FatalError(ProviderError):
+    """The API refuses every request of this job."""
+
+    error_class = ErrorClass.fatal
+    exit_code = 3
+
+
+_SECRET_PATTERNS = [
+    re.compile(r"(?i)(authorization\s*[:=]\s*)(bearer\s+)?[^\s,'\"}]+"),
+    re.compile(r"(?i)(x-goog-api-key\s*[:=]\s*)[^\s,'\"}]+"),
+    re.compile(r"(?i)([?&]key=)[^&\s'\"]+"),
+    re.compile(r"\b(sk-)[A-Za-z0-9_\-*]{8,}"),
+    re.compile(r"\b(AIza)[0-9A-Za-z_\-]{20,}"),
+]
+_known_secrets: set[str] = set()
+
+
+def register_secret(value: str) -> None:
+    """Remember a secret so that :func:`scrub` removes it wherever it appears."""
+    if value and len(value) >= 4:
+        _known_secrets.add(value)
+
+
+def scrub(text: str) -> str:
+    """Remove API keys and authorization headers from a message."""
+    for secret in _known_secrets:
+        text = text.replace(secret, "***")
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(lambda m: m.group(1) + "***", text)
+    return text
