@@ -10,6 +10,7 @@
     ├── OutputError                 an output cannot be written (disk full, read-only)
     └── ProviderError               an API call failed; carries its classification
         ├── TransientError          retry with backoff (429, 5xx, timeouts, resets, bad bodies)
+        │   └── NoImageError        a reply without an image: retried a few times only
         ├── RejectedError           this item will not work as it is (400, safety, no image)
         └── FatalError              the job cannot go on (bad key, unknown model, daily quota)
 
@@ -108,6 +109,10 @@ class TransientError(ProviderError):
     """The API failed for now; the request may succeed if tried again."""
 
     error_class = ErrorClass.transient
+
+
+class NoImageError(TransientError):
+    """The reply carried no image; retried a few times, then the item counts as rejected."""
 
 
 class RejectedError(ProviderError):

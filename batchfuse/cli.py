@@ -1,0 +1,202 @@
+"""The command line: parse, call :mod:`batchfuse.job`, render results and errors.
+
+Exit codes: 0 every item succeeded; 1 some items failed; 2 bad input (nothing was sent);
+3 the run was stopped (fatal API error, interrupt, resource problem).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from batchfuse import __version__
+from batchfuse.errors import BatchfuseError
+from batchfuse.job import (
+    EXIT_STOPPED,
+    RunControl,
+    RunOptions,
+    job_status,
+    plan_preview,
+    run_job,
+)
+from batchfuse.progress import fmt_duration, show_progress, summary_line
+from batchfuse.store.records import PlanSummary
+
+manifest_arg = click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+db_option = click.option(
+    "--db", metavar="PATH_OR_URL", help="Database path or SQLAlchemy URL (default: batchfuse.db beside the manifest)."
+)
+
+
+def fail(exc: BatchfuseError) -> None:
+    for line in exc.message.splitlines() or [exc.message]:
+        click.echo(f"error: {line}", err=True)
+    sys.exit(exc.exit_code)
+
+
+class Group(click.Group):
+    """Turns batchfuse errors into one-line messages and documented exit codes."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BatchfuseError as exc:
+            fail(exc)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_STOPPED)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as exc:  # a bug: one line, the traceback only on request
+            if os.environ.get("BATCHFUSE_DEBUG"):
+                raise
+            click.echo(f"error: internal error: {type(exc).__name__}: {exc} (BATCHFUSE_DEBUG=1 shows more)", err=True)
+            sys.exit(EXIT_STOPPED)
+
+
+@click.group(cls=Group)
+@click.version_option(__version__, prog_name="batchfuse")
+def main() -> None:
+    """Batch image generation against Gemini and OpenAI-compatible APIs, resumable."""
+    logging.basicConfig(
+        level=logging.DEBUG if os.environ.get("BATCHFUSE_DEBUG") else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _plan_line(plan: PlanSummary) -> str:
+    text = (
+        f"plan: {plan.new} new, {plan.changed} changed, {plan.unchanged_done} unchanged done, "
+        f"{plan.to_run} pending, {plan.to_retry} to retry, {plan.failed} failed, {plan.removed} removed"
+    )
+    if plan.removed_keys:
+        text += f" ({', '.join(plan.removed_keys[:5])}{', ...' if plan.removed > 5 else ''})"
+    return text
+
+
+@main.command()
+@manifest_arg
+@db_option
+def validate(manifest: Path, db: str | None) -> None:
+    """Check a manifest completely; send nothing; say what would be sent."""
+    loaded, plan, first = plan_preview(manifest, db)
+    m = loaded.manifest
+    env = m.provider.api_key_env
+    click.echo(f"{manifest}: ok — job {m.job!r}, {loaded.items} items")
+    click.echo(f"provider: {m.provider.kind} {m.provider.model} at {m.provider.base_url}")
+    click.echo(_plan_line(plan))
+    to_send = plan.new + plan.changed + plan.to_run + plan.to_retry
+    click.echo(
+        f"would send {to_send} requests (up to {m.limits.max_attempts} attempts each), "
+        f"concurrency {m.limits.concurrency}, {m.limits.requests_per_minute or 'no'} requests/minute"
+    )
+    if first is not None:
+        preview = loaded.planner.provider.describe_request(m.provider.model, m.provider.base_url, first)
+        click.echo("first request: " + json.dumps(preview, ensure_ascii=False))
+    if m.provider.base_url != "mock" and env and not os.environ.get(env):
+        click.echo(f"warning: {env} is not set; run needs it", err=True)
+
+
+@main.command()
+@manifest_arg
+@db_option
+@click.option("--retry-failed", is_flag=True, help="Give failed (rejected or exhausted) items a fresh allowance.")
+@click.option("--only", "only", multiple=True, metavar="KEY", help="Run only these items (repeatable).")
+def run(manifest: Path, db: str | None, retry_failed: bool, only: tuple[str, ...]) -> None:
+    """Run every item that is not done; resumes after crashes and failures."""
+    options = RunOptions(db=db, retry_failed=retry_failed, only=list(only) or None)
+    result = asyncio.run(_run(manifest, options))
+    sys.exit(result)
+
+
+async def _run(manifest: Path, options: RunOptions) -> int:
+    control = RunControl()
+    loop = asyncio.get_running_loop()
+    signals_seen = 0
+
+    def on_signal(signame: str) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            click.echo(f"{signame}: stopping; in-flight requests finish (signal again to cancel them)", err=True)
+            control.stop(f"interrupted by {signame}")
+        else:
+            click.echo(f"{signame}: cancelling in-flight requests", err=True)
+            control.cancel_in_flight()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+
+    def on_planned(plan: PlanSummary, counts: dict[str, int]) -> None:
+        click.echo(_plan_line(plan), err=True)
+        click.echo(f"to do: {counts['pending'] + counts['running']} of {counts['total']} items", err=True)
+
+    started = time.monotonic()
+    display = asyncio.create_task(show_progress(control.stats))
+    try:
+        result = await run_job(manifest, options, control, on_planned)
+    finally:
+        display.cancel()
+        await asyncio.gather(display, return_exceptions=True)
+    c = result.counts
+    click.echo(
+        f"{result.reason}: {summary_line(control.stats)}; took {fmt_duration(time.monotonic() - started)}",
+        err=True,
+    )
+    click.echo(
+        f"job: {c['succeeded']}/{c['total']} succeeded, {c['failed']} failed, {c['pending'] + c['running']} pending",
+        err=True,
+    )
+    return result.exit_code
+
+
+@main.command()
+@manifest_arg
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(manifest: Path, db: str | None, as_json: bool) -> None:
+    """Counts per state, errors grouped by cause, and recent runs."""
+    info = job_status(manifest, db)
+    if as_json:
+        click.echo(json.dumps(info, indent=2, ensure_ascii=False))
+        return
+    items = info["items"]
+    click.echo(f"job {info['job']}: {items['total']} items")
+    for state in ("succeeded", "failed", "pending", "running"):
+        click.echo(f"  {state:<10} {items[state]}")
+    if items["removed"]:
+        click.echo(f"  {'removed':<10} {items['removed']} (no longer in the manifest)")
+    click.echo(f"attempts: {info['attempts']}  tokens: {info['tokens']}")
+    if info["errors"]:
+        click.echo("errors by cause:")
+        for e in info["errors"]:
+            click.echo(f"  {e['items']:>5} × [{e['class']}] {e['message']} (e.g. {e['example']})")
+    if info["runs"]:
+        click.echo("recent runs:")
+        for r in info["runs"]:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["started_at"]))
+            state = "live" if r["live"] else (r["exit_reason"] or "ended")
+            click.echo(f"  {when} pid {r['pid']} on {r['host']}: {r['succeeded']} ok, {r['failed']} failed — {state}")
+
+
+def _register_mock_server() -> None:
+    from batchfuse.mock.cli import mock_server
+
+    main.add_command(mock_server, name="mock-server")
+
+
+_register_mock_server()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+

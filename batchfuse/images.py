@@ -1,0 +1,200 @@
+"""Reference images: checked once at plan time, normalized and base64-encoded once per run.
+
+Pillow only opens the formats an image API can take (or that we convert), and its
+decompression-bomb warning is an error here, so a hostile file cannot eat the machine.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+import threading
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+#: Formats Pillow may open for reference images.
+OPENABLE = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+#: Formats the APIs take as they are; others are converted to PNG before sending.
+SENDABLE = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+#: Longest side sent to the API by default; larger images are scaled down.
+DEFAULT_MAX_SIDE = 3072
+#: The APIs refuse inline requests above about 20 MB; stay under with room for JSON.
+MAX_INLINE_BYTES = 19 * 1024 * 1024
+
+
+class ImageProblem(ValueError):
+    """A reference image cannot be used; the message says why in a few words."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    digest: str
+    mime: str
+    format: str
+    width: int
+    height: int
+    size: int
+
+
+def open_image(data: bytes, formats: tuple[str, ...] = OPENABLE) -> Image.Image:
+    """Open and fully decode ``data``; raises :class:`ImageProblem` for anything unusable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data), formats=list(formats))
+            im.load()
+            return im
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise ImageProblem("image is too large to decode safely (decompression bomb limit)") from None
+    except UnidentifiedImageError:
+        raise ImageProblem(f"not an image of a supported type ({', '.join(formats)})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageProblem(f"image cannot be decoded ({exc})") from None
+
+
+def inspect_bytes(data: bytes) -> ImageInfo:
+    im = open_image(data)
+    fmt = im.format or "PNG"
+    return ImageInfo(
+        digest=hashlib.sha256(data).hexdigest(),
+        mime=SENDABLE.get(fmt, "image/png"),
+        format=fmt,
+        width=im.width,
+        height=im.height,
+        size=len(data),
+    )
+
+
+def read_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ImageProblem(f"file not found: {path}") from None
+    except IsADirectoryError:
+        raise ImageProblem(f"is a folder, not an image: {path}") from None
+    except OSError as exc:
+        raise ImageProblem(f"cannot read {path}: {exc.strerror}") from None
+
+
+class ImageInspector:
+    """Plan-time checks of local images, cached by (path, size, mtime) so a shared image is
+    read once however many items use it; the digest is of the content, so touching a file
+    without changing its bytes does not change any spec."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[str, int, int], ImageInfo | ImageProblem] = {}
+        self.reads = 0
+
+    def inspect(self, path: str) -> ImageInfo:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise ImageProblem(f"file not found: {path}") from None
+        key = (path, st.st_size, st.st_mtime_ns)
+        hit = self._cache.get(key)
+        if hit is None:
+            self.reads += 1
+            try:
+                hit = inspect_bytes(read_file(path))
+            except ImageProblem as exc:
+                hit = exc
+            self._cache[key] = hit
+        if isinstance(hit, ImageProblem):
+            raise hit
+        return hit
+
+
+def normalize(data: bytes, max_side: int = DEFAULT_MAX_SIDE) -> tuple[str, bytes]:
+    """The bytes to send for an image: as they are when the API takes them, otherwise with
+    EXIF orientation applied, converted to a format it takes, and scaled to ``max_side``."""
+    im = open_image(data)
+    fmt = im.format or ""
+    orientation = im.getexif().get(0x0112, 1) if fmt in ("JPEG", "WEBP", "PNG", "TIFF") else 1
+    if fmt in SENDABLE and orientation == 1 and max(im.size) <= max_side and len(data) <= MAX_INLINE_BYTES:
+        return SENDABLE[fmt], data
+    im = ImageOps.exif_transpose(im)
+    if max(im.size) > max_side:
+        im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    if fmt == "JPEG" and im.mode in ("RGB", "L"):
+        im.save(out, "JPEG", quality=92)
+        mime = "image/jpeg"
+    else:
+        if im.mode not in ("RGB", "RGBA", "L", "LA"):
+            im = im.convert("RGBA")
+        im.save(out, "PNG", optimize=False)
+        mime = "image/png"
+    encoded = out.getvalue()
+    if len(encoded) > MAX_INLINE_BYTES:
+        raise ImageProblem(
+            f"image is {len(encoded) // 1_000_000} MB after scaling to {max_side} px; "
+            f"lower images.max_side to fit the API's inline limit"
+        )
+    return mime, encoded
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    mime: str
+    b64: str
+
+    @property
+    def data_url(self) -> str:
+        return f"data:{self.mime};base64,{self.b64}"
+
+
+class EncodedImageCache:
+    """Normalized, base64-encoded reference images keyed by content digest, bounded in bytes.
+
+    One per run: the scene every item shares is read and encoded once, not once a request.
+    Thread-safe, since encoding runs in worker threads.
+    """
+
+    def __init__(self, max_bytes: int = 256 * 1024 * 1024, max_side: int = DEFAULT_MAX_SIDE) -> None:
+        self.max_bytes = max_bytes
+        self.max_side = max_side
+        self._entries: OrderedDict[str, EncodedImage] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+        self.reads = 0
+        self.encodes = 0
+
+    def get(self, digest: str) -> EncodedImage | None:
+        with self._lock:
+            hit = self._entries.get(digest)
+            if hit is not None:
+                self._entries.move_to_end(digest)
+            return hit
+
+    def put(self, digest: str, data: bytes) -> EncodedImage:
+        """Normalize and encode ``data`` (whose digest is ``digest``) and keep it."""
+        mime, payload = normalize(data, self.max_side)
+        entry = EncodedImage(mime, base64.b64encode(payload).decode("ascii"))
+        with self._lock:
+            self.encodes += 1
+            if digest not in self._entries:
+                self._entries[digest] = entry
+                self._size += len(entry.b64)
+                while self._size > self.max_bytes and len(self._entries) > 1:
+                    _, old = self._entries.popitem(last=False)
+                    self._size -= len(old.b64)
+        return entry
+
+    def local(self, path: str, digest: str) -> EncodedImage:
+        """The encoded form of a local file, reading it only on a cache miss."""
+        hit = self.get(digest)
+        if hit is not None:
+            return hit
+        data = read_file(path)
+        with self._lock:
+            self.reads += 1
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != digest:
+            raise ImageProblem(f"{path} changed since the job was planned; run again to re-plan it")
+        return self.put(digest, data)

@@ -1,0 +1,275 @@
+"""The library API: validate, run and inspect a job described by a manifest.
+
+::
+
+    from batchfuse.job import run_job, RunOptions
+    result = asyncio.run(run_job(Path("jobs/demo.yaml"), RunOptions()))
+    print(result.exit_code, result.reason)
+
+The CLI is a thin layer over these functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from batchfuse.errors import BatchfuseError, InputError, ManifestError, register_secret
+from batchfuse.images import EncodedImageCache
+from batchfuse.manifest import Manifest, load_manifest
+from batchfuse.outputs import OutputFolder
+from batchfuse.plan import Planner
+from batchfuse.providers.base import ProviderContext
+from batchfuse.retry import RetryPolicy
+from batchfuse.scheduler import Database, RunStats, Scheduler, SchedulerConfig
+from batchfuse.store.engine import resolve_db_url
+from batchfuse.store.queries import Store
+from batchfuse.store.records import Job, PlanSummary
+
+#: The built-in mock's settings when a manifest says ``base_url: mock`` (demo-friendly).
+MOCK_DEFAULTS: dict[str, Any] = {"latency_ms": 150, "jitter_ms": 100, "image_scale": 0.5}
+MOCK_KEY = "mock-key"
+
+#: Exit codes, as documented in README.
+EXIT_OK, EXIT_FAILED_ITEMS, EXIT_BAD_INPUT, EXIT_STOPPED = 0, 1, 2, 3
+
+
+@dataclass
+class RunOptions:
+    db: str | None = None
+    retry_failed: bool = False
+    only: list[str] | None = None
+    lease_s: float = float(os.environ.get("BATCHFUSE_LEASE_S", "60"))
+
+
+@dataclass
+class RunResult:
+    exit_code: int
+    reason: str
+    succeeded: int
+    failed: int
+    requests: int
+    counts: dict[str, int]
+    plan: PlanSummary
+
+
+@dataclass
+class RunControl:
+    """Lets the caller watch a run and stop it (from a signal handler, say)."""
+
+    stats: RunStats = field(default_factory=RunStats)
+    scheduler: Scheduler | None = None
+    _pending_stop: str | None = None
+
+    def stop(self, reason: str) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop(reason)
+        else:
+            self._pending_stop = reason
+
+    def cancel_in_flight(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.cancel_in_flight()
+
+
+@dataclass
+class Loaded:
+    """A manifest with its planner: everything checked that can be checked offline."""
+
+    path: Path
+    manifest: Manifest
+    planner: Planner
+    items: int
+
+
+def load(path: Path) -> Loaded:
+    """Load and fully validate a manifest; raises InputError (one line per problem)."""
+    manifest = load_manifest(path)
+    planner = Planner(manifest, path)
+    if manifest.provider.base_url != "mock" and not manifest.provider.api_key_env:
+        raise ManifestError(str(path), "is required for a real API", field="provider.api_key_env")
+    if manifest.provider.base_url == "mock":
+        mock_config(manifest, str(path))
+    return Loaded(path, manifest, planner, planner.validate())
+
+
+def api_key(loaded: Loaded) -> str:
+    """The key from the environment (never from the manifest); the mock needs none."""
+    env = loaded.manifest.provider.api_key_env
+    key = os.environ.get(env, "") if env else ""
+    if not key:
+        if loaded.manifest.provider.base_url == "mock":
+            return MOCK_KEY
+        raise InputError(
+            f"{loaded.path}: provider.api_key_env: environment variable {env} is not set; "
+            f"export {env}=... before running (keys are never read from manifests)"
+        )
+    register_secret(key)
+    return key
+
+
+def mock_config(manifest: Manifest, file: str) -> Any:
+    from batchfuse.mock import MockConfig
+
+    known = {f.name for f in dataclasses.fields(MockConfig)}
+    unknown = sorted(set(manifest.provider.mock) - known)
+    if unknown:
+        raise ManifestError(file, f"unknown mock option {unknown[0]!r}", field="provider.mock")
+    return MockConfig(**{**MOCK_DEFAULTS, **manifest.provider.mock})
+
+
+def open_store(loaded: Loaded, db: str | None) -> Store:
+    return Store.open(resolve_db_url(db, loaded.path))
+
+
+def sync(store: Store, loaded: Loaded, *, dry_run: bool = False) -> tuple[Job, PlanSummary]:
+    m = loaded.manifest
+    job = (
+        store.find_job(m.job)
+        if dry_run
+        else store.ensure_job(m.job, m.provider.kind, m.provider.model, str(loaded.path.resolve()))
+    )
+    if job is None:  # dry run of a job never planned: everything is new
+        return Job(-1, m.job, m.provider.kind, m.provider.model, ""), PlanSummary(new=loaded.items)
+    problems: list[ManifestError] = []
+    summary = store.sync_plan(job, loaded.planner.rows(problems), m.limits.max_attempts, dry_run=dry_run)
+    return job, summary
+
+
+@contextlib.asynccontextmanager
+async def _endpoint(loaded: Loaded) -> AsyncIterator[str]:
+    """The API's base URL; for ``mock``, the built-in mock API started on loopback."""
+    if loaded.manifest.provider.base_url != "mock":
+        yield loaded.manifest.provider.base_url
+        return
+    from batchfuse.mock import MockServer
+
+    async with MockServer(mock_config(loaded.manifest, str(loaded.path))) as server:
+        yield server.url
+
+
+async def run_job(
+    path: Path,
+    options: RunOptions | None = None,
+    control: RunControl | None = None,
+    on_planned: Callable[[PlanSummary, dict[str, int]], None] | None = None,
+) -> RunResult:
+    """Plan ``path`` into its database and run whatever is not done."""
+    options = options or RunOptions()
+    control = control or RunControl()
+    loaded = await asyncio.to_thread(load, path)
+    key = api_key(loaded)
+    m = loaded.manifest
+    store = await asyncio.to_thread(open_store, loaded, options.db)
+    db = Database(store)
+    try:
+        job, summary = await db.call(sync, store, loaded)
+        if options.retry_failed:
+            await db.call(store.retry_failed, job)
+        run_id, runner_id = await db.call(store.start_run, job, exclusive=True)
+        outputs = OutputFolder(loaded.planner.output_dir, runner_id)
+        await asyncio.to_thread(outputs.clean_temp)
+        counts = await db.call(store.counts, job)
+        control.stats.to_do = counts["pending"] + counts["running"]
+        if on_planned:
+            on_planned(summary, counts)
+        reason, error = "completed", None
+        try:
+            async with _endpoint(loaded) as base_url, aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=m.limits.concurrency * 2, limit_per_host=0),
+                trust_env=False,
+            ) as session:
+                provider = loaded.planner.provider(
+                    ProviderContext(
+                        base_url=base_url,
+                        model=m.provider.model,
+                        api_key=key,
+                        session=session,
+                        images=EncodedImageCache(max_side=m.images_config.max_side),
+                        timeout_s=m.limits.timeout_s,
+                        allow_private=m.network.allow_private,
+                    )
+                )
+                scheduler = Scheduler(
+                    SchedulerConfig(
+                        concurrency=m.limits.concurrency,
+                        requests_per_minute=m.limits.requests_per_minute,
+                        policy=RetryPolicy(max_attempts=m.limits.max_attempts),
+                        output_template=m.output.filename,
+                        model=m.provider.model,
+                        job_name=m.job,
+                        lease_s=options.lease_s,
+                        only_keys=options.only,
+                    ),
+                    db,
+                    job,
+                    run_id,
+                    runner_id,
+                    provider,
+                    outputs,
+                    control.stats,
+                )
+                control.scheduler = scheduler
+                if control._pending_stop:
+                    scheduler.stop(control._pending_stop)
+                await scheduler.run()
+                if scheduler.stop_reason:
+                    reason, error = scheduler.stop_reason, scheduler.stop_error
+        finally:
+            stats = control.stats
+            await db.call(
+                store.end_run, run_id, runner_id, reason, stats.succeeded, stats.failed, stats.requests
+            )
+        counts = await db.call(store.counts, job)
+        if error is not None or reason != "completed":
+            code = EXIT_STOPPED
+        elif counts["failed"]:
+            code = EXIT_FAILED_ITEMS
+        else:
+            code = EXIT_OK
+        return RunResult(code, reason, control.stats.succeeded, control.stats.failed, control.stats.requests, counts, summary)
+    finally:
+        db.close()
+        store.close()
+
+
+def job_status(path: Path, db: str | None = None) -> dict[str, Any]:
+    """The job's state as ``batchfuse status --json`` prints it."""
+    manifest = load_manifest(path)
+    url = resolve_db_url(db, path)
+    store = Store.open(url)
+    try:
+        job = store.find_job(manifest.job)
+        if job is None:
+            raise InputError(f"{path}: job {manifest.job!r} has not been run yet (no such job in the database)")
+        return store.status(job)
+    finally:
+        store.close()
+
+
+def plan_preview(path: Path, db: str | None = None) -> tuple[Loaded, PlanSummary, dict[str, Any] | None]:
+    """What ``validate`` reports: the plan against the database (without writing) and the
+    first request as it would be sent, with image data shortened."""
+    loaded = load(path)
+    url = resolve_db_url(db, path)
+    summary = PlanSummary(new=loaded.items)
+    if not url.startswith("sqlite:///") or Path(url.removeprefix("sqlite:///")).exists():
+        store = Store.open(url)
+        try:
+            _, summary = sync(store, loaded, dry_run=True)
+        finally:
+            store.close()
+    first = next(iter(loaded.planner.rows([])), None)
+    return loaded, summary, (first.spec if first else None)
+
+
+def describe_error(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, BatchfuseError) else f"{type(exc).__name__}: {exc}"

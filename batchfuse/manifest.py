@@ -1,0 +1,190 @@
+"""The job manifest: YAML loaded safely into validated models.
+
+Every problem becomes one line naming the file, the item and the field, e.g.
+``jobs/x.yaml: item poster: aspect_ratio: must be one of 1:1, 2:3, ...``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from batchfuse.errors import InputError, ManifestError
+
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+KEY_LIKE = re.compile(r"^(sk-|AIza|Bearer\s)|^[A-Za-z0-9_\-]{32,}$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProviderConfig(Strict):
+    kind: str
+    base_url: str
+    model: str
+    api_key_env: str | None = None
+    #: Options for the built-in mock API when ``base_url: mock`` (latency_ms, rate_503, ...).
+    mock: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v != "mock" and not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError('must be an http(s) URL, or "mock" for the built-in mock API')
+        return v.rstrip("/")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if KEY_LIKE.search(v) or not ENV_NAME.match(v):
+            raise ValueError(
+                "must name an environment variable (like DMXAPI_KEY) that holds the key; "
+                "never write the key itself into a manifest"
+            )
+        return v
+
+
+class Limits(Strict):
+    concurrency: int = Field(8, ge=1, le=1024)
+    requests_per_minute: float | None = Field(60, gt=0)
+    max_attempts: int = Field(4, ge=1, le=100)
+    timeout_s: float = Field(300, gt=0)
+    max_images: int | None = Field(None, ge=1)
+    max_cost: float | None = Field(None, gt=0)
+
+
+class OutputConfig(Strict):
+    dir: str = "out"
+    filename: str = "{item}.png"
+
+
+class NetworkConfig(Strict):
+    allow_private: bool = False
+
+
+class ImagesConfig(Strict):
+    max_side: int = Field(3072, ge=64, le=16384)
+
+
+class Manifest(Strict):
+    job: str = Field(min_length=1, max_length=200)
+    provider: ProviderConfig
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    limits: Limits = Field(default_factory=Limits)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+    images_config: ImagesConfig = Field(default_factory=ImagesConfig, alias="reference_images")
+    prompt: str | None = None
+    images: list[str] | None = None
+    items: list[dict[str, Any]] = Field(min_length=1)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+#: Keys an inline item may have besides its provider's parameters; any other key is one of
+#: the item's own template fields, unless it looks like a typo of a known key.
+ITEM_KEYS = ("id", "prompt", "images")
+
+
+def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _describe(err: dict[str, Any], model: type[BaseModel] | None) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        field = str(err["loc"][-1])
+        known = _known_fields(model, err["loc"][:-1]) if model else []
+        return f"unknown key{did_you_mean(field, known)}"
+    if kind == "missing":
+        return "is required"
+    msg = err["msg"]
+    return msg[len("Value error, ") :] if msg.startswith("Value error, ") else msg
+
+
+def _known_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        info = current.model_fields.get(str(part))
+        if info is None:
+            info = next((f for f in current.model_fields.values() if f.alias == part), None)
+        if info is None:
+            return []
+        current = info.annotation
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [f.alias or name for name, f in current.model_fields.items()]
+    return []
+
+
+def validation_problems(
+    exc: ValidationError, file: str, model: type[BaseModel] | None, item: str | None = None, prefix: str = ""
+) -> list[ManifestError]:
+    problems = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        field = ".".join([prefix] + loc if prefix else loc) if loc else prefix or None
+        problems.append(ManifestError(file, _describe(err, model), item=item, field=field))
+    return problems
+
+
+class ManifestProblems(InputError):
+    """The manifest has problems."""
+
+    def __init__(self, problems: list[ManifestError]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(p.message for p in problems))
+
+
+def load_yaml(path: Path) -> Any:
+    """Parse ``path`` with the safe loader; syntax errors and Python tags name the line."""
+    shown = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{shown}: manifest not found") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{shown}: not UTF-8 text") from None
+    except OSError as exc:
+        raise InputError(f"{shown}: cannot read: {exc.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f"line {mark.line + 1}: " if mark else ""
+        problem = (exc.problem or exc.context or "invalid YAML").strip()
+        if isinstance(exc, yaml.constructor.ConstructorError) and "tag" in problem:
+            problem = f"{problem} (only plain YAML is accepted)"
+        raise InputError(f"{shown}: {line}YAML error: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"{shown}: YAML error: {exc}") from None
+
+
+def load_manifest(path: Path) -> Manifest:
+    """Load and validate the manifest's structure (items are checked by the planner)."""
+    data = load_yaml(path)
+    shown = str(path)
+    if not isinstance(data, dict):
+        raise InputError(f"{shown}: a manifest is a YAML mapping with job, provider and items")
+    provider = data.get("provider")
+    if isinstance(provider, dict):
+        for secret_key in ("api_key", "key", "token", "apikey"):
+            if secret_key in provider:
+                raise InputError(
+                    f"{shown}: provider.{secret_key}: an API key must not be written into a manifest; "
+                    "set provider.api_key_env to the name of an environment variable that holds it"
+                )
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise ManifestProblems(validation_problems(exc, shown, Manifest)) from None

@@ -1,0 +1,193 @@
+"""Output files: names from a template that can never leave the output folder, and
+atomic writes (temp file, fsync, rename, fsync of the folder) so that no partial file ever
+carries a final name.  PNG outputs carry the prompt, model and item key as iTXt chunks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import struct
+import uuid
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from batchfuse.errors import OutputError
+from batchfuse.images import open_image
+from batchfuse.store.records import OutputRecord
+from batchfuse.templates import TemplateProblem, fields_of, render
+
+TEMP_DIR = ".batchfuse-tmp"
+FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class PathProblem(ValueError):
+    """An output name is not acceptable; the message says why."""
+
+
+def output_name(template: str, values: Mapping[str, Any], n: int, count: int) -> str:
+    """The relative output path for image ``n`` (1-based) of ``count`` from one attempt.
+
+    When the template has no ``{n}`` and a reply carries several images, ``-N`` is added
+    before the extension.  Raises :class:`PathProblem` for a name that would escape the
+    output folder (absolute, ``..``, NUL) or has an extension we cannot write.
+    """
+    try:
+        rendered = render(template, {**values, "n": n})
+    except TemplateProblem as exc:
+        raise PathProblem(str(exc)) from None
+    if count > 1 and "n" not in fields_of(template):
+        stem, dot, ext = rendered.rpartition(".")
+        rendered = f"{stem}-{n}.{ext}" if dot else f"{rendered}-{n}"
+    return check_relative(rendered)
+
+
+def check_relative(name: str) -> str:
+    if not name or "\x00" in name:
+        raise PathProblem(f"output name {name!r} is empty or contains a NUL byte")
+    if "\\" in name:
+        raise PathProblem(f"output name {name!r} contains a backslash")
+    path = PurePosixPath(name)
+    if path.is_absolute() or (len(name) > 1 and name[1] == ":"):
+        raise PathProblem(f"output name {name!r} is absolute; it must stay inside the output folder")
+    if any(part in ("..", "") for part in name.split("/")) or name.startswith("./"):
+        raise PathProblem(f"output name {name!r} leaves or skips through the output folder")
+    if any(part.startswith(TEMP_DIR) for part in path.parts):
+        raise PathProblem(f"output name {name!r} uses the reserved folder {TEMP_DIR}")
+    if path.suffix.lower() not in FORMATS:
+        raise PathProblem(f"output name {name!r} must end in one of {', '.join(sorted(FORMATS))}")
+    return str(path)
+
+
+def _png_itxt(keyword: str, text: str) -> bytes:
+    data = keyword.encode("latin-1") + b"\x00\x00\x00\x00\x00" + text.encode("utf-8")
+    return struct.pack(">I", len(data)) + b"iTXt" + data + struct.pack(">I", zlib.crc32(b"iTXt" + data))
+
+
+def add_png_text(png: bytes, text: Mapping[str, str]) -> bytes:
+    """Insert iTXt chunks right after IHDR without re-encoding the pixels."""
+    if not png.startswith(_PNG_SIGNATURE):
+        raise ValueError("not a PNG")
+    ihdr_end = 8 + 8 + struct.unpack(">I", png[8:12])[0] + 4
+    chunks = b"".join(_png_itxt(k, v) for k, v in text.items())
+    return png[:ihdr_end] + chunks + png[ihdr_end:]
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image from a reply, checked and converted to the format its name asks for."""
+
+    payload: bytes
+    width: int
+    height: int
+
+
+def prepare(data: bytes, name: str, text: Mapping[str, str]) -> PreparedImage:
+    """Decode ``data`` with Pillow (raises ``ImageProblem`` when it is not a whole image) and
+    produce the bytes to write under ``name``."""
+    im = open_image(data, formats=("PNG", "JPEG", "WEBP"))
+    target = FORMATS[PurePosixPath(name).suffix.lower()]
+    if im.format == target:
+        payload = add_png_text(data, text) if target == "PNG" else data
+    else:
+        buf = io.BytesIO()
+        if target == "PNG":
+            from PIL import PngImagePlugin
+
+            info = PngImagePlugin.PngInfo()
+            for k, v in text.items():
+                info.add_itxt(k, v)
+            im.save(buf, "PNG", pnginfo=info)
+        else:
+            (im.convert("RGB") if target == "JPEG" else im).save(buf, target, quality=95)
+        payload = buf.getvalue()
+    return PreparedImage(payload, im.width, im.height)
+
+
+class OutputFolder:
+    """The job's output folder: atomic writes into it, and cleaning up after a crash."""
+
+    def __init__(self, root: Path, writer_tag: str = "w") -> None:
+        self.root = root
+        self.temp = root / TEMP_DIR
+        self.writer_tag = writer_tag.replace(":", "_").replace("/", "_")
+
+    def clean_temp(self) -> int:
+        """Remove temp files left by a killed run; returns how many."""
+        if not self.temp.is_dir():
+            return 0
+        removed = 0
+        for entry in self.temp.iterdir():
+            try:
+                if entry.is_dir():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+        try:
+            self.temp.rmdir()
+        except OSError:
+            pass
+        return removed
+
+    def final_path(self, name: str) -> Path:
+        path = (self.root / name).resolve()
+        if not path.is_relative_to(self.root.resolve()):  # a symlinked folder pointing out
+            raise OutputError(f"output {name} would be written outside {self.root}")
+        return path
+
+    def write(self, names: list[str], images: list[PreparedImage], source_urls: list[str | None]) -> list[OutputRecord]:
+        """Write every image of one attempt; all or none get their final names."""
+        staged: list[tuple[Path, Path]] = []
+        records: list[OutputRecord] = []
+        try:
+            self.temp.mkdir(parents=True, exist_ok=True)
+            for i, (name, img) in enumerate(zip(names, images, strict=True)):
+                tmp = self.temp / f"{self.writer_tag}-{uuid.uuid4().hex}.part"
+                with open(tmp, "wb") as f:
+                    staged.append((tmp, self.final_path(name)))
+                    f.write(img.payload)
+                    f.flush()
+                    os.fsync(f.fileno())
+                records.append(
+                    OutputRecord(
+                        idx=i + 1,
+                        path=name,
+                        sha256=hashlib.sha256(img.payload).hexdigest(),
+                        width=img.width,
+                        height=img.height,
+                        bytes=len(img.payload),
+                        source_url=source_urls[i] if i < len(source_urls) else None,
+                    )
+                )
+            dirs: set[Path] = set()
+            for tmp, final in staged:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, final)
+                dirs.add(final.parent)
+            for d in dirs:
+                _fsync_dir(d)
+        except OSError as exc:
+            for tmp, _ in staged:
+                try:
+                    tmp.unlink()
+                except OSError:
+                    pass
+            raise OutputError(f"cannot write outputs to {self.root}: {exc.strerror or exc}") from None
+        return records
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

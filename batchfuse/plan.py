@@ -1,0 +1,195 @@
+"""Planning: from a manifest to items, each with a stable key and a spec hash.
+
+The spec hash covers what decides the image: provider, model, prompt, parameters and the
+*content* digests of the reference images.  A rerun skips done items whose hash is
+unchanged and re-runs the ones whose hash changed.
+
+Planning is a generator so that a large catalog never sits in memory whole: the CLI runs it
+once to collect every problem (nothing is written if there is one) and once more to write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from batchfuse.errors import ManifestError
+from batchfuse.images import ImageInfo, ImageInspector, ImageProblem
+from batchfuse.manifest import ITEM_KEYS, Manifest, ManifestProblems, did_you_mean, validation_problems
+from batchfuse.outputs import PathProblem, output_name
+from batchfuse.providers import provider_class
+from batchfuse.providers.base import Provider
+from batchfuse.store.queries import PlannedRow
+from batchfuse.templates import TemplateProblem, render
+
+URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+MAX_PROBLEMS = 50
+
+
+def spec_hash(kind: str, model: str, prompt: str, params: dict[str, Any], digests: list[str]) -> str:
+    canonical = json.dumps(
+        {"provider": kind, "model": model, "prompt": prompt, "params": params, "images": digests},
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class Planner:
+    """Turns a validated manifest into planned rows, collecting problems as it goes."""
+
+    manifest: Manifest
+    manifest_path: Path
+    inspector: ImageInspector = field(default_factory=ImageInspector)
+
+    def __post_init__(self) -> None:
+        self.file = str(self.manifest_path)
+        self.base_dir = self.manifest_path.parent
+        try:
+            self.provider: type[Provider] = provider_class(self.manifest.provider.kind)
+        except KeyError as exc:
+            raise ManifestError(self.file, str(exc.args[0]), field="provider.kind") from None
+        model = self.manifest.provider.model
+        if model not in self.provider.MODELS:
+            raise ManifestError(
+                self.file,
+                f"unknown model {model!r}{did_you_mean(model, self.provider.MODELS)}; "
+                f"{self.provider.kind} knows {', '.join(self.provider.MODELS)}",
+                field="provider.model",
+            )
+        try:
+            self.defaults = self.provider.Params.model_validate(self.manifest.defaults).model_dump()
+        except ValidationError as exc:
+            raise ManifestProblems(
+                validation_problems(exc, self.file, self.provider.Params, prefix="defaults")
+            ) from None
+        self.param_names = tuple(self.provider.Params.model_fields)
+
+    @property
+    def output_dir(self) -> Path:
+        return (self.base_dir / self.manifest.output.dir).resolve()
+
+    def validate(self) -> int:
+        """Check every item; raises :class:`ManifestProblems` listing them all. Returns the count."""
+        problems: list[ManifestError] = []
+        n = sum(1 for _ in self.rows(problems))
+        if problems:
+            raise ManifestProblems(problems[:MAX_PROBLEMS])
+        return n
+
+    def rows(self, problems: list[ManifestError]) -> Iterator[PlannedRow]:
+        seen: dict[str, int] = {}
+        duplicates: list[str] = []
+        for index, raw in enumerate(self.manifest.items):
+            row = self._row(index, raw, problems)
+            if row is None:
+                continue
+            if row.key in seen:
+                duplicates.append(row.key)
+                continue
+            seen[row.key] = index
+            yield row
+        if duplicates:
+            shown = ", ".join(sorted(set(duplicates))[:10])
+            problems.append(ManifestError(self.file, f"duplicate item keys: {shown}", field="items"))
+
+    def _row(self, index: int, raw: Any, problems: list[ManifestError]) -> PlannedRow | None:
+        label = str(raw.get("id")) if isinstance(raw, dict) and raw.get("id") is not None else f"#{index + 1}"
+
+        def problem(fld: str | None, message: str) -> None:
+            problems.append(ManifestError(self.file, message, item=label, field=fld))
+
+        if not isinstance(raw, dict):
+            problem(None, "an item is a mapping with id, prompt and images")
+            return None
+        if raw.get("id") is None or str(raw["id"]).strip() == "":
+            problem("id", "is required")
+            return None
+        key = str(raw["id"])
+        overrides = {k: v for k, v in raw.items() if k in self.param_names}
+        own = {k: v for k, v in raw.items() if k not in self.param_names and k not in ITEM_KEYS}
+        for name in own:
+            hint = did_you_mean(name, ITEM_KEYS + self.param_names)
+            if hint:
+                problem(name, f"unknown key{hint}")
+                return None
+        model = self.manifest.provider.model
+        try:
+            params = self.provider.Params.model_validate({**self.defaults, **overrides})
+        except ValidationError as exc:
+            problems.extend(validation_problems(exc, self.file, self.provider.Params, item=label))
+            return None
+        values: dict[str, Any] = {
+            **{k: v for k, v in own.items() if isinstance(v, (str, int, float, bool))},
+            **params.model_dump(mode="json"),
+            "job": self.manifest.job,
+            "item": key,
+            "id": key,
+        }
+        prompt_template = raw.get("prompt", self.manifest.prompt)
+        if not isinstance(prompt_template, str) or not prompt_template.strip():
+            problem("prompt", "is required (a non-empty string)")
+            return None
+        try:
+            prompt = render(prompt_template, values)
+        except TemplateProblem as exc:
+            problem("prompt", str(exc))
+            return None
+        image_templates = raw.get("images", self.manifest.images) or []
+        if not isinstance(image_templates, list) or not all(isinstance(i, str) for i in image_templates):
+            problem("images", "must be a list of file paths or http(s) URLs")
+            return None
+        refs: list[dict[str, Any]] = []
+        infos: list[ImageInfo | None] = []
+        for i, template in enumerate(image_templates):
+            fld = f"images[{i}]"
+            try:
+                src = render(template, values)
+            except TemplateProblem as exc:
+                problem(fld, str(exc))
+                return None
+            if URL.match(src):
+                if not src.lower().startswith(("http://", "https://")):
+                    problem(fld, f"{src.split(':', 1)[0]}: URLs are not accepted; only http(s)")
+                    return None
+                refs.append({"src": src, "digest": "url:" + src})
+                infos.append(None)
+                continue
+            path = (self.base_dir / src).resolve()
+            try:
+                info = self.inspector.inspect(str(path))
+            except ImageProblem as exc:
+                problem(fld, f"{src}: {exc}")
+                return None
+            refs.append({"src": str(path), "digest": info.digest})
+            infos.append(info)
+        broken = self.provider.check(model, params, infos)
+        if broken:
+            for p in broken:
+                problem(p.field, p.message)
+            return None
+        try:
+            output_name(self.manifest.output.filename, values, 1, 1)
+            output_name(self.manifest.output.filename, values, 2, 2)
+        except PathProblem as exc:
+            problem("output.filename", str(exc))
+            return None
+        request_params = self.provider.request_params(model, params)
+        spec = {
+            "prompt": prompt,
+            "params": request_params,
+            "images": refs,
+            "vars": {k: v for k, v in values.items() if k not in request_params},
+        }
+        digest = spec_hash(self.provider.kind, model, prompt, request_params, [r["digest"] for r in refs])
+        return PlannedRow(key=key, ordinal=index, spec_hash=digest, spec=spec)
+

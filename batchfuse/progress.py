@@ -1,0 +1,71 @@
+"""Showing a run's progress: a live bar on a terminal, plain periodic lines otherwise
+(cron mails and log files stay readable)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from batchfuse.scheduler import RunStats
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def summary_line(stats: RunStats) -> str:
+    return (
+        f"{stats.done}/{stats.to_do} done ({stats.succeeded} succeeded, {stats.failed} failed), "
+        f"{stats.in_flight} in flight, {stats.retries} retries, {stats.rate():.1f} items/s, "
+        f"ETA {fmt_duration(stats.eta_s())}"
+    )
+
+
+async def show_progress(stats: RunStats, stream: TextIO = sys.stderr) -> None:
+    """Runs until cancelled."""
+    if stream.isatty():
+        await _live(stats, stream)
+    else:
+        interval = float(os.environ.get("BATCHFUSE_PROGRESS_INTERVAL", "10"))
+        while True:
+            await asyncio.sleep(interval)
+            print(f"progress: {summary_line(stats)}", file=stream, flush=True)
+
+
+async def _live(stats: RunStats, stream: TextIO) -> None:
+    console = Console(file=stream)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("running", total=stats.to_do or None, detail="")
+        try:
+            while True:
+                bar.update(
+                    task,
+                    completed=stats.done,
+                    total=stats.to_do or None,
+                    description=stats.status,
+                    detail=(
+                        f"failed {stats.failed} · in flight {stats.in_flight} · "
+                        f"{stats.rate():.1f}/s · ETA {fmt_duration(stats.eta_s())}"
+                    ),
+                )
+                await asyncio.sleep(0.25)
+        except asyncio.CancelledError:
+            pass

@@ -1,0 +1,94 @@
+"""What a provider is: it checks an item's parameters against its API's rules, turns an
+item into a request, and a reply into images, text and usage — or into a classified
+:class:`~batchfuse.errors.ProviderError`.  The scheduler knows nothing else about APIs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import aiohttp
+from pydantic import BaseModel
+
+from batchfuse.images import EncodedImageCache, ImageInfo
+
+
+@dataclass
+class Reply:
+    """A successful reply: the final images (bytes) and what came with them."""
+
+    images: list[bytes]
+    http_status: int = 200
+    texts: list[str] = field(default_factory=list)
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    total_tokens: int | None = None
+    finish_reason: str | None = None
+    #: Where each image was downloaded from, when the API answered with URLs.
+    source_urls: list[str | None] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A rule of the API an item breaks, found before anything is sent."""
+
+    field: str
+    message: str
+
+
+@dataclass
+class ProviderContext:
+    """What a provider gets to work with during a run."""
+
+    base_url: str
+    model: str
+    api_key: str
+    session: aiohttp.ClientSession
+    images: EncodedImageCache
+    timeout_s: float
+    allow_private: bool = False
+
+
+class Provider(ABC):
+    """One API. Subclasses set ``kind``, ``Params`` and ``MODELS`` and implement ``generate``."""
+
+    #: The manifest's ``provider.kind``.
+    kind: ClassVar[str]
+    #: The per-item parameters (``defaults`` and item overrides), as a strict pydantic model.
+    Params: ClassVar[type[BaseModel]]
+    #: Model names this API accepts.
+    MODELS: ClassVar[tuple[str, ...]]
+
+    def __init__(self, ctx: ProviderContext) -> None:
+        self.ctx = ctx
+
+    @classmethod
+    def check(cls, model: str, params: BaseModel, images: list[ImageInfo | None]) -> list[Problem]:
+        """Problems with one item under ``model``'s rules (``images`` has None for URLs)."""
+        return []
+
+    @classmethod
+    def request_params(cls, model: str, params: BaseModel) -> dict[str, Any]:
+        """The parameters as recorded in the item's spec (they are part of its hash)."""
+        return params.model_dump(mode="json")
+
+    @classmethod
+    def images_per_item(cls, params: dict[str, Any]) -> int:
+        """How many images one successful request makes."""
+        return 1
+
+    @classmethod
+    def tokens_per_image(cls, model: str, params: dict[str, Any]) -> int:
+        """Output tokens billed per image, from the API's tables."""
+        return 0
+
+    @classmethod
+    @abstractmethod
+    def describe_request(cls, model: str, base_url: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """The request for ``spec`` as ``validate`` shows it: URL and body, no key, no image data."""
+
+    @abstractmethod
+    async def generate(self, spec: dict[str, Any]) -> Reply:
+        """Send one item and return its images; raise a ProviderError subclass on failure."""

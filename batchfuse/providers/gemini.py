@@ -1,0 +1,229 @@
+"""Gemini native ``generateContent`` with multi-image fusion.
+
+Request: ``POST {base}/v1beta/models/{model}:generateContent`` with ``x-goog-api-key``;
+``contents[0].parts`` is the prompt then one ``inline_data`` part per reference image.
+``gemini-2.5-flash-image`` makes 1K images only and its relay rejects
+``responseModalities``, ``imageSize`` and ``tools``, so they are left out for it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from batchfuse.errors import FatalError, NoImageError, ProviderError, RejectedError, TransientError
+from batchfuse.images import ImageInfo
+from batchfuse.providers.base import Problem, Provider, Reply
+from batchfuse.providers.http import HttpReply, post_json, retry_after_seconds
+from batchfuse.providers.refs import encoded_refs
+
+PRO = "gemini-3-pro-image-preview"
+FLASH = "gemini-2.5-flash-image"
+ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
+MAX_IMAGES = {PRO: 14, FLASH: 14}
+#: finishReason / blockReason values that mean "this item will not be made as it is".
+REJECTED_REASONS = {
+    "SAFETY",
+    "PROHIBITED_CONTENT",
+    "IMAGE_SAFETY",
+    "IMAGE_PROHIBITED_CONTENT",
+    "IMAGE_RECITATION",
+    "RECITATION",
+    "BLOCKLIST",
+    "SPII",
+}
+_DATA_URL = re.compile(r"data:(image/(?:png|jpeg|webp));base64,([A-Za-z0-9+/=\s]+)")
+
+
+class GeminiParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    aspect_ratio: Literal["1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9"] = "1:1"
+    image_size: Literal["1K", "2K", "4K"] = "1K"
+    response_modalities: tuple[Literal["TEXT", "IMAGE"], ...] = ("IMAGE",)
+    google_search: bool = False
+
+    @field_validator("response_modalities")
+    @classmethod
+    def _modalities(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if set(v) not in ({"IMAGE"}, {"TEXT", "IMAGE"}) or len(v) != len(set(v)):
+            raise ValueError("must be [IMAGE] or [TEXT, IMAGE]")
+        return ("TEXT", "IMAGE") if "TEXT" in v else ("IMAGE",)
+
+
+class GeminiProvider(Provider):
+    kind = "gemini"
+    Params = GeminiParams
+    MODELS: ClassVar[tuple[str, ...]] = (PRO, FLASH)
+
+    @classmethod
+    def check(cls, model: str, params: BaseModel, images: list[ImageInfo | None]) -> list[Problem]:
+        assert isinstance(params, GeminiParams)
+        problems = []
+        limit = MAX_IMAGES.get(model, 14)
+        if len(images) > limit:
+            problems.append(Problem("images", f"{len(images)} reference images; {model} takes at most {limit}"))
+        if model == FLASH:
+            if params.image_size != "1K":
+                problems.append(Problem("image_size", f"{FLASH} makes 1K images only"))
+            if params.google_search:
+                problems.append(Problem("google_search", f"{FLASH} does not take tools"))
+        elif params.google_search and "TEXT" not in params.response_modalities:
+            problems.append(Problem("google_search", "needs response_modalities [TEXT, IMAGE]"))
+        return problems
+
+    @classmethod
+    def request_params(cls, model: str, params: BaseModel) -> dict[str, Any]:
+        assert isinstance(params, GeminiParams)
+        if model == FLASH:
+            return {"aspect_ratio": params.aspect_ratio}
+        return params.model_dump(mode="json")
+
+    @classmethod
+    def tokens_per_image(cls, model: str, params: dict[str, Any]) -> int:
+        if model == FLASH:
+            return 1290
+        return 2000 if params.get("image_size") == "4K" else 1210
+
+    @classmethod
+    def describe_request(cls, model: str, base_url: str, spec: dict[str, Any]) -> dict[str, Any]:
+        parts = [
+            {"inline_data": {"mime_type": "image/*", "data": f"<base64 of {r['src']}>"}} for r in spec["images"]
+        ]
+        return {"url": cls.endpoint(base_url, model), "body": cls.build_body(model, spec, parts)}
+
+    @staticmethod
+    def endpoint(base_url: str, model: str) -> str:
+        return f"{base_url}/v1beta/models/{model}:generateContent"
+
+    @classmethod
+    def build_body(cls, model: str, spec: dict[str, Any], parts: list[dict[str, Any]]) -> dict[str, Any]:
+        params = spec["params"]
+        image_config: dict[str, Any] = {"aspectRatio": params["aspect_ratio"]}
+        generation: dict[str, Any] = {"imageConfig": image_config}
+        body: dict[str, Any] = {
+            "contents": [{"parts": [{"text": spec["prompt"]}, *parts]}],
+            "generationConfig": generation,
+        }
+        if model != FLASH:
+            generation["responseModalities"] = list(params["response_modalities"])
+            image_config["imageSize"] = params["image_size"]
+            if params.get("google_search"):
+                body["tools"] = [{"google_search": {}}]
+        return body
+
+    async def generate(self, spec: dict[str, Any]) -> Reply:
+        refs = await encoded_refs(self.ctx, spec["images"])
+        parts = [{"inline_data": {"mime_type": r.mime, "data": r.b64}} for r in refs]
+        reply = await post_json(
+            self.ctx.session,
+            self.endpoint(self.ctx.base_url, self.ctx.model),
+            {"x-goog-api-key": self.ctx.api_key},
+            self.build_body(self.ctx.model, spec, parts),
+            self.ctx.timeout_s,
+        )
+        if reply.status != 200:
+            raise classify_error(reply)
+        return parse_reply(reply)
+
+
+def classify_error(reply: HttpReply) -> ProviderError:
+    """The error class of a non-200 reply, from its status and Google's error details."""
+    err = reply.data.get("error", {}) if isinstance(reply.data, dict) else {}
+    err = err if isinstance(err, dict) else {}
+    status_name = str(err.get("status") or "")
+    message = str(err.get("message") or reply.body[:200].decode("utf-8", "replace") or "no message")[:300]
+    details = err.get("details") if isinstance(err.get("details"), list) else []
+    text = f"HTTP {reply.status}{' ' + status_name if status_name else ''}: {message}"
+    kw: dict[str, Any] = {"status": reply.status, "code": status_name or str(reply.status)}
+    reasons = {str(d.get("reason")) for d in details if isinstance(d, dict) and d.get("reason")}
+    if reply.status in (401, 403) or "API_KEY_INVALID" in reasons:
+        return FatalError(f"the API refused the key ({text}); check the key's environment variable", **kw)
+    if reply.status == 404:
+        return FatalError(f"model or endpoint not found ({text}); check provider.model and base_url", **kw)
+    if reply.status == 429:
+        quota_ids = [
+            str(v.get("quotaId", ""))
+            for d in details
+            if isinstance(d, dict) and "QuotaFailure" in str(d.get("@type", ""))
+            for v in d.get("violations", [])
+            if isinstance(v, dict)
+        ]
+        if any("PerDay" in q for q in quota_ids):
+            return FatalError(f"daily quota exhausted ({text}); it resets tomorrow", **kw)
+        delay = retry_after_seconds(reply.headers.get("Retry-After"))
+        for d in details:
+            if isinstance(d, dict) and "RetryInfo" in str(d.get("@type", "")):
+                info = _duration_s(d.get("retryDelay"))
+                if info is not None:
+                    delay = max(delay or 0.0, info)
+        return TransientError(f"rate limited ({text})", retry_after=delay, **kw)
+    if reply.status in (408, 500, 502, 503, 504) or reply.status >= 500:
+        return TransientError(text, retry_after=retry_after_seconds(reply.headers.get("Retry-After")), **kw)
+    return RejectedError(text, **kw)
+
+
+def _duration_s(value: Any) -> float | None:
+    """A protobuf Duration in JSON form (``"1.5s"``) as seconds."""
+    if isinstance(value, str) and value.endswith("s"):
+        try:
+            return float(value[:-1])
+        except ValueError:
+            return None
+    return None
+
+
+def parse_reply(reply: HttpReply) -> Reply:
+    """Images, text and usage from a 200 reply; raises for blocks and image-less replies."""
+    data = reply.data if isinstance(reply.data, dict) else {}
+    block = (data.get("promptFeedback") or {}).get("blockReason")
+    if block:
+        raise RejectedError(f"prompt blocked by the API: {block}", status=200, code=str(block))
+    images: list[bytes] = []
+    texts: list[str] = []
+    finish = None
+    for cand in data.get("candidates") or []:
+        finish = cand.get("finishReason") or finish
+        for part in (cand.get("content") or {}).get("parts") or []:
+            if part.get("thought"):
+                continue  # interim images of Gemini 3's thinking are not outputs
+            inline = part.get("inlineData") or part.get("inline_data")
+            if inline:
+                images.append(_b64(inline.get("data", "")))
+            elif isinstance(part.get("text"), str):
+                found = _DATA_URL.findall(part["text"])
+                if found:
+                    images.extend(_b64(b64) for _mime, b64 in found)
+                    rest = _DATA_URL.sub("", part["text"]).strip(" \n()![]")
+                    if rest:
+                        texts.append(rest)
+                else:
+                    texts.append(part["text"])
+    usage = data.get("usageMetadata") or {}
+    if finish in REJECTED_REASONS:
+        raise RejectedError(f"the API declined to make the image: finishReason {finish}", status=200, code=finish)
+    if not images:
+        said = f"; it said: {texts[0][:120]!r}" if texts else ""
+        raise NoImageError(
+            f"the reply carried no image (finishReason {finish or 'none'}){said}", status=200, code="no_image"
+        )
+    return Reply(
+        images=images,
+        http_status=200,
+        texts=texts,
+        prompt_tokens=usage.get("promptTokenCount"),
+        output_tokens=usage.get("candidatesTokenCount"),
+        total_tokens=usage.get("totalTokenCount"),
+        finish_reason=finish,
+    )
+
+
+def _b64(data: str) -> bytes:
+    try:
+        return base64.b64decode("".join(data.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise TransientError("an image in the reply is not valid base64", status=200, code="bad_image") from None

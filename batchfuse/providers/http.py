@@ -1,0 +1,91 @@
+"""HTTP for providers: the one place where aiohttp's exceptions become batchfuse errors.
+
+Connection failures, timeouts, cut-short and undecodable bodies are all *transient*: the
+same request may well succeed a moment later.  Messages are scrubbed of keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from batchfuse.errors import TransientError, scrub
+
+#: Replies larger than this are parsed in a worker thread so the event loop keeps moving.
+PARSE_IN_THREAD_BYTES = 512 * 1024
+
+
+@dataclass
+class HttpReply:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    data: Any
+    latency_ms: float
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """``Retry-After`` as seconds: either a number or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+async def post_json(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: Mapping[str, str],
+    body: dict[str, Any],
+    timeout_s: float,
+) -> HttpReply:
+    """POST ``body`` as JSON and parse the JSON reply (of any status)."""
+    payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
+    started = time.monotonic()
+    try:
+        async with session.post(
+            url,
+            data=payload,
+            headers={**headers, "Content-Type": "application/json"},
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+        ) as resp:
+            raw = await resp.read()
+            status, resp_headers = resp.status, resp.headers
+    except (asyncio.TimeoutError, TimeoutError):
+        raise TransientError(f"no reply within {timeout_s:g} s (timeout)", code="timeout") from None
+    except aiohttp.ClientPayloadError:
+        raise TransientError("the reply was cut short (truncated body)", code="truncated") from None
+    except aiohttp.ServerDisconnectedError:
+        raise TransientError("the server closed the connection without replying", code="reset") from None
+    except aiohttp.ClientConnectionError as exc:
+        raise TransientError(f"connection failed: {scrub(str(exc)) or type(exc).__name__}", code="connection") from None
+    except aiohttp.ClientError as exc:
+        raise TransientError(f"HTTP client error: {scrub(str(exc)) or type(exc).__name__}", code="client") from None
+    latency_ms = (time.monotonic() - started) * 1000
+    try:
+        if len(raw) > PARSE_IN_THREAD_BYTES:
+            data = await asyncio.to_thread(json.loads, raw)
+        else:
+            data = json.loads(raw) if raw else None
+    except ValueError:
+        if status >= 400:
+            data = None
+        else:
+            raise TransientError(
+                f"HTTP {status} reply is not valid JSON (truncated or garbled)", status=status, code="bad_json"
+            ) from None
+    return HttpReply(status, resp_headers, raw, data, latency_ms)

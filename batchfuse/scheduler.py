@@ -1,0 +1,427 @@
+"""The scheduler: claims items from the store a page at a time, sends at most
+``concurrency`` of them at once under the rate limit, retries transient failures, writes
+outputs and records every attempt.
+
+Two gates: ``requests`` (a semaphore of ``concurrency``) is held only while a request is on
+the wire — taken *before* the rate limiter and the HTTP call, so waiting for a connection
+never eats into a request's timeout; ``in_hand`` bounds the items claimed at once, so an
+item sleeping before its retry does not hold a request slot.
+
+Completed attempts go to a :class:`Recorder` that commits them in groups (one transaction
+for whatever finished while the previous one was committing); each item waits for its own
+commit, so nothing counted as done lived only in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
+
+from batchfuse.errors import (
+    BatchfuseError,
+    ErrorClass,
+    NoImageError,
+    OutputError,
+    ProviderError,
+    StoreError,
+    TransientError,
+)
+from batchfuse.images import ImageProblem
+from batchfuse.outputs import OutputFolder, output_name, prepare
+from batchfuse.providers.base import Provider, Reply
+from batchfuse.ratelimit import RateLimiter
+from batchfuse.retry import RetryPolicy, decide
+from batchfuse.store.queries import Store
+from batchfuse.store.records import AttemptRecord, ClaimedItem, ItemState, Job
+
+log = logging.getLogger("batchfuse.run")
+T = TypeVar("T")
+
+
+@dataclass
+class RunStats:
+    """Live counters of one run, read by the progress display."""
+
+    to_do: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    retries: int = 0
+    requests: int = 0
+    in_flight: int = 0
+    started: float = field(default_factory=time.monotonic)
+    status: str = "running"
+
+    @property
+    def done(self) -> int:
+        return self.succeeded + self.failed
+
+    def rate(self) -> float:
+        """Items finished per second so far."""
+        elapsed = time.monotonic() - self.started
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+    def eta_s(self) -> float | None:
+        rate = self.rate()
+        left = max(self.to_do - self.done, 0)
+        return left / rate if rate > 0 else None
+
+
+@dataclass
+class SchedulerConfig:
+    concurrency: int
+    requests_per_minute: float | None
+    policy: RetryPolicy
+    output_template: str
+    model: str
+    job_name: str
+    lease_s: float = 60.0
+    only_keys: list[str] | None = None
+
+
+class Database:
+    """Runs store calls on one worker thread, so the event loop never blocks on SQL."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchfuse-db")
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+class Recorder:
+    """Group commit of finished attempts."""
+
+    def __init__(self, db: Database, run_id: int, runner_id: str, lease_s: float) -> None:
+        self.db, self.run_id, self.runner_id, self.lease_s = db, run_id, runner_id, lease_s
+        self._queue: list[tuple[AttemptRecord, asyncio.Future[bool]]] = []
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._task = asyncio.create_task(self._loop(), name="batchfuse-recorder")
+
+    async def submit(self, record: AttemptRecord) -> bool:
+        """Record ``record``; returns False if the item's lease had been lost."""
+        if self._closed:
+            raise StoreError("the run's recorder is closed")
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.append((record, fut))
+        self._wake.set()
+        return await asyncio.shield(fut)
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._queue = self._queue, []
+            if not batch and self._closed:
+                return
+            if not batch:
+                continue
+            try:
+                lost = set(
+                    await self.db.call(self.db.store.record, self.run_id, self.runner_id, [r for r, _ in batch], self.lease_s)
+                )
+            except BaseException as exc:  # the database failed: every waiter hears it
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc if isinstance(exc, BatchfuseError) else StoreError(str(exc)))
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for rec, fut in batch:
+                if not fut.done():
+                    fut.set_result(rec.item_id not in lost)
+
+    async def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        await self._task
+
+
+class Scheduler:
+    """Runs the claimable items of one job until none are left or the run is stopped."""
+
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        db: Database,
+        job: Job,
+        run_id: int,
+        runner_id: str,
+        provider: Provider,
+        outputs: OutputFolder,
+        stats: RunStats | None = None,
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.job = job
+        self.run_id = run_id
+        self.runner_id = runner_id
+        self.provider = provider
+        self.outputs = outputs
+        self.stats = stats or RunStats()
+        self.limiter = RateLimiter(config.requests_per_minute)
+        self.stop_reason: str | None = None
+        self.stop_error: BatchfuseError | None = None
+        self._stopping = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._rng = random.Random()
+
+    # ---------------------------------------------------------------- stopping
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def stop(self, reason: str, error: BatchfuseError | None = None) -> None:
+        """Stop launching requests; in-flight ones finish and are recorded."""
+        if not self.stopping:
+            self.stop_reason, self.stop_error = reason, error
+            self.stats.status = f"stopping: {reason}"
+            log.warning("run stopping: %s", reason)
+            self._stopping.set()
+
+    def cancel_in_flight(self) -> None:
+        """Cut in-flight requests short; their attempts are recorded as interrupted."""
+        for task in list(self._tasks):
+            task.cancel()
+
+    # ---------------------------------------------------------------- main loop
+
+    async def run(self) -> None:
+        self.recorder = Recorder(self.db, self.run_id, self.runner_id, self.config.lease_s)
+        heartbeat = asyncio.create_task(self._heartbeat(), name="batchfuse-heartbeat")
+        try:
+            await self._feed()
+            while self._tasks:
+                await asyncio.wait(set(self._tasks))
+        finally:
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+            await self.recorder.close()
+
+    async def _feed(self) -> None:
+        in_hand = asyncio.Semaphore(self.config.concurrency * 2)
+        self._requests = asyncio.Semaphore(self.config.concurrency)
+        page = max(8, min(256, self.config.concurrency * 2))
+        cursor = -1
+        while not self.stopping:
+            batch = await self.db.call(
+                self.db.store.claim,
+                self.job,
+                self.runner_id,
+                page,
+                self.config.lease_s,
+                self.config.policy.max_attempts,
+                cursor,
+                self.config.only_keys,
+            )
+            if not batch:
+                if cursor < 0:
+                    return
+                cursor = -1  # one more pass from the top: items a dead runner left behind
+                continue
+            cursor = batch[-1].ordinal
+            for i, item in enumerate(batch):
+                await in_hand.acquire()
+                if self.stopping:
+                    in_hand.release()
+                    await self.db.call(self.db.store.release, self.runner_id, [it.id for it in batch[i:]])
+                    return
+                task = asyncio.create_task(self._process(item), name=f"item-{item.key}")
+                self._tasks.add(task)
+                task.add_done_callback(lambda t: (self._tasks.discard(t), in_hand.release()))
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.lease_s / 4)
+            try:
+                await self.db.call(self.db.store.heartbeat, self.run_id, self.runner_id, self.config.lease_s)
+            except StoreError as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    # ---------------------------------------------------------------- one item
+
+    async def _process(self, item: ClaimedItem) -> None:
+        attempts_used = item.attempts
+        try:
+            while True:
+                if self.stopping:
+                    await self.db.call(self.db.store.release, self.runner_id, [item.id])
+                    return
+                attempts_used += 1
+                retry_in = await self._attempt(item, attempts_used)
+                if retry_in is None:
+                    return
+                self.stats.retries += 1
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), timeout=retry_in)
+                except asyncio.TimeoutError:
+                    pass
+        except BatchfuseError as exc:  # the store or the output folder failed: stop the run
+            self.stop(exc.message, exc)
+        except asyncio.CancelledError:
+            pass
+
+    async def _attempt(self, item: ClaimedItem, number: int) -> float | None:
+        """Send ``item`` once; returns the delay before a retry, or None when done with it."""
+        async with self._requests:
+            if self.stopping:
+                await self.db.call(self.db.store.release, self.runner_id, [item.id])
+                return None
+            await self.limiter.acquire()
+            started = time.time()
+            t0 = time.monotonic()
+            self.stats.requests += 1
+            self.stats.in_flight += 1
+            reply: Reply | None = None
+            error: ProviderError | None = None
+            try:
+                reply = await self.provider.generate(item.spec)
+            except ProviderError as exc:
+                error = exc
+            except asyncio.CancelledError:
+                self.stats.in_flight -= 1
+                await self._record_interrupted(item, number, started)
+                raise
+            except Exception as exc:  # a bug must not take the whole run down silently
+                log.exception("unexpected error while sending %s", item.key)
+                error = TransientError(f"internal error: {type(exc).__name__}: {exc}", code="internal")
+            self.stats.in_flight -= 1
+        latency_ms = (time.monotonic() - t0) * 1000
+        outputs: tuple = ()
+        if reply is not None:
+            try:
+                outputs = tuple(await asyncio.to_thread(self._write, item, reply))
+            except ImageProblem as exc:
+                error = TransientError(f"an image in the reply cannot be decoded: {exc}", status=200, code="bad_image")
+            except OutputError as exc:
+                await self._finish(item, number, started, latency_ms, reply, None, ErrorClass.interrupted, str(exc))
+                self.stop(exc.message, exc)
+                return None
+        if error is None:
+            assert reply is not None
+            kept = await self._finish(item, number, started, latency_ms, reply, outputs, None, None)
+            if kept:
+                self.stats.succeeded += 1
+            return None
+        return await self._failed(item, number, started, latency_ms, error)
+
+    async def _failed(
+        self, item: ClaimedItem, number: int, started: float, latency_ms: float, error: ProviderError
+    ) -> float | None:
+        decision = decide(
+            self.config.policy,
+            error.error_class,
+            number,
+            retry_after_s=error.retry_after,
+            no_image=isinstance(error, NoImageError),
+            rng=self._rng,
+        )
+        record = AttemptRecord(
+            item_id=item.id,
+            number=number,
+            spec_hash=item.spec_hash,
+            started_at=started,
+            ended_at=time.time(),
+            outcome=error.error_class.value,
+            item_state=decision.item_state,
+            counts=decision.counts,
+            http_status=error.status,
+            error_class=decision.final_class or error.error_class.value,
+            error_message=error.message,
+            latency_ms=latency_ms,
+        )
+        log.info(
+            "attempt item=%s n=%d status=%s class=%s latency_ms=%.0f error=%s",
+            item.key, number, error.status, error.error_class.value, latency_ms, error.message,
+        )
+        await self.recorder.submit(record)
+        if error.error_class is ErrorClass.fatal:
+            self.stop(error.message, error)
+            return None
+        if decision.item_state == ItemState.failed:
+            self.stats.failed += 1
+        return decision.delay_s if decision.retry else None
+
+    async def _finish(
+        self,
+        item: ClaimedItem,
+        number: int,
+        started: float,
+        latency_ms: float,
+        reply: Reply,
+        outputs: tuple | None,
+        error_class: ErrorClass | None,
+        message: str | None,
+    ) -> bool:
+        ok = error_class is None
+        record = AttemptRecord(
+            item_id=item.id,
+            number=number,
+            spec_hash=item.spec_hash,
+            started_at=started,
+            ended_at=time.time(),
+            outcome="succeeded" if ok else error_class.value,
+            item_state=ItemState.succeeded if ok else ItemState.pending,
+            counts=ok,
+            http_status=reply.http_status,
+            error_class=None if ok else error_class.value,
+            error_message=message,
+            latency_ms=latency_ms,
+            prompt_tokens=reply.prompt_tokens,
+            output_tokens=reply.output_tokens,
+            total_tokens=reply.total_tokens,
+            finish_reason=reply.finish_reason,
+            text="\n".join(reply.texts) or None,
+            outputs=outputs or (),
+        )
+        log.info(
+            "attempt item=%s n=%d status=%s class=%s latency_ms=%.0f outputs=%s",
+            item.key, number, reply.http_status, "ok" if ok else error_class.value, latency_ms,
+            ",".join(o.path for o in record.outputs) or "-",
+        )
+        return await self.recorder.submit(record)
+
+    async def _record_interrupted(self, item: ClaimedItem, number: int, started: float) -> None:
+        record = AttemptRecord(
+            item_id=item.id,
+            number=number,
+            spec_hash=item.spec_hash,
+            started_at=started,
+            ended_at=time.time(),
+            outcome=ErrorClass.interrupted.value,
+            item_state=ItemState.pending,
+            counts=False,
+            error_class=ErrorClass.interrupted.value,
+            error_message="cancelled while in flight (the run was stopped)",
+        )
+        try:
+            await asyncio.shield(self.recorder.submit(record))
+        except StoreError as exc:
+            log.warning("could not record interrupted attempt of %s: %s", item.key, exc)
+
+    def _write(self, item: ClaimedItem, reply: Reply) -> list:
+        """Check, convert and atomically write every image of a reply (in a worker thread)."""
+        values = {**item.spec.get("vars", {}), **item.spec["params"]}
+        count = len(reply.images)
+        names = [output_name(self.config.output_template, values, n, count) for n in range(1, count + 1)]
+        text = {
+            "prompt": item.spec["prompt"],
+            "model": self.config.model,
+            "batchfuse:job": self.config.job_name,
+            "batchfuse:item": item.key,
+            "batchfuse:spec": item.spec_hash,
+        }
+        prepared = [prepare(data, name, text) for data, name in zip(reply.images, names, strict=True)]
+        return self.outputs.write(names, prepared, reply.source_urls)

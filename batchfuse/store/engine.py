@@ -1,0 +1,94 @@
+"""Opening the job database: URL resolution, SQLite pragmas, and automatic migration.
+
+SQLite runs in WAL mode with a busy timeout, and every write transaction begins
+``IMMEDIATE`` so that two writers queue on the lock instead of one of them failing with
+SQLITE_BUSY half-way through.  The driver's own implicit transactions are switched off
+(``isolation_level = None``) and SQLAlchemy's ``begin`` event emits the BEGIN itself.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+from batchfuse.errors import StoreError
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def resolve_db_url(db: str | None, manifest_path: Path) -> str:
+    """``--db`` or ``BATCHFUSE_DB`` (a path or an SQLAlchemy URL), else ``batchfuse.db`` beside the manifest."""
+    db = db or os.environ.get("BATCHFUSE_DB") or str(manifest_path.parent / "batchfuse.db")
+    if "://" in db:
+        return db
+    return "sqlite:///" + str(Path(db).expanduser().resolve())
+
+
+def describe_url(url: str) -> str:
+    """The URL as it may be shown to a user: never with a password."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _sqlite_engine(url: str) -> Engine:
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # pragma: no cover - exercised by every test
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        mode = "DEFERRED" if conn.get_execution_options().get("readonly") else "IMMEDIATE"
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+def create_store_engine(url: str) -> Engine:
+    """An engine for ``url``; the database file's folder is created for SQLite."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        return _sqlite_engine(url)
+    try:
+        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    except Exception as exc:  # unknown driver, bad URL
+        raise StoreError(f"cannot open database {describe_url(url)}: {exc}") from None
+
+
+def alembic_config(engine: Engine | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(resources.files("batchfuse.migrations")))
+    if engine is not None:
+        cfg.attributes["engine"] = engine
+    return cfg
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect().execution_options(readonly=True) as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine) -> bool:
+    """Bring the schema to the newest revision; returns whether anything was applied."""
+    cfg = alembic_config(engine)
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    if current_revision(engine) == head:
+        return False
+    command.upgrade(cfg, "head")
+    return True

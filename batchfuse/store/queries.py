@@ -1,0 +1,606 @@
+"""The store: every query batchfuse runs lives in this module.
+
+The methods are synchronous and short; the scheduler calls them from one worker thread so
+the event loop never waits on the database.  Each public method is one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy.exc import OperationalError
+
+from batchfuse.errors import JobLockedError, StoreError
+from batchfuse.store.engine import create_store_engine, describe_url, upgrade
+from batchfuse.store.records import AttemptRecord, ClaimedItem, ItemState, Job, PlanSummary
+from batchfuse.store.schema import attempts, items, jobs, outputs, runs
+
+#: A runner that has not written a heartbeat for this long is taken for dead.
+STALE_RUNNER_S = 60.0
+PLAN_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class PlannedRow:
+    """One item of the plan as the store keeps it."""
+
+    key: str
+    ordinal: int
+    spec_hash: str
+    spec: dict[str, Any]
+
+
+class Store:
+    """The job database. Open with :meth:`open`; close with :meth:`close`."""
+
+    def __init__(self, engine: Engine, url: str) -> None:
+        self.engine = engine
+        self.url = url
+        self.is_sqlite = engine.dialect.name == "sqlite"
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        """Open (creating or upgrading the schema as needed) the database at ``url``."""
+        engine = create_store_engine(url)
+        try:
+            upgrade(engine)
+        except OperationalError as exc:
+            engine.dispose()
+            raise StoreError(f"cannot open database {describe_url(url)}: {exc.orig}") from None
+        return cls(engine, url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise StoreError(f"database {describe_url(self.url)} is not usable: {exc.orig}") from None
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect().execution_options(readonly=True) as conn, conn.begin():
+                yield conn
+        except OperationalError as exc:
+            raise StoreError(f"database {describe_url(self.url)} is not usable: {exc.orig}") from None
+
+    # ---------------------------------------------------------------- jobs
+
+    def find_job(self, name: str) -> Job | None:
+        with self._read() as conn:
+            row = conn.execute(select(jobs).where(jobs.c.name == name)).first()
+        return Job(row.id, row.name, row.provider, row.model, row.manifest_path) if row else None
+
+    def ensure_job(self, name: str, provider: str, model: str, manifest_path: str) -> Job:
+        with self._write() as conn:
+            row = conn.execute(select(jobs).where(jobs.c.name == name)).first()
+            if row is None:
+                job_id = conn.execute(
+                    insert(jobs).values(
+                        name=name,
+                        provider=provider,
+                        model=model,
+                        manifest_path=manifest_path,
+                        created_at=time.time(),
+                    )
+                ).inserted_primary_key[0]
+            else:
+                job_id = row.id
+                conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id)
+                    .values(provider=provider, model=model, manifest_path=manifest_path)
+                )
+        return Job(job_id, name, provider, model, manifest_path)
+
+    # ---------------------------------------------------------------- planning
+
+    def sync_plan(
+        self, job: Job, planned: Iterable[PlannedRow], max_attempts: int, *, dry_run: bool = False
+    ) -> PlanSummary:
+        """Bring the items table in line with the manifest's plan.
+
+        New keys are added as pending; a key whose spec hash changed is reset to pending with a
+        fresh attempt allowance (its old outputs stay on record until replaced); keys no longer
+        in the manifest are marked ``in_plan = false`` and left alone.  With ``dry_run`` nothing
+        is written and the summary says what would happen.
+        """
+        with self._write() as conn:
+            existing: dict[str, tuple[int, str, str, int]] = {
+                r.key: (r.id, r.spec_hash, r.state, r.attempts)
+                for r in conn.execute(
+                    select(items.c.key, items.c.id, items.c.spec_hash, items.c.state, items.c.attempts).where(
+                        items.c.job_id == job.id
+                    )
+                )
+            }
+            now = time.time()
+            counts = dict(new=0, changed=0, unchanged_done=0, to_run=0, to_retry=0, failed=0)
+            seen: set[str] = set()
+            new_rows: list[dict[str, Any]] = []
+            changed_rows: list[dict[str, Any]] = []
+            for row in planned:
+                seen.add(row.key)
+                old = existing.get(row.key)
+                spec_json = json.dumps(row.spec, sort_keys=True, ensure_ascii=False)
+                if old is None:
+                    counts["new"] += 1
+                    new_rows.append(
+                        dict(
+                            job_id=job.id,
+                            key=row.key,
+                            ordinal=row.ordinal,
+                            spec_hash=row.spec_hash,
+                            spec=spec_json,
+                            state=ItemState.pending.value,
+                            attempts=0,
+                            in_plan=True,
+                            updated_at=now,
+                        )
+                    )
+                elif old[1] != row.spec_hash:
+                    counts["changed"] += 1
+                    changed_rows.append(
+                        dict(
+                            b_id=old[0],
+                            ordinal=row.ordinal,
+                            spec_hash=row.spec_hash,
+                            spec=spec_json,
+                            state=ItemState.pending.value,
+                            attempts=0,
+                            in_plan=True,
+                            error_class=None,
+                            last_error=None,
+                            updated_at=now,
+                        )
+                    )
+                else:
+                    state, used = old[2], old[3]
+                    if state == ItemState.succeeded.value:
+                        counts["unchanged_done"] += 1
+                    elif state == ItemState.failed.value:
+                        counts["failed"] += 1
+                    elif used > 0:
+                        counts["to_retry"] += 1
+                    else:
+                        counts["to_run"] += 1
+                    changed_rows.append(dict(b_id=old[0], ordinal=row.ordinal, in_plan=True, _light=True))
+                if not dry_run and len(new_rows) >= PLAN_BATCH:
+                    conn.execute(insert(items), new_rows)
+                    new_rows.clear()
+                if not dry_run and len(changed_rows) >= PLAN_BATCH:
+                    self._apply_changes(conn, changed_rows)
+                    changed_rows.clear()
+            removed = sorted(k for k in existing if k not in seen)
+            if not dry_run:
+                if new_rows:
+                    conn.execute(insert(items), new_rows)
+                if changed_rows:
+                    self._apply_changes(conn, changed_rows)
+                if removed:
+                    ids = [existing[k][0] for k in removed]
+                    for i in range(0, len(ids), PLAN_BATCH):
+                        conn.execute(
+                            update(items).where(items.c.id.in_(ids[i : i + PLAN_BATCH])).values(in_plan=False)
+                        )
+                conn.execute(update(jobs).where(jobs.c.id == job.id).values(planned_at=now))
+            else:
+                conn.rollback()
+        return PlanSummary(
+            **counts,
+            removed=len(removed),
+            removed_keys=tuple(removed[:20]),
+        )
+
+    @staticmethod
+    def _apply_changes(conn: Connection, rows: list[dict[str, Any]]) -> None:
+        light = [{k: v for k, v in r.items() if k != "_light"} for r in rows if r.get("_light")]
+        full = [r for r in rows if not r.get("_light")]
+        if light:
+            conn.execute(
+                update(items).where(items.c.id == bindparam("b_id")).values(
+                    ordinal=bindparam("ordinal"), in_plan=bindparam("in_plan")
+                ),
+                light,
+            )
+        if full:
+            cols = {k: bindparam(k) for k in full[0] if k != "b_id"}
+            conn.execute(update(items).where(items.c.id == bindparam("b_id")).values(**cols), full)
+
+    def retry_failed(self, job: Job) -> int:
+        """Give failed items a fresh attempt allowance; returns how many."""
+        with self._write() as conn:
+            return conn.execute(
+                update(items)
+                .where(items.c.job_id == job.id, items.c.state == ItemState.failed.value, items.c.in_plan)
+                .values(state=ItemState.pending.value, attempts=0, updated_at=time.time())
+            ).rowcount
+
+    # ---------------------------------------------------------------- runs and leases
+
+    def start_run(self, job: Job, *, exclusive: bool) -> tuple[int, str]:
+        """Register a runner for ``job``; returns (run id, runner id).
+
+        With ``exclusive`` (SQLite) a live runner of the same job refuses the start with
+        :class:`JobLockedError`; runs whose process is gone are closed and their leases freed.
+        """
+        host, pid, now = socket.gethostname(), os.getpid(), time.time()
+        runner_id = f"{host}:{pid}:{os.urandom(4).hex()}"
+        with self._write() as conn:
+            open_runs = conn.execute(
+                select(runs).where(runs.c.job_id == job.id, runs.c.ended_at.is_(None))
+            ).all()
+            for r in open_runs:
+                if _runner_alive(r.host, r.pid, r.heartbeat_at, now):
+                    if exclusive:
+                        raise JobLockedError(
+                            f"job {job.name!r} is being run by process {r.pid} on {r.host} "
+                            f"(started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r.started_at))}); "
+                            "wait for it to finish or stop it first"
+                        )
+                    continue
+                conn.execute(
+                    update(runs)
+                    .where(runs.c.id == r.id)
+                    .values(ended_at=r.heartbeat_at, exit_reason="runner died (no heartbeat)")
+                )
+                self._release_leases(conn, r.runner_id)
+            run_id = conn.execute(
+                insert(runs).values(
+                    job_id=job.id,
+                    runner_id=runner_id,
+                    host=host,
+                    pid=pid,
+                    started_at=now,
+                    heartbeat_at=now,
+                    succeeded=0,
+                    failed=0,
+                    requests=0,
+                )
+            ).inserted_primary_key[0]
+        return run_id, runner_id
+
+    @staticmethod
+    def _release_leases(conn: Connection, runner_id: str) -> int:
+        return conn.execute(
+            update(items)
+            .where(items.c.lease_owner == runner_id, items.c.state == ItemState.running.value)
+            .values(state=ItemState.pending.value, lease_owner=None, lease_expires_at=None)
+        ).rowcount
+
+    def heartbeat(self, run_id: int, runner_id: str, lease_s: float) -> None:
+        """Prove this runner is alive and extend the leases on its in-flight items."""
+        now = time.time()
+        with self._write() as conn:
+            conn.execute(update(runs).where(runs.c.id == run_id).values(heartbeat_at=now))
+            conn.execute(
+                update(items)
+                .where(items.c.lease_owner == runner_id, items.c.state == ItemState.running.value)
+                .values(lease_expires_at=now + lease_s)
+            )
+
+    def end_run(self, run_id: int, runner_id: str, reason: str, succeeded: int, failed: int, requests: int) -> None:
+        with self._write() as conn:
+            self._release_leases(conn, runner_id)
+            conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id)
+                .values(
+                    ended_at=time.time(),
+                    exit_reason=reason,
+                    succeeded=succeeded,
+                    failed=failed,
+                    requests=requests,
+                )
+            )
+
+    def claim(
+        self,
+        job: Job,
+        runner_id: str,
+        limit: int,
+        lease_s: float,
+        max_attempts: int,
+        after_ordinal: int = -1,
+        only_keys: list[str] | None = None,
+    ) -> list[ClaimedItem]:
+        """Lease up to ``limit`` runnable items, in plan order, after ``after_ordinal``.
+
+        Runnable: in the plan, with attempts left, and pending or running under an expired
+        lease (its runner died).  On PostgreSQL the rows are locked ``FOR UPDATE SKIP LOCKED``
+        so concurrent runners never claim the same item.
+        """
+        now = time.time()
+        cond = and_(
+            items.c.job_id == job.id,
+            items.c.in_plan,
+            items.c.attempts < max_attempts,
+            items.c.ordinal > after_ordinal,
+            or_(
+                items.c.state == ItemState.pending.value,
+                and_(items.c.state == ItemState.running.value, items.c.lease_expires_at < now),
+            ),
+        )
+        if only_keys is not None:
+            cond = and_(cond, items.c.key.in_(only_keys))
+        with self._write() as conn:
+            rows = conn.execute(
+                select(items.c.id, items.c.key, items.c.ordinal, items.c.spec_hash, items.c.spec, items.c.attempts)
+                .where(cond)
+                .order_by(items.c.ordinal)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all()
+            if rows:
+                conn.execute(
+                    update(items)
+                    .where(items.c.id.in_([r.id for r in rows]))
+                    .values(
+                        state=ItemState.running.value,
+                        lease_owner=runner_id,
+                        lease_expires_at=now + lease_s,
+                        updated_at=now,
+                    )
+                )
+        return [ClaimedItem.from_row(r) for r in rows]
+
+    def release(self, runner_id: str, item_ids: list[int]) -> None:
+        """Hand claimed but unsent items back (the run is stopping)."""
+        if not item_ids:
+            return
+        with self._write() as conn:
+            conn.execute(
+                update(items)
+                .where(items.c.id.in_(item_ids), items.c.lease_owner == runner_id)
+                .values(state=ItemState.pending.value, lease_owner=None, lease_expires_at=None)
+            )
+
+    # ---------------------------------------------------------------- recording
+
+    def record(self, run_id: int, runner_id: str, records: list[AttemptRecord], lease_s: float = 60.0) -> list[int]:
+        """Record finished attempts in one transaction; returns the ids of items whose lease was lost.
+
+        An item's state only changes while this runner still holds its lease; a runner that
+        lost it (it stalled past the expiry and another runner took over) records its attempt
+        for the history but changes nothing else.
+        """
+        lost: list[int] = []
+        now = time.time()
+        with self._write() as conn:
+            for rec in records:
+                values: dict[str, Any] = dict(state=rec.item_state.value, updated_at=now)
+                if rec.item_state == ItemState.running:  # waiting for a retry: keep the lease
+                    values["lease_expires_at"] = now + lease_s
+                else:
+                    values.update(lease_owner=None, lease_expires_at=None)
+                if rec.counts:
+                    values["attempts"] = items.c.attempts + 1
+                if rec.item_state == ItemState.succeeded:
+                    values.update(error_class=None, last_error=None)
+                elif rec.error_class:
+                    values.update(error_class=rec.error_class, last_error=rec.error_message)
+                changed = conn.execute(
+                    update(items)
+                    .where(items.c.id == rec.item_id, items.c.lease_owner == runner_id)
+                    .values(**values)
+                ).rowcount
+                attempt_id = conn.execute(
+                    insert(attempts).values(
+                        item_id=rec.item_id,
+                        run_id=run_id,
+                        number=rec.number,
+                        spec_hash=rec.spec_hash,
+                        started_at=rec.started_at,
+                        ended_at=rec.ended_at,
+                        outcome=rec.outcome if changed else "lease_lost",
+                        http_status=rec.http_status,
+                        error_class=rec.error_class,
+                        error_message=rec.error_message,
+                        latency_ms=rec.latency_ms,
+                        prompt_tokens=rec.prompt_tokens,
+                        output_tokens=rec.output_tokens,
+                        total_tokens=rec.total_tokens,
+                        finish_reason=rec.finish_reason,
+                        block_reason=rec.block_reason,
+                        text=rec.text,
+                    )
+                ).inserted_primary_key[0]
+                if not changed:
+                    lost.append(rec.item_id)
+                    continue
+                if rec.outputs:
+                    conn.execute(delete(outputs).where(outputs.c.item_id == rec.item_id))
+                    conn.execute(
+                        insert(outputs),
+                        [
+                            dict(
+                                item_id=rec.item_id,
+                                attempt_id=attempt_id,
+                                idx=o.idx,
+                                path=o.path,
+                                sha256=o.sha256,
+                                width=o.width,
+                                height=o.height,
+                                bytes=o.bytes,
+                                source_url=o.source_url,
+                                created_at=now,
+                            )
+                            for o in rec.outputs
+                        ],
+                    )
+            succeeded = sum(1 for r in records if r.item_state == ItemState.succeeded)
+            failed = sum(1 for r in records if r.item_state == ItemState.failed)
+            conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id)
+                .values(
+                    heartbeat_at=now,
+                    succeeded=runs.c.succeeded + succeeded,
+                    failed=runs.c.failed + failed,
+                    requests=runs.c.requests + len(records),
+                )
+            )
+        return lost
+
+    # ---------------------------------------------------------------- reading
+
+    def counts(self, job: Job) -> dict[str, int]:
+        """Items in the plan by state, plus ``total``."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(items.c.state, func.count())
+                .where(items.c.job_id == job.id, items.c.in_plan)
+                .group_by(items.c.state)
+            ).all()
+        result = {s.value: 0 for s in ItemState}
+        for state, n in rows:
+            result[state] = n
+        result["total"] = sum(result.values())
+        return result
+
+    def status(self, job: Job) -> dict[str, Any]:
+        """Everything ``batchfuse status`` shows."""
+        counts = self.counts(job)
+        with self._read() as conn:
+            n_attempts, tokens = conn.execute(
+                select(func.count(attempts.c.id), func.coalesce(func.sum(attempts.c.total_tokens), 0))
+                .select_from(attempts.join(items, attempts.c.item_id == items.c.id))
+                .where(items.c.job_id == job.id)
+            ).one()
+            by_outcome = dict(
+                conn.execute(
+                    select(attempts.c.outcome, func.count())
+                    .select_from(attempts.join(items, attempts.c.item_id == items.c.id))
+                    .where(items.c.job_id == job.id)
+                    .group_by(attempts.c.outcome)
+                ).all()
+            )
+            errors = conn.execute(
+                select(items.c.error_class, items.c.last_error, func.count().label("n"), func.min(items.c.key))
+                .where(
+                    items.c.job_id == job.id,
+                    items.c.in_plan,
+                    items.c.state != ItemState.succeeded.value,
+                    items.c.last_error.is_not(None),
+                )
+                .group_by(items.c.error_class, items.c.last_error)
+                .order_by(func.count().desc())
+                .limit(20)
+            ).all()
+            removed = conn.execute(
+                select(func.count()).where(items.c.job_id == job.id, ~items.c.in_plan)
+            ).scalar_one()
+            run_rows = conn.execute(
+                select(runs).where(runs.c.job_id == job.id).order_by(runs.c.started_at.desc()).limit(10)
+            ).all()
+        return {
+            "job": job.name,
+            "items": {
+                "total": counts["total"],
+                "succeeded": counts["succeeded"],
+                "failed": counts["failed"],
+                "pending": counts["pending"],
+                "running": counts["running"],
+                "removed": removed,
+            },
+            "attempts": n_attempts,
+            "attempts_by_outcome": by_outcome,
+            "tokens": int(tokens),
+            "errors": [
+                {"class": cls, "message": msg, "items": n, "example": example}
+                for cls, msg, n, example in errors
+            ],
+            "runs": [
+                {
+                    "started_at": r.started_at,
+                    "ended_at": r.ended_at,
+                    "host": r.host,
+                    "pid": r.pid,
+                    "exit_reason": r.exit_reason,
+                    "succeeded": r.succeeded,
+                    "failed": r.failed,
+                    "requests": r.requests,
+                    "live": r.ended_at is None and _runner_alive(r.host, r.pid, r.heartbeat_at, time.time()),
+                }
+                for r in run_rows
+            ],
+        }
+
+    def item_rows(self, job: Job) -> Iterator[dict[str, Any]]:
+        """Every item in the plan with its outputs, a page at a time (for export and reports)."""
+        last = -1
+        while True:
+            with self._read() as conn:
+                page = conn.execute(
+                    select(items)
+                    .where(items.c.job_id == job.id, items.c.in_plan, items.c.ordinal > last)
+                    .order_by(items.c.ordinal)
+                    .limit(PLAN_BATCH)
+                ).all()
+                if not page:
+                    return
+                ids = [r.id for r in page]
+                outs: dict[int, list[Any]] = {}
+                for o in conn.execute(
+                    select(outputs).where(outputs.c.item_id.in_(ids)).order_by(outputs.c.item_id, outputs.c.idx)
+                ):
+                    outs.setdefault(o.item_id, []).append(o)
+                tokens = dict(
+                    conn.execute(
+                        select(attempts.c.item_id, func.coalesce(func.sum(attempts.c.total_tokens), 0))
+                        .where(attempts.c.item_id.in_(ids))
+                        .group_by(attempts.c.item_id)
+                    ).all()
+                )
+            for r in page:
+                yield {
+                    "key": r.key,
+                    "state": r.state,
+                    "attempts": r.attempts,
+                    "spec": json.loads(r.spec),
+                    "error_class": r.error_class,
+                    "last_error": r.last_error,
+                    "tokens": int(tokens.get(r.id, 0)),
+                    "outputs": [
+                        {"path": o.path, "sha256": o.sha256, "width": o.width, "height": o.height}
+                        for o in outs.get(r.id, [])
+                    ],
+                }
+            last = page[-1].ordinal
+
+    def attempts_for(self, job: Job) -> list[dict[str, Any]]:
+        """All attempts of a job, oldest first (for tests and diagnostics)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(attempts, items.c.key)
+                .select_from(attempts.join(items, attempts.c.item_id == items.c.id))
+                .where(items.c.job_id == job.id)
+                .order_by(attempts.c.id)
+            ).all()
+        return [dict(r._mapping) for r in rows]
+
+
+def _runner_alive(host: str, pid: int, heartbeat_at: float, now: float) -> bool:
+    """Whether a runner is alive: by its pid on this host, by its heartbeat elsewhere."""
+    if host == socket.gethostname():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        # A live pid with a long-silent heartbeat is a reused pid, not our runner.
+        return now - heartbeat_at < STALE_RUNNER_S * 10
+    return now - heartbeat_at < STALE_RUNNER_S

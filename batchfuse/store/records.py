@@ -1,0 +1,97 @@
+"""Frozen records the store hands out, and the states an item moves through."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class ItemState(str, Enum):
+    """Where an item stands. ``pending -> running -> succeeded | failed | pending``."""
+
+    #: Waiting to be sent (new, changed, retried, or left by a stopped run).
+    pending = "pending"
+    #: Claimed by a runner under a lease; a dead runner's items come back when it expires.
+    running = "running"
+    #: Every output is on disk and recorded; never sent again while its spec is unchanged.
+    succeeded = "succeeded"
+    #: Rejected by the API, or out of attempts; ``run --retry-failed`` gives it another go.
+    failed = "failed"
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    name: str
+    provider: str
+    model: str
+    manifest_path: str
+
+
+@dataclass(frozen=True)
+class ClaimedItem:
+    """An item a runner holds a lease on, with everything needed to send it."""
+
+    id: int
+    key: str
+    ordinal: int
+    spec_hash: str
+    spec: dict[str, Any]
+    attempts: int
+
+    @classmethod
+    def from_row(cls, row: Any) -> ClaimedItem:
+        return cls(row.id, row.key, row.ordinal, row.spec_hash, json.loads(row.spec), row.attempts)
+
+
+@dataclass(frozen=True)
+class OutputRecord:
+    idx: int
+    path: str
+    sha256: str
+    width: int
+    height: int
+    bytes: int
+    source_url: str | None = None
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One finished attempt, as the scheduler reports it to the store."""
+
+    item_id: int
+    number: int
+    spec_hash: str
+    started_at: float
+    ended_at: float
+    outcome: str
+    #: The item's state after this attempt.
+    item_state: ItemState
+    counts: bool
+    http_status: int | None = None
+    error_class: str | None = None
+    error_message: str | None = None
+    latency_ms: float | None = None
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    total_tokens: int | None = None
+    finish_reason: str | None = None
+    block_reason: str | None = None
+    text: str | None = None
+    outputs: tuple[OutputRecord, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class PlanSummary:
+    """What planning a manifest against the store found."""
+
+    new: int = 0
+    changed: int = 0
+    unchanged_done: int = 0
+    to_run: int = 0
+    to_retry: int = 0
+    failed: int = 0
+    removed: int = 0
+    removed_keys: tuple[str, ...] = ()

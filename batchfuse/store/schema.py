@@ -1,0 +1,123 @@
+"""Tables of the job database.
+
+Times are stored as UNIX seconds (floats): portable across SQLite and PostgreSQL, cheap to
+compare, and free of the naive/aware datetime trap. The Alembic migrations under
+``migrations/`` must produce exactly this schema (a test compares them).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("provider", String(50), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("manifest_path", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("planned_at", Float),
+)
+
+items = Table(
+    "items",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("key", String(500), nullable=False),
+    Column("ordinal", Integer, nullable=False),
+    Column("spec_hash", String(64), nullable=False),
+    Column("spec", Text, nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("in_plan", Boolean, nullable=False, default=True),
+    Column("error_class", String(20)),
+    Column("last_error", Text),
+    Column("lease_owner", String(64)),
+    Column("lease_expires_at", Float),
+    Column("updated_at", Float, nullable=False),
+    UniqueConstraint("job_id", "key"),
+    Index("ix_items_claim", "job_id", "state", "ordinal"),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("runner_id", String(64), nullable=False, unique=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+    Column("ended_at", Float),
+    Column("exit_reason", Text),
+    Column("succeeded", Integer, nullable=False, default=0),
+    Column("failed", Integer, nullable=False, default=0),
+    Column("requests", Integer, nullable=False, default=0),
+    Index("ix_runs_job", "job_id", "started_at"),
+)
+
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("item_id", Integer, ForeignKey("items.id", ondelete="CASCADE"), nullable=False),
+    Column("run_id", Integer, ForeignKey("runs.id", ondelete="SET NULL")),
+    Column("number", Integer, nullable=False),
+    Column("spec_hash", String(64), nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("ended_at", Float, nullable=False),
+    Column("outcome", String(20), nullable=False),
+    Column("http_status", Integer),
+    Column("error_class", String(20)),
+    Column("error_message", Text),
+    Column("latency_ms", Float),
+    Column("prompt_tokens", Integer),
+    Column("output_tokens", Integer),
+    Column("total_tokens", Integer),
+    Column("finish_reason", String(50)),
+    Column("block_reason", String(50)),
+    Column("text", Text),
+    Index("ix_attempts_item", "item_id"),
+)
+
+outputs = Table(
+    "outputs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("item_id", Integer, ForeignKey("items.id", ondelete="CASCADE"), nullable=False),
+    Column("attempt_id", Integer, ForeignKey("attempts.id", ondelete="CASCADE"), nullable=False),
+    Column("idx", Integer, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("bytes", Integer, nullable=False),
+    Column("source_url", Text),
+    Column("created_at", Float, nullable=False),
+    Index("ix_outputs_item", "item_id"),
+)

@@ -1,0 +1,1 @@
+"""Alembic migrations of the job database (installed as ``batchfuse.migrations``)."""
