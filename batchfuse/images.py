@@ -75,11 +75,11 @@ def read_file(path: str) -> bytes:
         with open(path, "rb") as f:
             return f.read()
     except FileNotFoundError:
-        raise ImageProblem(f"file not found: {path}") from None
+        raise ImageProblem("file not found") from None
     except IsADirectoryError:
-        raise ImageProblem(f"is a folder, not an image: {path}") from None
+        raise ImageProblem("is a folder, not an image") from None
     except OSError as exc:
-        raise ImageProblem(f"cannot read {path}: {exc.strerror}") from None
+        raise ImageProblem(f"cannot be read: {exc.strerror}") from None
 
 
 class ImageInspector:
@@ -95,7 +95,7 @@ class ImageInspector:
         try:
             st = os.stat(path)
         except FileNotFoundError:
-            raise ImageProblem(f"file not found: {path}") from None
+            raise ImageProblem("file not found") from None
         key = (path, st.st_size, st.st_mtime_ns)
         hit = self._cache.get(key)
         if hit is None:

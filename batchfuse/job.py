@@ -47,7 +47,8 @@ class RunOptions:
     db: str | None = None
     retry_failed: bool = False
     only: list[str] | None = None
-    lease_s: float = float(os.environ.get("BATCHFUSE_LEASE_S", "60"))
+    #: How long a claim lasts without a heartbeat; short in tests of dead runners.
+    lease_s: float = field(default_factory=lambda: float(os.environ.get("BATCHFUSE_LEASE_S", "60")))
 
 
 @dataclass
@@ -202,7 +203,11 @@ async def run_job(
                     SchedulerConfig(
                         concurrency=m.limits.concurrency,
                         requests_per_minute=m.limits.requests_per_minute,
-                        policy=RetryPolicy(max_attempts=m.limits.max_attempts),
+                        policy=RetryPolicy(
+                            max_attempts=m.limits.max_attempts,
+                            base_delay_s=m.limits.backoff_base_s,
+                            max_delay_s=m.limits.backoff_max_s,
+                        ),
                         output_template=m.output.filename,
                         model=m.provider.model,
                         job_name=m.job,
@@ -224,6 +229,7 @@ async def run_job(
                 if scheduler.stop_reason:
                     reason, error = scheduler.stop_reason, scheduler.stop_error
         finally:
+            await asyncio.to_thread(outputs.clean_temp, True)
             stats = control.stats
             await db.call(
                 store.end_run, run_id, runner_id, reason, stats.succeeded, stats.failed, stats.requests

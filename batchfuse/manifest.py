@@ -57,6 +57,9 @@ class Limits(Strict):
     requests_per_minute: float | None = Field(60, gt=0)
     max_attempts: int = Field(4, ge=1, le=100)
     timeout_s: float = Field(300, gt=0)
+    #: Exponential backoff: the n-th retry waits up to base × 2^(n-1) seconds (full jitter).
+    backoff_base_s: float = Field(1.0, ge=0)
+    backoff_max_s: float = Field(60.0, ge=0)
     max_images: int | None = Field(None, ge=1)
     max_cost: float | None = Field(None, gt=0)
 
@@ -107,6 +110,21 @@ def _describe(err: dict[str, Any], model: type[BaseModel] | None) -> str:
         return f"unknown key{did_you_mean(field, known)}"
     if kind == "missing":
         return "is required"
+    got = err.get("input")
+    shown = f" (got {got!r})" if isinstance(got, (str, int, float)) and not isinstance(got, bool) else ""
+    if kind == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "").replace("'", "")
+        return f"must be one of {expected.replace(' or ', ', ')}{shown}"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return f"must be a whole number{shown}"
+    if kind in ("float_parsing", "float_type"):
+        return f"must be a number{shown}"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"must be true or false{shown}"
+    if kind in ("string_type",):
+        return f"must be a string{shown}"
+    if kind == "too_short" and err["loc"] == ("items",):
+        return "must list at least one item"
     msg = err["msg"]
     return msg[len("Value error, ") :] if msg.startswith("Value error, ") else msg
 
@@ -163,6 +181,8 @@ def load_yaml(path: Path) -> Any:
         mark = exc.problem_mark or exc.context_mark
         line = f"line {mark.line + 1}: " if mark else ""
         problem = (exc.problem or exc.context or "invalid YAML").strip()
+        if exc.context and exc.context_mark and exc.problem_mark and exc.context_mark.line != exc.problem_mark.line:
+            problem += f" ({exc.context} at line {exc.context_mark.line + 1})"
         if isinstance(exc, yaml.constructor.ConstructorError) and "tag" in problem:
             problem = f"{problem} (only plain YAML is accepted)"
         raise InputError(f"{shown}: {line}YAML error: {problem}") from None

@@ -118,12 +118,15 @@ class OutputFolder:
         self.temp = root / TEMP_DIR
         self.writer_tag = writer_tag.replace(":", "_").replace("/", "_")
 
-    def clean_temp(self) -> int:
-        """Remove temp files left by a killed run; returns how many."""
+    def clean_temp(self, only_mine: bool = False) -> int:
+        """Remove temp files left by killed runs (or, with ``only_mine``, by this writer);
+        returns how many.  The temp folder goes too once it is empty."""
         if not self.temp.is_dir():
             return 0
         removed = 0
         for entry in self.temp.iterdir():
+            if only_mine and not entry.name.startswith(self.writer_tag + "-"):
+                continue
             try:
                 if entry.is_dir():
                     shutil.rmtree(entry)
