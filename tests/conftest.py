@@ -144,3 +144,33 @@ def cli_process(*args: str, env: dict[str, str] | None = None, **kw: Any) -> sub
 
 def generation_requests(server: Any) -> list[dict[str, Any]]:
     return [r for r in server.requests() if r["api"] in ("gemini", "openai")]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request, tmp_path: Path) -> Any:
+    """A fresh, empty database on each backend; PostgreSQL tests skip (with the reason shown)
+    when BATCHFUSE_TEST_POSTGRES_URL is not set."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    if not POSTGRES_URL:
+        pytest.skip("PostgreSQL not configured: set BATCHFUSE_TEST_POSTGRES_URL (.ci/run does)")
+    yield from fresh_postgres_database()
+
+
+def fresh_postgres_database() -> Any:
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"bf_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

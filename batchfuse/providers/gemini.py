@@ -36,7 +36,8 @@ REJECTED_REASONS = {
     "BLOCKLIST",
     "SPII",
 }
-_DATA_URL = re.compile(r"data:(image/(?:png|jpeg|webp));base64,([A-Za-z0-9+/=\s]+)")
+#: An image some relays put inside a text part, bare or as a markdown image.
+_DATA_URL = re.compile(r"(?:!\[[^\]]*\]\()?data:(image/(?:png|jpeg|webp));base64,([A-Za-z0-9+/=\s]+)\)?")
 
 
 class GeminiParams(BaseModel):
@@ -198,7 +199,7 @@ def parse_reply(reply: HttpReply) -> Reply:
                 found = _DATA_URL.findall(part["text"])
                 if found:
                     images.extend(_b64(b64) for _mime, b64 in found)
-                    rest = _DATA_URL.sub("", part["text"]).strip(" \n()![]")
+                    rest = _DATA_URL.sub("", part["text"]).strip()
                     if rest:
                         texts.append(rest)
                 else:
