@@ -56,6 +56,9 @@ class Group(click.Group):
             sys.exit(EXIT_STOPPED)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
+        except BrokenPipeError:  # `batchfuse status ... | head`: the reader left; so do we
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
         except Exception as exc:  # a bug: one line, the traceback only on request
             if os.environ.get("BATCHFUSE_DEBUG"):
                 raise

@@ -98,11 +98,15 @@ class ProviderError(BatchfuseError):
         status: int | None = None,
         retry_after: float | None = None,
         code: str | None = None,
+        resume: dict | None = None,
     ) -> None:
         super().__init__(scrub(message) if message else None)
         self.status = status
         self.retry_after = retry_after
         self.code = code
+        #: What the next attempt can pick up instead of starting over (e.g. result URLs
+        #: already paid for); recorded on the item, handed back to the provider.
+        self.resume = resume
 
 
 class TransientError(ProviderError):

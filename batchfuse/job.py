@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from batchfuse.errors import BatchfuseError, InputError, ManifestError, register_secret
 from batchfuse.images import EncodedImageCache
@@ -28,6 +29,7 @@ from batchfuse.manifest import Manifest, load_manifest
 from batchfuse.outputs import OutputFolder
 from batchfuse.plan import Planner
 from batchfuse.providers.base import ProviderContext
+from batchfuse.providers.fetch import Fetcher
 from batchfuse.retry import RetryPolicy
 from batchfuse.scheduler import Database, RunStats, Scheduler, SchedulerConfig
 from batchfuse.store.engine import resolve_db_url
@@ -157,6 +159,21 @@ async def _endpoint(loaded: Loaded) -> AsyncIterator[str]:
         yield server.url
 
 
+@contextlib.asynccontextmanager
+async def _fetcher(loaded: Loaded, base_url: str) -> AsyncIterator[Fetcher]:
+    """URL downloads for this run; the API's own host is always allowed."""
+    fetcher = Fetcher(
+        allow_private=loaded.manifest.network.allow_private,
+        allowed_hosts=frozenset({URL(base_url).host or ""}),
+        max_bytes=int(loaded.manifest.network.max_download_mb * 1024 * 1024),
+        timeout_s=loaded.manifest.limits.timeout_s,
+    )
+    try:
+        yield fetcher
+    finally:
+        await fetcher.close()
+
+
 async def run_job(
     path: Path,
     options: RunOptions | None = None,
@@ -187,7 +204,7 @@ async def run_job(
             async with _endpoint(loaded) as base_url, aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=m.limits.concurrency * 2, limit_per_host=0),
                 trust_env=False,
-            ) as session:
+            ) as session, _fetcher(loaded, base_url) as fetcher:
                 provider = loaded.planner.provider(
                     ProviderContext(
                         base_url=base_url,
@@ -196,7 +213,7 @@ async def run_job(
                         session=session,
                         images=EncodedImageCache(max_side=m.images_config.max_side),
                         timeout_s=m.limits.timeout_s,
-                        allow_private=m.network.allow_private,
+                        fetcher=fetcher,
                     )
                 )
                 scheduler = Scheduler(

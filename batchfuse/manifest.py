@@ -70,7 +70,10 @@ class OutputConfig(Strict):
 
 
 class NetworkConfig(Strict):
+    #: Let URL downloads reach loopback and private addresses (off: only public ones).
     allow_private: bool = False
+    #: Largest body a URL download may have.
+    max_download_mb: float = Field(40, gt=0)
 
 
 class ImagesConfig(Strict):

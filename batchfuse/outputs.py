@@ -147,7 +147,13 @@ class OutputFolder:
             raise OutputError(f"output {name} would be written outside {self.root}")
         return path
 
-    def write(self, names: list[str], images: list[PreparedImage], source_urls: list[str | None]) -> list[OutputRecord]:
+    def write(
+        self,
+        names: list[str],
+        images: list[PreparedImage],
+        source_urls: list[str | None] = (),
+        source_at: float | None = None,
+    ) -> list[OutputRecord]:
         """Write every image of one attempt; all or none get their final names."""
         staged: list[tuple[Path, Path]] = []
         records: list[OutputRecord] = []
@@ -169,6 +175,7 @@ class OutputFolder:
                         height=img.height,
                         bytes=len(img.payload),
                         source_url=source_urls[i] if i < len(source_urls) else None,
+                        source_at=source_at,
                     )
                 )
             dirs: set[Path] = set()

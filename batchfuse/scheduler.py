@@ -175,6 +175,7 @@ class Scheduler:
         self.stop_error: BatchfuseError | None = None
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._resume: dict[int, dict[str, Any] | None] = {}
         self._rng = random.Random()
 
     # ---------------------------------------------------------------- stopping
@@ -254,6 +255,7 @@ class Scheduler:
 
     async def _process(self, item: ClaimedItem) -> None:
         attempts_used = item.attempts
+        self._resume[item.id] = item.resume
         try:
             while True:
                 if self.stopping:
@@ -272,6 +274,8 @@ class Scheduler:
             self.stop(exc.message, exc)
         except asyncio.CancelledError:
             pass
+        finally:
+            self._resume.pop(item.id, None)
 
     async def _attempt(self, item: ClaimedItem, number: int) -> float | None:
         """Send ``item`` once; returns the delay before a retry, or None when done with it."""
@@ -287,7 +291,7 @@ class Scheduler:
             reply: Reply | None = None
             error: ProviderError | None = None
             try:
-                reply = await self.provider.generate(item.spec)
+                reply = await self.provider.generate(item.spec, self._resume.get(item.id))
             except ProviderError as exc:
                 error = exc
             except asyncio.CancelledError:
@@ -341,7 +345,9 @@ class Scheduler:
             error_class=decision.final_class or error.error_class.value,
             error_message=error.message,
             latency_ms=latency_ms,
+            resume=error.resume,
         )
+        self._resume[item.id] = error.resume
         log.info(
             "attempt item=%s n=%d status=%s class=%s latency_ms=%.0f error=%s",
             item.key, number, error.status, error.error_class.value, latency_ms, error.message,
@@ -424,4 +430,4 @@ class Scheduler:
             "batchfuse:spec": item.spec_hash,
         }
         prepared = [prepare(data, name, text) for data, name in zip(reply.images, names, strict=True)]
-        return self.outputs.write(names, prepared, reply.source_urls)
+        return self.outputs.write(names, prepared, reply.source_urls, reply.source_at)

@@ -12,6 +12,7 @@ from batchfuse.providers.base import Provider
 
 PROVIDERS: dict[str, str] = {
     "gemini": "batchfuse.providers.gemini:GeminiProvider",
+    "openai_images": "batchfuse.providers.openai_images:OpenAIImagesProvider",
 }
 
 

@@ -13,6 +13,7 @@ import aiohttp
 from pydantic import BaseModel
 
 from batchfuse.images import EncodedImageCache, ImageInfo
+from batchfuse.providers.fetch import Fetcher
 
 
 @dataclass
@@ -28,6 +29,8 @@ class Reply:
     finish_reason: str | None = None
     #: Where each image was downloaded from, when the API answered with URLs.
     source_urls: list[str | None] = field(default_factory=list)
+    #: When the API made the images behind ``source_urls``.
+    source_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class ProviderContext:
     session: aiohttp.ClientSession
     images: EncodedImageCache
     timeout_s: float
-    allow_private: bool = False
+    fetcher: Fetcher
 
 
 class Provider(ABC):
@@ -90,5 +93,9 @@ class Provider(ABC):
         """The request for ``spec`` as ``validate`` shows it: URL and body, no key, no image data."""
 
     @abstractmethod
-    async def generate(self, spec: dict[str, Any]) -> Reply:
-        """Send one item and return its images; raise a ProviderError subclass on failure."""
+    async def generate(self, spec: dict[str, Any], resume: dict[str, Any] | None = None) -> Reply:
+        """Send one item and return its images; raise a ProviderError subclass on failure.
+
+        ``resume`` is what an earlier attempt's error carried in ``ProviderError.resume``
+        (say, result URLs that were paid for but not downloaded): use it rather than paying again.
+        """

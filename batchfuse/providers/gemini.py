@@ -117,7 +117,7 @@ class GeminiProvider(Provider):
                 body["tools"] = [{"google_search": {}}]
         return body
 
-    async def generate(self, spec: dict[str, Any]) -> Reply:
+    async def generate(self, spec: dict[str, Any], resume: dict[str, Any] | None = None) -> Reply:
         refs = await encoded_refs(self.ctx, spec["images"])
         parts = [{"inline_data": {"mime_type": r.mime, "data": r.b64}} for r in refs]
         reply = await post_json(

@@ -1,7 +1,9 @@
-"""Reference images for a request: each distinct image encoded once per run.
+"""Reference images for a request: each distinct image read (or downloaded) and encoded once
+per run.
 
-Several requests starting together for the same shared image wait on one encode rather
-than each encoding it (single flight), and the encode runs in a worker thread.
+Several requests starting together for the same shared image wait on one encode rather than
+each doing it (single flight); the work runs in a worker thread.  URL images are downloaded
+through the guarded :class:`~batchfuse.providers.fetch.Fetcher`.
 """
 
 from __future__ import annotations
@@ -16,28 +18,40 @@ from batchfuse.providers.base import ProviderContext
 _inflight: dict[tuple[int, str], asyncio.Future[EncodedImage]] = {}
 
 
+def is_url(src: str) -> bool:
+    return src.lower().startswith(("http://", "https://"))
+
+
+async def _load(ctx: ProviderContext, ref: dict[str, Any]) -> EncodedImage:
+    src, digest = ref["src"], ref["digest"]
+    try:
+        if is_url(src):
+            fetched = await ctx.fetcher.get(src)
+            kind = fetched.content_type.split(";", 1)[0].strip().lower()
+            if kind and not kind.startswith("image/") and kind != "application/octet-stream":
+                raise ImageProblem(f"the server says it is {kind}, not an image")
+            return await asyncio.to_thread(ctx.images.put, digest, fetched.data)
+        return await asyncio.to_thread(ctx.images.local, src, digest)
+    except ImageProblem as exc:
+        raise RejectedError(f"reference image {src}: {exc}", code="bad_reference") from None
+
+
 async def encoded_ref(ctx: ProviderContext, ref: dict[str, Any]) -> EncodedImage:
-    cache = ctx.images
-    digest = ref["digest"]
-    hit = cache.get(digest)
+    """The encoded form of one reference image (``{"src", "digest"}`` from the item's spec)."""
+    hit = ctx.images.get(ref["digest"])
     if hit is not None:
         return hit
-    key = (id(cache), digest)
+    key = (id(ctx.images), ref["digest"])
     pending = _inflight.get(key)
     if pending is not None:
         return await asyncio.shield(pending)
     fut: asyncio.Future[EncodedImage] = asyncio.get_running_loop().create_future()
     _inflight[key] = fut
     try:
-        result = await asyncio.to_thread(cache.local, ref["src"], digest)
-    except ImageProblem as exc:
-        error = RejectedError(f"reference image {ref['src']}: {exc}", code="bad_reference")
-        fut.set_exception(error)
-        fut.exception()  # retrieved: waiters re-raise it, nobody else needs to
-        raise error from None
+        result = await _load(ctx, ref)
     except BaseException as exc:
         fut.set_exception(exc)
-        fut.exception()
+        fut.exception()  # marked retrieved: waiters re-raise it
         raise
     finally:
         _inflight.pop(key, None)
@@ -46,4 +60,4 @@ async def encoded_ref(ctx: ProviderContext, ref: dict[str, Any]) -> EncodedImage
 
 
 async def encoded_refs(ctx: ProviderContext, refs: list[dict[str, Any]]) -> list[EncodedImage]:
-    return [await encoded_ref(ctx, r) for r in refs]
+    return list(await asyncio.gather(*(encoded_ref(ctx, r) for r in refs)))

@@ -163,6 +163,7 @@ class Store:
                             in_plan=True,
                             error_class=None,
                             last_error=None,
+                            resume_token=None,
                             updated_at=now,
                         )
                     )
@@ -337,7 +338,15 @@ class Store:
             cond = and_(cond, items.c.key.in_(only_keys))
         with self._write() as conn:
             rows = conn.execute(
-                select(items.c.id, items.c.key, items.c.ordinal, items.c.spec_hash, items.c.spec, items.c.attempts)
+                select(
+                    items.c.id,
+                    items.c.key,
+                    items.c.ordinal,
+                    items.c.spec_hash,
+                    items.c.spec,
+                    items.c.attempts,
+                    items.c.resume_token,
+                )
                 .where(cond)
                 .order_by(items.c.ordinal)
                 .limit(limit)
@@ -380,7 +389,11 @@ class Store:
         now = time.time()
         with self._write() as conn:
             for rec in records:
-                values: dict[str, Any] = dict(state=rec.item_state.value, updated_at=now)
+                values: dict[str, Any] = dict(
+                    state=rec.item_state.value,
+                    updated_at=now,
+                    resume_token=json.dumps(rec.resume) if rec.resume else None,
+                )
                 if rec.item_state == ItemState.running:  # waiting for a retry: keep the lease
                     values["lease_expires_at"] = now + lease_s
                 else:
@@ -435,6 +448,7 @@ class Store:
                                 height=o.height,
                                 bytes=o.bytes,
                                 source_url=o.source_url,
+                                source_at=o.source_at,
                                 created_at=now,
                             )
                             for o in rec.outputs

@@ -40,10 +40,12 @@ class ClaimedItem:
     spec_hash: str
     spec: dict[str, Any]
     attempts: int
+    resume: dict[str, Any] | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> ClaimedItem:
-        return cls(row.id, row.key, row.ordinal, row.spec_hash, json.loads(row.spec), row.attempts)
+        resume = json.loads(row.resume_token) if row.resume_token else None
+        return cls(row.id, row.key, row.ordinal, row.spec_hash, json.loads(row.spec), row.attempts, resume)
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class OutputRecord:
     height: int
     bytes: int
     source_url: str | None = None
+    source_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,8 @@ class AttemptRecord:
     block_reason: str | None = None
     text: str | None = None
     outputs: tuple[OutputRecord, ...] = field(default_factory=tuple)
+    #: The provider's resume note for the next attempt; None clears it.
+    resume: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

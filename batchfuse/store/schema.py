@@ -58,6 +58,9 @@ items = Table(
     Column("last_error", Text),
     Column("lease_owner", String(64)),
     Column("lease_expires_at", Float),
+    #: A provider's note for the next attempt (JSON), e.g. result URLs generated but not yet
+    #: downloaded: the next attempt fetches them instead of paying for a new generation.
+    Column("resume_token", Text),
     Column("updated_at", Float, nullable=False),
     UniqueConstraint("job_id", "key"),
     Index("ix_items_claim", "job_id", "state", "ordinal"),
@@ -118,6 +121,8 @@ outputs = Table(
     Column("height", Integer, nullable=False),
     Column("bytes", Integer, nullable=False),
     Column("source_url", Text),
+    #: When the API made the image behind ``source_url`` (result links expire).
+    Column("source_at", Float),
     Column("created_at", Float, nullable=False),
     Index("ix_outputs_item", "item_id"),
 )

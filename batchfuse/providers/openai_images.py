@@ -1,0 +1,173 @@
+"""OpenAI-compatible ``POST {base}/v1/images/generations`` (text-to-image, image-to-image,
+multi-image fusion).
+
+``image`` is one string or an array: local files go as ``data:image/...;base64,...`` URLs,
+http(s) URLs pass through unchanged.  With ``response_format: url`` every returned URL is
+downloaded inside the same attempt (links live about 24 h).  If the generation succeeded but a
+download failed, the URLs ride on the error as a resume note, and the next attempt — in this
+run or a later one — downloads them instead of paying for a new generation; only a dead or
+expired link leads to a new generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import time
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from batchfuse.errors import FatalError, NoImageError, ProviderError, RejectedError, TransientError
+from batchfuse.images import ImageInfo
+from batchfuse.providers.base import Problem, Provider, Reply
+from batchfuse.providers.fetch import GoneError
+from batchfuse.providers.http import HttpReply, post_json, retry_after_seconds
+from batchfuse.providers.refs import encoded_ref, is_url
+
+MODELS = ("gemini-3-pro-image-preview", "gemini-3-pro-image-preview-2k", "gemini-3-pro-image-preview-4k")
+MAX_IMAGES = 14
+#: Result links live about 24 h; past this age a recorded link is not worth trying.
+URL_FRESH_S = 23 * 3600
+
+
+class OpenAIImagesParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    size: Literal["1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9"] = "1:1"
+    response_format: Literal["url", "b64_json"] = "url"
+    n: int = Field(1, ge=1, le=10)
+
+
+class OpenAIImagesProvider(Provider):
+    kind = "openai_images"
+    Params = OpenAIImagesParams
+    MODELS: ClassVar[tuple[str, ...]] = MODELS
+
+    @classmethod
+    def check(cls, model: str, params: BaseModel, images: list[ImageInfo | None]) -> list[Problem]:
+        if len(images) > MAX_IMAGES:
+            return [Problem("images", f"{len(images)} reference images; {model} takes at most {MAX_IMAGES}")]
+        return []
+
+    @classmethod
+    def images_per_item(cls, params: dict[str, Any]) -> int:
+        return int(params.get("n", 1))
+
+    @classmethod
+    def tokens_per_image(cls, model: str, params: dict[str, Any]) -> int:
+        return 2000 if model.endswith("-4k") else 1210
+
+    @staticmethod
+    def endpoint(base_url: str) -> str:
+        return f"{base_url}/v1/images/generations"
+
+    @classmethod
+    def build_body(cls, model: str, spec: dict[str, Any], images: list[str]) -> dict[str, Any]:
+        params = spec["params"]
+        body: dict[str, Any] = {
+            "model": model,
+            "prompt": spec["prompt"],
+            "size": params["size"],
+            "response_format": params["response_format"],
+            "n": params["n"],
+        }
+        if len(images) == 1:
+            body["image"] = images[0]
+        elif images:
+            body["image"] = images
+        return body
+
+    @classmethod
+    def describe_request(cls, model: str, base_url: str, spec: dict[str, Any]) -> dict[str, Any]:
+        images = [r["src"] if is_url(r["src"]) else f"data:image/*;base64,<{r['src']}>" for r in spec["images"]]
+        return {"url": cls.endpoint(base_url), "body": cls.build_body(model, spec, images)}
+
+    async def generate(self, spec: dict[str, Any], resume: dict[str, Any] | None = None) -> Reply:
+        if resume and time.time() - float(resume.get("created", 0)) < URL_FRESH_S:
+            try:
+                return await self._download(resume["urls"], float(resume["created"]))
+            except GoneError:
+                pass  # the links are dead: only now is a new generation worth paying for
+            except ProviderError as exc:
+                raise _download_failed(exc, resume) from None
+        images = [
+            r["src"] if is_url(r["src"]) else (await encoded_ref(self.ctx, r)).data_url for r in spec["images"]
+        ]
+        reply = await post_json(
+            self.ctx.session,
+            self.endpoint(self.ctx.base_url),
+            {"Authorization": f"Bearer {self.ctx.api_key}"},
+            self.build_body(self.ctx.model, spec, images),
+            self.ctx.timeout_s,
+        )
+        if reply.status != 200:
+            raise classify_error(reply)
+        data = reply.data.get("data") if isinstance(reply.data, dict) else None
+        created = float(reply.data.get("created") or time.time()) if isinstance(reply.data, dict) else time.time()
+        expected = int(spec["params"]["n"])
+        if not isinstance(data, list) or len(data) < expected:
+            got = len(data) if isinstance(data, list) else 0
+            raise NoImageError(f"the reply carried {got} of {expected} images", status=200, code="no_image")
+        if all(isinstance(d, dict) and d.get("b64_json") for d in data):
+            return Reply(images=[_b64(d["b64_json"]) for d in data[:expected]], http_status=200)
+        urls = [d.get("url") for d in data[:expected] if isinstance(d, dict)]
+        if len(urls) != expected or not all(isinstance(u, str) and u for u in urls):
+            raise TransientError("the reply's data entries carry neither url nor b64_json", status=200)
+        try:
+            return await self._download(urls, created)
+        except GoneError as exc:
+            raise TransientError(f"a result link was dead at once: {exc.message}", status=200) from None
+        except ProviderError as exc:
+            raise _download_failed(exc, {"urls": urls, "created": created}) from None
+
+    async def _download(self, urls: list[str], created: float) -> Reply:
+        """Fetch every result URL; any failure fails the whole set (all or nothing)."""
+        fetched = await asyncio.gather(*(self.ctx.fetcher.get(u) for u in urls))
+        for f in fetched:
+            kind = f.content_type.split(";", 1)[0].strip().lower()
+            if kind and not kind.startswith("image/") and kind != "application/octet-stream":
+                raise TransientError(f"a result link served {kind}, not an image", code="not_image")
+        return Reply(
+            images=[f.data for f in fetched], http_status=200, source_urls=list(urls), source_at=created
+        )
+
+
+def _download_failed(exc: ProviderError, resume: dict[str, Any]) -> TransientError:
+    """Generated (and paid for) but not downloaded: keep the links for the next attempt."""
+    return TransientError(
+        f"generated, but the download failed: {exc.message}; the next attempt downloads it again",
+        status=200,
+        code="download",
+        resume=resume,
+    )
+
+
+def classify_error(reply: HttpReply) -> ProviderError:
+    """The error class of a non-200 reply, from its status and ``{"error": {message, type, code}}``."""
+    err = reply.data.get("error", {}) if isinstance(reply.data, dict) else {}
+    err = err if isinstance(err, dict) else {"message": str(err)}
+    code = str(err.get("code") or "")
+    kind = str(err.get("type") or "")
+    message = str(err.get("message") or reply.body[:200].decode("utf-8", "replace") or "no message")[:300]
+    text = f"HTTP {reply.status}{' ' + code if code else ''}: {message}"
+    kw: dict[str, Any] = {"status": reply.status, "code": code or kind or str(reply.status)}
+    if reply.status in (401, 403) or code == "invalid_api_key":
+        return FatalError(f"the API refused the key ({text}); check the key's environment variable", **kw)
+    if reply.status == 404 or code == "model_not_found":
+        return FatalError(f"model or endpoint not found ({text}); check provider.model and base_url", **kw)
+    if reply.status == 429:
+        if "quota" in code or "quota" in kind:
+            return FatalError(f"quota exhausted ({text})", **kw)
+        return TransientError(f"rate limited ({text})", retry_after=retry_after_seconds(reply.headers.get("Retry-After")), **kw)
+    if reply.status == 408 or reply.status >= 500:
+        return TransientError(text, retry_after=retry_after_seconds(reply.headers.get("Retry-After")), **kw)
+    return RejectedError(text, **kw)
+
+
+def _b64(data: str) -> bytes:
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise TransientError("an image in the reply is not valid base64", status=200, code="bad_image") from None
