@@ -172,8 +172,11 @@ class EncodedImageCache:
                 self._entries.move_to_end(digest)
             return hit
 
-    def put(self, digest: str, data: bytes) -> EncodedImage:
+    def put(self, digest: str, data: bytes, *, downloaded: bool = False) -> EncodedImage:
         """Normalize and encode ``data`` (whose digest is ``digest``) and keep it."""
+        if downloaded:
+            with self._lock:
+                self.reads += 1
         mime, payload = normalize(data, self.max_side)
         entry = EncodedImage(mime, base64.b64encode(payload).decode("ascii"))
         with self._lock:

@@ -62,6 +62,9 @@ class RunResult:
     requests: int
     counts: dict[str, int]
     plan: PlanSummary
+    #: Reference images read from disk (or downloaded) and encoded in this run.
+    image_reads: int = 0
+    image_encodes: int = 0
 
 
 @dataclass
@@ -200,6 +203,7 @@ async def run_job(
         if on_planned:
             on_planned(summary, counts)
         reason, error = "completed", None
+        image_cache = EncodedImageCache(max_side=m.images_config.max_side)
         try:
             async with _endpoint(loaded) as base_url, aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=m.limits.concurrency * 2, limit_per_host=0),
@@ -211,7 +215,7 @@ async def run_job(
                         model=m.provider.model,
                         api_key=key,
                         session=session,
-                        images=EncodedImageCache(max_side=m.images_config.max_side),
+                        images=image_cache,
                         timeout_s=m.limits.timeout_s,
                         fetcher=fetcher,
                     )
@@ -258,7 +262,11 @@ async def run_job(
             code = EXIT_FAILED_ITEMS
         else:
             code = EXIT_OK
-        return RunResult(code, reason, control.stats.succeeded, control.stats.failed, control.stats.requests, counts, summary)
+        stats = control.stats
+        return RunResult(
+            code, reason, stats.succeeded, stats.failed, stats.requests, counts, summary,
+            image_reads=image_cache.reads, image_encodes=image_cache.encodes,
+        )
     finally:
         db.close()
         store.close()

@@ -9,6 +9,7 @@ through the guarded :class:`~batchfuse.providers.fetch.Fetcher`.
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Any
 
 from batchfuse.errors import RejectedError
@@ -30,7 +31,7 @@ async def _load(ctx: ProviderContext, ref: dict[str, Any]) -> EncodedImage:
             kind = fetched.content_type.split(";", 1)[0].strip().lower()
             if kind and not kind.startswith("image/") and kind != "application/octet-stream":
                 raise ImageProblem(f"the server says it is {kind}, not an image")
-            return await asyncio.to_thread(ctx.images.put, digest, fetched.data)
+            return await asyncio.to_thread(partial(ctx.images.put, digest, fetched.data, downloaded=True))
         return await asyncio.to_thread(ctx.images.local, src, digest)
     except ImageProblem as exc:
         raise RejectedError(f"reference image {src}: {exc}", code="bad_reference") from None
