@@ -91,7 +91,8 @@ def _plan_line(plan: PlanSummary) -> str:
 @db_option
 def validate(manifest: Path, db: str | None) -> None:
     """Check a manifest completely; send nothing; say what would be sent."""
-    loaded, plan, first = plan_preview(manifest, db)
+    preview = plan_preview(manifest, db)
+    loaded, plan, first, est = preview.loaded, preview.plan, preview.first, preview.estimate
     m = loaded.manifest
     env = m.provider.api_key_env
     click.echo(f"{manifest}: ok — job {m.job!r}, {loaded.items} items")
@@ -102,9 +103,15 @@ def validate(manifest: Path, db: str | None) -> None:
         f"would send {to_send} requests (up to {m.limits.max_attempts} attempts each), "
         f"concurrency {m.limits.concurrency}, {m.limits.requests_per_minute or 'no'} requests/minute"
     )
+    cost = f", about {est.cost:,.2f} in money" if est.cost is not None else " (set pricing for money)"
+    click.echo(f"estimate: {est.images:,} images, {est.tokens:,} output tokens{cost}")
+    budget = [f"max_images {m.limits.max_images}" if m.limits.max_images else "",
+              f"max_cost {m.limits.max_cost:g}" if m.limits.max_cost else ""]
+    if any(budget):
+        click.echo("budget per run: " + ", ".join(b for b in budget if b))
     if first is not None:
-        preview = loaded.planner.provider.describe_request(m.provider.model, m.provider.base_url, first)
-        click.echo("first request: " + json.dumps(preview, ensure_ascii=False))
+        request = loaded.planner.provider.describe_request(m.provider.model, m.provider.base_url, first)
+        click.echo("first request: " + json.dumps(request, ensure_ascii=False))
     if m.provider.base_url != "mock" and env and not os.environ.get(env):
         click.echo(f"warning: {env} is not set; run needs it", err=True)
 
@@ -114,9 +121,10 @@ def validate(manifest: Path, db: str | None) -> None:
 @db_option
 @click.option("--retry-failed", is_flag=True, help="Give failed (rejected or exhausted) items a fresh allowance.")
 @click.option("--only", "only", multiple=True, metavar="KEY", help="Run only these items (repeatable).")
-def run(manifest: Path, db: str | None, retry_failed: bool, only: tuple[str, ...]) -> None:
+@click.option("--sample", type=click.IntRange(min=1), metavar="N", help="Run only N items spread across the plan.")
+def run(manifest: Path, db: str | None, retry_failed: bool, only: tuple[str, ...], sample: int | None) -> None:
     """Run every item that is not done; resumes after crashes and failures."""
-    options = RunOptions(db=db, retry_failed=retry_failed, only=list(only) or None)
+    options = RunOptions(db=db, retry_failed=retry_failed, only=list(only) or None, sample=sample)
     result = asyncio.run(_run(manifest, options))
     sys.exit(result)
 

@@ -60,10 +60,14 @@ class InputError(BatchfuseError):
 class ManifestError(InputError):
     """The manifest is not valid."""
 
-    def __init__(self, file: str, message: str, item: str | None = None, field: str | None = None):
-        self.file, self.item, self.field = file, item, field
+    def __init__(
+        self, file: str, message: str, item: str | None = None, field: str | None = None, row: int | None = None
+    ):
+        self.file, self.item, self.field, self.row = file, item, field, row
         where = [file]
-        if item is not None:
+        if row is not None:
+            where.append(f"row {row}")
+        elif item is not None:
             where.append(f"item {item}")
         if field:
             where.append(field)

@@ -49,6 +49,8 @@ class RunOptions:
     db: str | None = None
     retry_failed: bool = False
     only: list[str] | None = None
+    #: Run only this many items, spread evenly across the plan (a look before spending).
+    sample: int | None = None
     #: How long a claim lasts without a heartbeat; short in tests of dead runners.
     lease_s: float = field(default_factory=lambda: float(os.environ.get("BATCHFUSE_LEASE_S", "60")))
 
@@ -198,8 +200,12 @@ async def run_job(
         run_id, runner_id = await db.call(store.start_run, job, exclusive=True)
         outputs = OutputFolder(loaded.planner.output_dir, runner_id)
         await asyncio.to_thread(outputs.clean_temp)
+        only = options.only
+        if options.sample:
+            keys = await db.call(store.runnable_keys, job, m.limits.max_attempts)
+            only = spread(keys, options.sample)
         counts = await db.call(store.counts, job)
-        control.stats.to_do = counts["pending"] + counts["running"]
+        control.stats.to_do = len(only) if only is not None else counts["pending"] + counts["running"]
         if on_planned:
             on_planned(summary, counts)
         reason, error = "completed", None
@@ -233,7 +239,11 @@ async def run_job(
                         model=m.provider.model,
                         job_name=m.job,
                         lease_s=options.lease_s,
-                        only_keys=options.only,
+                        only_keys=only,
+                        max_images=m.limits.max_images,
+                        max_cost=m.limits.max_cost,
+                        cost_per_image=cost_per_image(loaded),
+                        images_per_item=loaded.planner.provider.images_per_item,
                     ),
                     db,
                     job,
@@ -272,6 +282,57 @@ async def run_job(
         store.close()
 
 
+def spread(keys: list[str], n: int) -> list[str]:
+    """``n`` keys spread evenly over ``keys`` (first and last included)."""
+    if n >= len(keys):
+        return list(keys)
+    if n == 1:
+        return [keys[0]]
+    return [keys[round(i * (len(keys) - 1) / (n - 1))] for i in range(n)]
+
+
+def cost_per_image(loaded: Loaded) -> float:
+    """Money per image from the manifest's pricing (0 when none is set)."""
+    pricing = loaded.manifest.pricing
+    if pricing is None:
+        return 0.0
+    if pricing.per_image is not None:
+        return pricing.per_image
+    tokens = loaded.planner.provider.tokens_per_image(loaded.manifest.provider.model, loaded.planner.defaults)
+    return tokens * (pricing.per_million_tokens or 0.0) / 1e6
+
+
+@dataclass(frozen=True)
+class Estimate:
+    requests: int
+    images: int
+    tokens: int
+    cost: float | None
+
+
+def estimate(loaded: Loaded, settled: dict[str, str]) -> Estimate:
+    """What running the rest of the plan would make and cost (first attempts only).
+
+    ``settled`` maps the keys of done or failed items to their spec hash: those are skipped
+    while their spec is unchanged."""
+    provider, model = loaded.planner.provider, loaded.manifest.provider.model
+    requests = images = tokens = 0
+    for row in loaded.planner.rows([]):
+        if settled.get(row.key) == row.spec_hash:
+            continue
+        n = provider.images_per_item(row.spec["params"])
+        requests += 1
+        images += n
+        tokens += n * provider.tokens_per_image(model, row.spec["params"])
+    pricing = loaded.manifest.pricing
+    cost = None
+    if pricing is not None and pricing.per_image is not None:
+        cost = images * pricing.per_image
+    elif pricing is not None and pricing.per_million_tokens is not None:
+        cost = tokens * pricing.per_million_tokens / 1e6
+    return Estimate(requests, images, tokens, cost)
+
+
 def job_status(path: Path, db: str | None = None) -> dict[str, Any]:
     """The job's state as ``batchfuse status --json`` prints it."""
     manifest = load_manifest(path)
@@ -286,20 +347,31 @@ def job_status(path: Path, db: str | None = None) -> dict[str, Any]:
         store.close()
 
 
-def plan_preview(path: Path, db: str | None = None) -> tuple[Loaded, PlanSummary, dict[str, Any] | None]:
-    """What ``validate`` reports: the plan against the database (without writing) and the
-    first request as it would be sent, with image data shortened."""
+@dataclass(frozen=True)
+class Preview:
+    """What ``validate`` reports."""
+
+    loaded: Loaded
+    plan: PlanSummary
+    #: The first item's spec, to show the request it makes.
+    first: dict[str, Any] | None
+    estimate: Estimate
+
+
+def plan_preview(path: Path, db: str | None = None) -> Preview:
+    """The plan against the database (read, never written) and what it would cost."""
     loaded = load(path)
     url = resolve_db_url(db, path)
-    summary = PlanSummary(new=loaded.items)
+    summary, settled = PlanSummary(new=loaded.items), {}
     if not url.startswith("sqlite:///") or Path(url.removeprefix("sqlite:///")).exists():
         store = Store.open(url)
         try:
-            _, summary = sync(store, loaded, dry_run=True)
+            job, summary = sync(store, loaded, dry_run=True)
+            settled = store.settled(job) if job.id >= 0 else {}
         finally:
             store.close()
     first = next(iter(loaded.planner.rows([])), None)
-    return loaded, summary, (first.spec if first else None)
+    return Preview(loaded, summary, first.spec if first else None, estimate(loaded, settled))
 
 
 def describe_error(exc: BaseException) -> str:

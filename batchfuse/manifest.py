@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from batchfuse.errors import InputError, ManifestError
 
@@ -80,6 +80,23 @@ class ImagesConfig(Strict):
     max_side: int = Field(3072, ge=64, le=16384)
 
 
+class ItemsFrom(Strict):
+    #: A .csv (header row, UTF-8) or .jsonl file, relative to the manifest.
+    file: str
+    #: The stable item key, a template over the row's fields; default: the ``id`` column.
+    key: str | None = None
+
+
+class Pricing(Strict):
+    """What an image costs, for the estimate and ``limits.max_cost``."""
+
+    per_image: float | None = Field(None, ge=0)
+    per_million_tokens: float | None = Field(None, ge=0)
+
+
+Scalar = str | int | float | bool
+
+
 class Manifest(Strict):
     job: str = Field(min_length=1, max_length=200)
     provider: ProviderConfig
@@ -88,11 +105,30 @@ class Manifest(Strict):
     output: OutputConfig = Field(default_factory=OutputConfig)
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     images_config: ImagesConfig = Field(default_factory=ImagesConfig, alias="reference_images")
+    pricing: Pricing | None = None
+    #: Templates every item uses unless it has its own ``prompt`` / ``images``.
     prompt: str | None = None
     images: list[str] | None = None
-    items: list[dict[str, Any]] = Field(min_length=1)
+    items: list[dict[str, Any]] | None = Field(None, min_length=1)
+    items_from: ItemsFrom | None = None
+    #: Each key's values are crossed with every item (a cartesian product).
+    matrix: dict[str, list[Scalar]] | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _sources(self) -> Manifest:
+        if self.items is not None and self.items_from is not None:
+            raise ValueError("give items or items_from, not both")
+        if self.items is None and self.items_from is None and not self.matrix:
+            raise ValueError("no items: give items, items_from or a matrix")
+        if self.matrix is not None and any(not v for v in self.matrix.values()):
+            raise ValueError("every matrix key needs at least one value")
+        if self.limits.max_cost is not None and (
+            self.pricing is None or (self.pricing.per_image is None and self.pricing.per_million_tokens is None)
+        ):
+            raise ValueError("limits.max_cost needs pricing.per_image or pricing.per_million_tokens")
+        return self
 
 
 #: Keys an inline item may have besides its provider's parameters; any other key is one of
@@ -148,15 +184,20 @@ def _known_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return []
 
 
-def validation_problems(
-    exc: ValidationError, file: str, model: type[BaseModel] | None, item: str | None = None, prefix: str = ""
-) -> list[ManifestError]:
-    problems = []
+def describe_errors(exc: ValidationError, model: type[BaseModel] | None, prefix: str = "") -> list[tuple[str | None, str]]:
+    """(field, description) for each problem pydantic found."""
+    found = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
-        field = ".".join([prefix] + loc if prefix else loc) if loc else prefix or None
-        problems.append(ManifestError(file, _describe(err, model), item=item, field=field))
-    return problems
+        field = ".".join([prefix, *loc] if prefix else loc) if loc else prefix or None
+        found.append((field, _describe(err, model)))
+    return found
+
+
+def validation_problems(
+    exc: ValidationError, file: str, model: type[BaseModel] | None, prefix: str = ""
+) -> list[ManifestError]:
+    return [ManifestError(file, msg, field=field) for field, msg in describe_errors(exc, model, prefix)]
 
 
 class ManifestProblems(InputError):

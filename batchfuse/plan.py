@@ -20,9 +20,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from batchfuse.catalog import RawItem, raw_items
 from batchfuse.errors import ManifestError
 from batchfuse.images import ImageInfo, ImageInspector, ImageProblem
-from batchfuse.manifest import ITEM_KEYS, Manifest, ManifestProblems, did_you_mean, validation_problems
+from batchfuse.manifest import (
+    ITEM_KEYS,
+    Manifest,
+    ManifestProblems,
+    describe_errors,
+    did_you_mean,
+    validation_problems,
+)
 from batchfuse.outputs import PathProblem, output_name
 from batchfuse.providers import provider_class
 from batchfuse.providers.base import Provider
@@ -31,6 +39,21 @@ from batchfuse.templates import TemplateProblem, render
 
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 MAX_PROBLEMS = 50
+
+
+def _duplicates_problem(duplicates: dict[str, list[RawItem]]) -> ManifestError:
+    """One line listing duplicate keys and where they stand."""
+
+    def where(raws: list[RawItem]) -> str:
+        rows = [str(r.row) for r in raws if r.row is not None]
+        return f" (rows {', '.join(rows)})" if rows else ""
+
+    keys = sorted(duplicates)
+    shown = ", ".join(f"{k}{where(duplicates[k])}" for k in keys[:10])
+    more = f" and {len(keys) - 10} more" if len(keys) > 10 else ""
+    first = duplicates[keys[0]][0]
+    field = "key" if first.row is not None else "id"
+    return ManifestError(first.file, f"duplicate item keys: {shown}{more}", field=field)
 
 
 def spec_hash(kind: str, model: str, prompt: str, params: dict[str, Any], digests: list[str]) -> str:
@@ -87,46 +110,47 @@ class Planner:
         return n
 
     def rows(self, problems: list[ManifestError]) -> Iterator[PlannedRow]:
-        seen: dict[str, int] = {}
-        duplicates: list[str] = []
-        for index, raw in enumerate(self.manifest.items):
-            row = self._row(index, raw, problems)
+        first_seen: dict[str, RawItem] = {}
+        duplicates: dict[str, list[RawItem]] = {}
+        for raw in raw_items(self.manifest, self.manifest_path):
+            if isinstance(raw, ManifestError):
+                problems.append(raw)
+                continue
+            row = self._row(raw, problems)
             if row is None:
                 continue
-            if row.key in seen:
-                duplicates.append(row.key)
+            if row.key in first_seen:
+                duplicates.setdefault(row.key, [first_seen[row.key]]).append(raw)
                 continue
-            seen[row.key] = index
+            first_seen[row.key] = raw
             yield row
         if duplicates:
-            shown = ", ".join(sorted(set(duplicates))[:10])
-            problems.append(ManifestError(self.file, f"duplicate item keys: {shown}", field="items"))
+            problems.append(_duplicates_problem(duplicates))
 
-    def _row(self, index: int, raw: Any, problems: list[ManifestError]) -> PlannedRow | None:
-        label = str(raw.get("id")) if isinstance(raw, dict) and raw.get("id") is not None else f"#{index + 1}"
+    def _row(self, item: RawItem, problems: list[ManifestError]) -> PlannedRow | None:
+        raw = item.fields
 
         def problem(fld: str | None, message: str) -> None:
-            problems.append(ManifestError(self.file, message, item=label, field=fld))
+            problems.append(item.error(message, fld))
 
-        if not isinstance(raw, dict):
-            problem(None, "an item is a mapping with id, prompt and images")
-            return None
-        if raw.get("id") is None or str(raw["id"]).strip() == "":
+        if item.key is None:
             problem("id", "is required")
             return None
-        key = str(raw["id"])
+        key = item.key
         overrides = {k: v for k, v in raw.items() if k in self.param_names}
         own = {k: v for k, v in raw.items() if k not in self.param_names and k not in ITEM_KEYS}
-        for name in own:
-            hint = did_you_mean(name, ITEM_KEYS + self.param_names)
-            if hint:
-                problem(name, f"unknown key{hint}")
-                return None
+        if item.row is None:  # inline items: a near-miss of a known key is a typo, not a field
+            for name in own:
+                hint = did_you_mean(name, ITEM_KEYS + self.param_names)
+                if hint:
+                    problem(name, f"unknown key{hint}")
+                    return None
         model = self.manifest.provider.model
         try:
             params = self.provider.Params.model_validate({**self.defaults, **overrides})
         except ValidationError as exc:
-            problems.extend(validation_problems(exc, self.file, self.provider.Params, item=label))
+            for fld, message in describe_errors(exc, self.provider.Params):
+                problem(fld, message)
             return None
         values: dict[str, Any] = {
             **{k: v for k, v in own.items() if isinstance(v, (str, int, float, bool))},
@@ -191,5 +215,5 @@ class Planner:
             "vars": {k: v for k, v in values.items() if k not in request_params},
         }
         digest = spec_hash(self.provider.kind, model, prompt, request_params, [r["digest"] for r in refs])
-        return PlannedRow(key=key, ordinal=index, spec_hash=digest, spec=spec)
+        return PlannedRow(key=key, ordinal=item.ordinal, spec_hash=digest, spec=spec)
 

@@ -83,6 +83,40 @@ class SchedulerConfig:
     job_name: str
     lease_s: float = 60.0
     only_keys: list[str] | None = None
+    #: Budgets for this run: images made or in flight, and their cost.
+    max_images: int | None = None
+    max_cost: float | None = None
+    cost_per_image: float = 0.0
+    #: How many images one request of an item makes (``n``), from its params.
+    images_per_item: Callable[[dict[str, Any]], int] = lambda params: 1
+
+
+@dataclass
+class Budget:
+    """Images made and reserved by requests in flight, so a cap holds under concurrency."""
+
+    max_images: int | None
+    max_cost: float | None
+    cost_per_image: float
+    made: int = 0
+    reserved: int = 0
+
+    def reserve(self, images: int) -> str | None:
+        """Reserve ``images`` for a request; the reason to stop instead, if the budget is spent."""
+        committed = self.made + self.reserved + images
+        if self.max_images is not None and committed > self.max_images:
+            return f"budget reached: {self.made} images made of max_images {self.max_images}"
+        if self.max_cost is not None and committed * self.cost_per_image > self.max_cost + 1e-9:
+            return (
+                f"budget reached: {self.made * self.cost_per_image:.2f} spent of max_cost {self.max_cost:g} "
+                f"({self.made} images)"
+            )
+        self.reserved += images
+        return None
+
+    def settle(self, reserved: int, made: int) -> None:
+        self.reserved -= reserved
+        self.made += made
 
 
 class Database:
@@ -171,6 +205,7 @@ class Scheduler:
         self.outputs = outputs
         self.stats = stats or RunStats()
         self.limiter = RateLimiter(config.requests_per_minute)
+        self.budget = Budget(config.max_images, config.max_cost, config.cost_per_image)
         self.stop_reason: str | None = None
         self.stop_error: BatchfuseError | None = None
         self._stopping = asyncio.Event()
@@ -279,47 +314,67 @@ class Scheduler:
 
     async def _attempt(self, item: ClaimedItem, number: int) -> float | None:
         """Send ``item`` once; returns the delay before a retry, or None when done with it."""
+        reserved = self.config.images_per_item(item.spec["params"])
+        made = 0
         async with self._requests:
             if self.stopping:
                 await self.db.call(self.db.store.release, self.runner_id, [item.id])
                 return None
-            await self.limiter.acquire()
-            started = time.time()
-            t0 = time.monotonic()
-            self.stats.requests += 1
-            self.stats.in_flight += 1
-            reply: Reply | None = None
-            error: ProviderError | None = None
-            try:
-                reply = await self.provider.generate(item.spec, self._resume.get(item.id))
-            except ProviderError as exc:
-                error = exc
-            except asyncio.CancelledError:
-                self.stats.in_flight -= 1
-                await self._record_interrupted(item, number, started)
-                raise
-            except Exception as exc:  # a bug must not take the whole run down silently
-                log.exception("unexpected error while sending %s", item.key)
-                error = TransientError(f"internal error: {type(exc).__name__}: {exc}", code="internal")
-            self.stats.in_flight -= 1
-        latency_ms = (time.monotonic() - t0) * 1000
-        outputs: tuple = ()
-        if reply is not None:
-            try:
-                outputs = tuple(await asyncio.to_thread(self._write, item, reply))
-            except ImageProblem as exc:
-                error = TransientError(f"an image in the reply cannot be decoded: {exc}", status=200, code="bad_image")
-            except OutputError as exc:
-                await self._finish(item, number, started, latency_ms, reply, None, ErrorClass.interrupted, str(exc))
-                self.stop(exc.message, exc)
+            over = self.budget.reserve(reserved)
+            if over:
+                self.stop(over)
+                await self.db.call(self.db.store.release, self.runner_id, [item.id])
                 return None
-        if error is None:
-            assert reply is not None
-            kept = await self._finish(item, number, started, latency_ms, reply, outputs, None, None)
-            if kept:
-                self.stats.succeeded += 1
-            return None
-        return await self._failed(item, number, started, latency_ms, error)
+            try:
+                started, latency_ms, reply, error = await self._request(item, number)
+            except BaseException:
+                self.budget.settle(reserved, 0)
+                raise
+        try:
+            outputs: tuple = ()
+            if reply is not None:
+                try:
+                    outputs = tuple(await asyncio.to_thread(self._write, item, reply))
+                except ImageProblem as exc:
+                    error = TransientError(
+                        f"an image in the reply cannot be decoded: {exc}", status=200, code="bad_image"
+                    )
+                except OutputError as exc:
+                    await self._finish(item, number, started, latency_ms, reply, None, ErrorClass.interrupted, str(exc))
+                    self.stop(exc.message, exc)
+                    return None
+            if error is None:
+                assert reply is not None
+                made = len(outputs)
+                if await self._finish(item, number, started, latency_ms, reply, outputs, None, None):
+                    self.stats.succeeded += 1
+                return None
+            return await self._failed(item, number, started, latency_ms, error)
+        finally:
+            self.budget.settle(reserved, made)
+
+    async def _request(self, item: ClaimedItem, number: int) -> tuple[float, float, Reply | None, ProviderError | None]:
+        """The HTTP request under the rate limit: (start time, latency ms, reply or error)."""
+        await self.limiter.acquire()
+        started = time.time()
+        t0 = time.monotonic()
+        self.stats.requests += 1
+        self.stats.in_flight += 1
+        reply: Reply | None = None
+        error: ProviderError | None = None
+        try:
+            reply = await self.provider.generate(item.spec, self._resume.get(item.id))
+        except ProviderError as exc:
+            error = exc
+        except asyncio.CancelledError:
+            await self._record_interrupted(item, number, started)
+            raise
+        except Exception as exc:  # a bug must not take the whole run down silently
+            log.exception("unexpected error while sending %s", item.key)
+            error = TransientError(f"internal error: {type(exc).__name__}: {exc}", code="internal")
+        finally:
+            self.stats.in_flight -= 1
+        return started, (time.monotonic() - t0) * 1000, reply, error
 
     async def _failed(
         self, item: ClaimedItem, number: int, started: float, latency_ms: float, error: ProviderError

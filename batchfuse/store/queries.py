@@ -552,6 +552,34 @@ class Store:
             ],
         }
 
+    def runnable_keys(self, job: Job, max_attempts: int) -> list[str]:
+        """Keys a run would claim, in plan order."""
+        with self._read() as conn:
+            return list(
+                conn.execute(
+                    select(items.c.key)
+                    .where(
+                        items.c.job_id == job.id,
+                        items.c.in_plan,
+                        items.c.attempts < max_attempts,
+                        items.c.state.in_([ItemState.pending.value, ItemState.running.value]),
+                    )
+                    .order_by(items.c.ordinal)
+                ).scalars()
+            )
+
+    def settled(self, job: Job) -> dict[str, str]:
+        """Key -> spec hash of items that are done or failed (a run skips them)."""
+        with self._read() as conn:
+            return dict(
+                conn.execute(
+                    select(items.c.key, items.c.spec_hash).where(
+                        items.c.job_id == job.id,
+                        items.c.state.in_([ItemState.succeeded.value, ItemState.failed.value]),
+                    )
+                ).all()
+            )
+
     def item_rows(self, job: Job) -> Iterator[dict[str, Any]]:
         """Every item in the plan with its outputs, a page at a time (for export and reports)."""
         last = -1

@@ -52,6 +52,9 @@ def test_the_catalogue_is_large_enough():
 @pytest.mark.parametrize("case", CASES, ids=[c.stem for c in CASES])
 def test_bad_input_is_refused_with_one_clear_line(case, tmp_path, mock, monkeypatch, reference_db):
     shutil.copytree(SAMPLE_IMAGES, tmp_path / "images")
+    for data_file in case.parent.glob(f"{case.stem}.*"):  # a case's own catalog
+        if data_file.suffix != ".yaml":
+            shutil.copy(data_file, tmp_path / data_file.name)
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / "truncated.png").write_bytes((SAMPLE_IMAGES / "scene.png").read_bytes()[:600])
     target = tmp_path / case.name
