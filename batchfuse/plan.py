@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from batchfuse.catalog import RawItem, raw_items
 from batchfuse.errors import ManifestError
@@ -39,6 +40,15 @@ from batchfuse.templates import TemplateProblem, render
 
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 MAX_PROBLEMS = 50
+
+
+def _hashable(values: dict[str, Any]) -> Any:
+    try:
+        key = frozenset(values.items())
+        hash(key)
+        return key
+    except TypeError:
+        return None
 
 
 def _duplicates_problem(duplicates: dict[str, list[RawItem]]) -> ManifestError:
@@ -96,6 +106,32 @@ class Planner:
                 validation_problems(exc, self.file, self.provider.Params, prefix="defaults")
             ) from None
         self.param_names = tuple(self.provider.Params.model_fields)
+        # Memos for large catalogs, where thousands of rows share images and parameters.
+        self._refs: dict[str, tuple[dict[str, Any], ImageInfo] | ImageProblem] = {}
+        self._params: dict[Any, BaseModel] = {}
+
+    def _validated_params(self, overrides: dict[str, Any]) -> BaseModel:
+        """The item's parameters: defaults with its overrides, validated once per distinct set."""
+        key = _hashable(overrides)
+        if key is not None and key in self._params:
+            return self._params[key]
+        params = self.provider.Params.model_validate({**self.defaults, **overrides})
+        if key is not None:
+            self._params[key] = params
+        return params
+
+    def _local_ref(self, src: str) -> tuple[dict[str, Any], ImageInfo] | ImageProblem:
+        """A local reference image, checked once per command however many items share it."""
+        hit = self._refs.get(src)
+        if hit is None:
+            path = os.path.normpath(os.path.join(self.base_dir, src))
+            try:
+                info = self.inspector.inspect(path)
+                hit = ({"src": path, "digest": info.digest}, info)
+            except ImageProblem as exc:
+                hit = exc
+            self._refs[src] = hit
+        return hit
 
     @property
     def output_dir(self) -> Path:
@@ -147,7 +183,7 @@ class Planner:
                     return None
         model = self.manifest.provider.model
         try:
-            params = self.provider.Params.model_validate({**self.defaults, **overrides})
+            params = self._validated_params(overrides)
         except ValidationError as exc:
             for fld, message in describe_errors(exc, self.provider.Params):
                 problem(fld, message)
@@ -188,14 +224,12 @@ class Planner:
                 refs.append({"src": src, "digest": "url:" + src})
                 infos.append(None)
                 continue
-            path = (self.base_dir / src).resolve()
-            try:
-                info = self.inspector.inspect(str(path))
-            except ImageProblem as exc:
-                problem(fld, f"{src}: {exc}")
+            ref = self._local_ref(src)
+            if isinstance(ref, ImageProblem):
+                problem(fld, f"{src}: {ref}")
                 return None
-            refs.append({"src": str(path), "digest": info.digest})
-            infos.append(info)
+            refs.append(ref[0])
+            infos.append(ref[1])
         broken = self.provider.check(model, params, infos)
         if broken:
             for p in broken:
@@ -203,7 +237,6 @@ class Planner:
             return None
         try:
             output_name(self.manifest.output.filename, values, 1, 1)
-            output_name(self.manifest.output.filename, values, 2, 2)
         except PathProblem as exc:
             problem("output.filename", str(exc))
             return None
