@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
+import re
 import signal
 import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import click
 
-from batchfuse import __version__
+from batchfuse import __version__, logs
 from batchfuse.errors import BatchfuseError
 from batchfuse.job import (
     EXIT_STOPPED,
@@ -66,14 +67,43 @@ class Group(click.Group):
             sys.exit(EXIT_STOPPED)
 
 
+class Duration(click.ParamType):
+    """``90``, ``45s``, ``30m``, ``5h``, ``1h30m`` as seconds."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        text = str(value).strip().lower()
+        match = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?", text)
+        if not text or not match or not any(match.groups()):
+            self.fail(f"{value!r} is not a duration like 45s, 30m, 5h or 1h30m", param, ctx)
+        h, m, sec = (float(g) if g else 0.0 for g in match.groups())
+        return h * 3600 + m * 60 + sec
+
+
+class ClockTime(click.ParamType):
+    """``06:30`` (local time): the next time the clock shows it, as a UNIX time."""
+
+    name = "HH:MM"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        match = re.fullmatch(r"(\d{1,2}):(\d{2})", str(value).strip())
+        if not match or int(match.group(1)) > 23 or int(match.group(2)) > 59:
+            self.fail(f"{value!r} is not a time like 06:30", param, ctx)
+        now = datetime.now()
+        when = now.replace(hour=int(match.group(1)), minute=int(match.group(2)), second=0, microsecond=0)
+        if when <= now:
+            when += timedelta(days=1)
+        return when.timestamp()
+
+
 @click.group(cls=Group)
 @click.version_option(__version__, prog_name="batchfuse")
 def main() -> None:
     """Batch image generation against Gemini and OpenAI-compatible APIs, resumable."""
-    logging.basicConfig(
-        level=logging.DEBUG if os.environ.get("BATCHFUSE_DEBUG") else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(debug=bool(os.environ.get("BATCHFUSE_DEBUG")))
 
 
 def _plan_line(plan: PlanSummary) -> str:
@@ -122,9 +152,35 @@ def validate(manifest: Path, db: str | None) -> None:
 @click.option("--retry-failed", is_flag=True, help="Give failed (rejected or exhausted) items a fresh allowance.")
 @click.option("--only", "only", multiple=True, metavar="KEY", help="Run only these items (repeatable).")
 @click.option("--sample", type=click.IntRange(min=1), metavar="N", help="Run only N items spread across the plan.")
-def run(manifest: Path, db: str | None, retry_failed: bool, only: tuple[str, ...], sample: int | None) -> None:
+@click.option("--until", "until", type=ClockTime(), help="Start no request after this local time (e.g. 06:30).")
+@click.option("--max-runtime", type=Duration(), help="Start no request after this long (e.g. 5h, 90m).")
+@click.option("--grace", type=Duration(), default="60s", show_default=True,
+              help="After a stop, how long in-flight requests may finish before they are cancelled.")
+@click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False), help="Write run events to this file.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def run(
+    manifest: Path,
+    db: str | None,
+    retry_failed: bool,
+    only: tuple[str, ...],
+    sample: int | None,
+    until: float | None,
+    max_runtime: float | None,
+    grace: float,
+    log_file: Path | None,
+    log_format: str,
+) -> None:
     """Run every item that is not done; resumes after crashes and failures."""
-    options = RunOptions(db=db, retry_failed=retry_failed, only=list(only) or None, sample=sample)
+    deadlines = [t for t in (until, time.time() + max_runtime if max_runtime is not None else None) if t]
+    logs.configure(log_file, log_format, debug=bool(os.environ.get("BATCHFUSE_DEBUG")))
+    options = RunOptions(
+        db=db,
+        retry_failed=retry_failed,
+        only=list(only) or None,
+        sample=sample,
+        deadline=min(deadlines) if deadlines else None,
+        grace_s=grace,
+    )
     result = asyncio.run(_run(manifest, options))
     sys.exit(result)
 
@@ -186,7 +242,11 @@ def status(manifest: Path, db: str | None, as_json: bool) -> None:
         click.echo(f"  {state:<10} {items[state]}")
     if items["removed"]:
         click.echo(f"  {'removed':<10} {items['removed']} (no longer in the manifest)")
-    click.echo(f"attempts: {info['attempts']}  tokens: {info['tokens']}")
+    share = f" ({100 * info['rate_limited'] / info['attempts']:.1f}%)" if info["attempts"] else ""
+    click.echo(f"attempts: {info['attempts']}, rate limited (429): {info['rate_limited']}{share}, tokens: {info['tokens']}")
+    if info["throughput"]:
+        click.echo(f"throughput (last run): {info['throughput'] * 60:.1f} items/min; "
+                   f"ETA for what is left: {fmt_duration(info['eta_s'])}")
     if info["errors"]:
         click.echo("errors by cause:")
         for e in info["errors"]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from batchfuse.breaker import Breaker
 from batchfuse.errors import BatchfuseError, InputError, ManifestError, register_secret
 from batchfuse.images import EncodedImageCache
 from batchfuse.manifest import Manifest, load_manifest
@@ -35,6 +37,8 @@ from batchfuse.scheduler import Database, RunStats, Scheduler, SchedulerConfig
 from batchfuse.store.engine import resolve_db_url
 from batchfuse.store.queries import Store
 from batchfuse.store.records import Job, PlanSummary
+
+log = logging.getLogger("batchfuse.run")
 
 #: The built-in mock's settings when a manifest says ``base_url: mock`` (demo-friendly).
 MOCK_DEFAULTS: dict[str, Any] = {"latency_ms": 150, "jitter_ms": 100, "image_scale": 0.5}
@@ -51,6 +55,10 @@ class RunOptions:
     only: list[str] | None = None
     #: Run only this many items, spread evenly across the plan (a look before spending).
     sample: int | None = None
+    #: No request starts after this moment (``time.time()``).
+    deadline: float | None = None
+    #: After a stop, in-flight requests get this long before they are cancelled.
+    grace_s: float = 60.0
     #: How long a claim lasts without a heartbeat; short in tests of dead runners.
     lease_s: float = field(default_factory=lambda: float(os.environ.get("BATCHFUSE_LEASE_S", "60")))
 
@@ -244,6 +252,10 @@ async def run_job(
                         max_cost=m.limits.max_cost,
                         cost_per_image=cost_per_image(loaded),
                         images_per_item=loaded.planner.provider.images_per_item,
+                        deadline=options.deadline,
+                        grace_s=options.grace_s,
+                        adaptive=m.limits.adaptive_rate,
+                        breaker=Breaker(threshold=m.limits.outage_threshold, first_delay=m.limits.outage_pause_s),
                     ),
                     db,
                     job,
@@ -256,6 +268,10 @@ async def run_job(
                 control.scheduler = scheduler
                 if control._pending_stop:
                     scheduler.stop(control._pending_stop)
+                log.info(
+                    "run started: job %s, %d items to do, pid %d", m.job, control.stats.to_do, os.getpid(),
+                    extra={"event": "run_start", "job": m.job, "to_do": control.stats.to_do, "run_id": run_id},
+                )
                 await scheduler.run()
                 if scheduler.stop_reason:
                     reason, error = scheduler.stop_reason, scheduler.stop_error
@@ -266,6 +282,13 @@ async def run_job(
                 store.end_run, run_id, runner_id, reason, stats.succeeded, stats.failed, stats.requests
             )
         counts = await db.call(store.counts, job)
+        log.info(
+            "run ended: %s; %d succeeded, %d failed, %d requests; job: %d/%d done, %d pending",
+            reason, control.stats.succeeded, control.stats.failed, control.stats.requests,
+            counts["succeeded"], counts["total"], counts["pending"] + counts["running"],
+            extra={"event": "run_end", "reason": reason, "succeeded": control.stats.succeeded,
+                   "failed": control.stats.failed, "requests": control.stats.requests, "counts": counts},
+        )
         if error is not None or reason != "completed":
             code = EXIT_STOPPED
         elif counts["failed"]:

@@ -57,6 +57,12 @@ class Limits(Strict):
     requests_per_minute: float | None = Field(60, gt=0)
     max_attempts: int = Field(4, ge=1, le=100)
     timeout_s: float = Field(300, gt=0)
+    #: Lower rate and concurrency when 429s arrive at the configured rate, then climb back.
+    adaptive_rate: bool = True
+    #: Transient failures in a row (over several items) that mean "the API is down": pause.
+    outage_threshold: int = Field(10, ge=2)
+    #: The first pause; each failed probe doubles it, up to 5 minutes.
+    outage_pause_s: float = Field(5.0, gt=0)
     #: Exponential backoff: the n-th retry waits up to base × 2^(n-1) seconds (full jitter).
     backoff_base_s: float = Field(1.0, ge=0)
     backoff_max_s: float = Field(60.0, ge=0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 
 from asyncio_throttle import Throttler
 
@@ -66,3 +67,90 @@ class RateLimiter:
 
     async def __aexit__(self, *exc: object) -> None:
         return None
+
+
+class Gate:
+    """A concurrency limit that can be lowered and raised while requests are in flight
+    (a semaphore whose size changes)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_use = 0
+        self._changed = asyncio.Condition()
+
+    async def acquire(self) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.in_use < self.limit)
+            self.in_use += 1
+
+    async def release(self) -> None:
+        async with self._changed:
+            self.in_use -= 1
+            self._changed.notify_all()
+
+    async def set_limit(self, limit: int) -> None:
+        async with self._changed:
+            self.limit = max(1, limit)
+            self._changed.notify_all()
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.release()
+
+
+class AdaptiveLimits:
+    """Additive increase, multiplicative decrease of the request rate and concurrency.
+
+    A 429 although we keep the configured rate means the real limit is lower (or shared):
+    cut the rate and concurrency by ``DECREASE`` — once per round trip, like TCP: a 429 for a
+    request sent before the last cut says nothing new, so it is ignored — then climb back by
+    one request/minute per success, never above what the manifest configured.  Without a
+    configured rate, the first cut starts from the rate actually sent over the last ten seconds.
+    """
+
+    DECREASE = 0.85
+
+    def __init__(self, limiter: RateLimiter, gate: Gate, rpm: float | None, concurrency: int) -> None:
+        self.limiter, self.gate = limiter, gate
+        self.max_rpm, self.max_concurrency = rpm, concurrency
+        self._seq = 0
+        self._cut_at = -1
+        self._sent: deque[float] = deque(maxlen=4096)
+        self._successes = 0
+        self.cuts = 0
+
+    def sent(self) -> int:
+        """Note a request going out; returns its sequence number for :meth:`throttled`."""
+        self._seq += 1
+        self._sent.append(time.monotonic())
+        return self._seq
+
+    def _recent_rpm(self) -> float:
+        now = time.monotonic()
+        return max(1.0, sum(1 for t in self._sent if now - t <= 10.0) * 6.0)
+
+    async def throttled(self, seq: int) -> bool:
+        """Request ``seq`` came back 429; returns whether the limits were cut."""
+        if seq <= self._cut_at:
+            return False
+        self._cut_at = self._seq
+        self.cuts += 1
+        current = self.limiter.requests_per_minute or self._recent_rpm()
+        self.limiter.set_rate(max(1.0, current * self.DECREASE))
+        await self.gate.set_limit(max(1, int(self.gate.limit * self.DECREASE)))
+        self._successes = 0
+        return True
+
+    async def succeeded(self) -> None:
+        """Climb back: +1 request/minute per success, +1 in flight per ``limit`` successes."""
+        rpm = self.limiter.requests_per_minute
+        if rpm is not None and self.cuts:
+            ceiling = self.max_rpm if self.max_rpm is not None else float("inf")
+            if rpm < ceiling:
+                self.limiter.set_rate(min(ceiling, rpm + 1.0))
+        self._successes += 1
+        if self.gate.limit < self.max_concurrency and self._successes >= self.gate.limit:
+            self._successes = 0
+            await self.gate.set_limit(self.gate.limit + 1)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
+from batchfuse.breaker import Breaker
 from batchfuse.errors import (
     BatchfuseError,
     ErrorClass,
@@ -36,13 +37,26 @@ from batchfuse.errors import (
 from batchfuse.images import ImageProblem
 from batchfuse.outputs import OutputFolder, output_name, prepare
 from batchfuse.providers.base import Provider, Reply
-from batchfuse.ratelimit import RateLimiter
+from batchfuse.ratelimit import AdaptiveLimits, Gate, RateLimiter
 from batchfuse.retry import RetryPolicy, decide
 from batchfuse.store.queries import Store
 from batchfuse.store.records import AttemptRecord, ClaimedItem, ItemState, Job
 
 log = logging.getLogger("batchfuse.run")
 T = TypeVar("T")
+
+
+def _log_attempt(
+    item: str, number: int, status: int | None, cls: str, latency_ms: float,
+    outputs: list[str] | None = None, error: str | None = None,
+) -> None:
+    """One log line per attempt; the fields go into JSON logs as they are."""
+    detail = f"outputs={','.join(outputs)}" if outputs else f"error={error}" if error else ""
+    log.info(
+        "attempt item=%s n=%d status=%s class=%s latency_ms=%.0f %s", item, number, status, cls, latency_ms, detail,
+        extra={"event": "attempt", "item": item, "attempt": number, "status": status, "class": cls,
+               "latency_ms": round(latency_ms, 1), "outputs": outputs or [], "error": error},
+    )
 
 
 @dataclass
@@ -89,6 +103,14 @@ class SchedulerConfig:
     cost_per_image: float = 0.0
     #: How many images one request of an item makes (``n``), from its params.
     images_per_item: Callable[[dict[str, Any]], int] = lambda params: 1
+    #: No request starts after this moment (``time.time()``), if set.
+    deadline: float | None = None
+    #: After a stop, in-flight requests get this long to finish before they are cancelled.
+    grace_s: float = 60.0
+    #: Lower rate and concurrency on 429s, then climb back (AIMD).
+    adaptive: bool = True
+    #: Pause when the API looks down (many transient failures in a row).
+    breaker: Breaker = field(default_factory=Breaker)
 
 
 @dataclass
@@ -205,7 +227,12 @@ class Scheduler:
         self.outputs = outputs
         self.stats = stats or RunStats()
         self.limiter = RateLimiter(config.requests_per_minute)
+        self.gate = Gate(config.concurrency)
+        self.adaptive = AdaptiveLimits(self.limiter, self.gate, config.requests_per_minute, config.concurrency)
         self.budget = Budget(config.max_images, config.max_cost, config.cost_per_image)
+        self.breaker = config.breaker
+        self.breaker.on_change = self._breaker_changed
+        self._grace: asyncio.TimerHandle | None = None
         self.stop_reason: str | None = None
         self.stop_error: BatchfuseError | None = None
         self._stopping = asyncio.Event()
@@ -224,8 +251,19 @@ class Scheduler:
         if not self.stopping:
             self.stop_reason, self.stop_error = reason, error
             self.stats.status = f"stopping: {reason}"
-            log.warning("run stopping: %s", reason)
+            log.warning("run stopping: %s", reason, extra={"event": "stopping", "reason": reason})
             self._stopping.set()
+            if self._tasks:
+                self._grace = asyncio.get_running_loop().call_later(self.config.grace_s, self._grace_over)
+
+    def _grace_over(self) -> None:
+        if self._tasks:
+            log.warning("grace period over: cancelling %d in-flight item(s)", len(self._tasks))
+            self.cancel_in_flight()
+
+    def _breaker_changed(self, message: str) -> None:
+        self.stats.status = "paused: API failing" if self.breaker.is_open else "running"
+        log.warning("%s", message, extra={"event": "breaker", "open": self.breaker.is_open})
 
     def cancel_in_flight(self) -> None:
         """Cut in-flight requests short; their attempts are recorded as interrupted."""
@@ -236,19 +274,27 @@ class Scheduler:
 
     async def run(self) -> None:
         self.recorder = Recorder(self.db, self.run_id, self.runner_id, self.config.lease_s)
-        heartbeat = asyncio.create_task(self._heartbeat(), name="batchfuse-heartbeat")
+        helpers = [asyncio.create_task(self._heartbeat(), name="batchfuse-heartbeat")]
+        if self.config.deadline is not None:
+            helpers.append(asyncio.create_task(self._deadline(self.config.deadline), name="batchfuse-deadline"))
         try:
             await self._feed()
             while self._tasks:
                 await asyncio.wait(set(self._tasks))
         finally:
-            heartbeat.cancel()
-            await asyncio.gather(heartbeat, return_exceptions=True)
+            if self._grace is not None:
+                self._grace.cancel()
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
             await self.recorder.close()
+
+    async def _deadline(self, when: float) -> None:
+        await asyncio.sleep(max(0.0, when - time.time()))
+        self.stop(f"deadline reached at {time.strftime('%H:%M:%S', time.localtime(when))}")
 
     async def _feed(self) -> None:
         in_hand = asyncio.Semaphore(self.config.concurrency * 2)
-        self._requests = asyncio.Semaphore(self.config.concurrency)
         page = max(8, min(256, self.config.concurrency * 2))
         cursor = -1
         while not self.stopping:
@@ -316,7 +362,8 @@ class Scheduler:
         """Send ``item`` once; returns the delay before a retry, or None when done with it."""
         reserved = self.config.images_per_item(item.spec["params"])
         made = 0
-        async with self._requests:
+        await self.breaker.wait(self._stopping)
+        async with self.gate:
             if self.stopping:
                 await self.db.call(self.db.store.release, self.runner_id, [item.id])
                 return None
@@ -356,6 +403,7 @@ class Scheduler:
     async def _request(self, item: ClaimedItem, number: int) -> tuple[float, float, Reply | None, ProviderError | None]:
         """The HTTP request under the rate limit: (start time, latency ms, reply or error)."""
         await self.limiter.acquire()
+        seq = self.adaptive.sent()
         started = time.time()
         t0 = time.monotonic()
         self.stats.requests += 1
@@ -374,7 +422,25 @@ class Scheduler:
             error = TransientError(f"internal error: {type(exc).__name__}: {exc}", code="internal")
         finally:
             self.stats.in_flight -= 1
+        await self._observe(item, error, seq)
         return started, (time.monotonic() - t0) * 1000, reply, error
+
+    async def _observe(self, item: ClaimedItem, error: ProviderError | None, seq: int) -> None:
+        """Feed the outcome to the outage breaker and the adaptive limits."""
+        rate_limited = error is not None and error.status == 429 and error.error_class is ErrorClass.transient
+        outage = error is not None and error.error_class is ErrorClass.transient and not rate_limited
+        self.breaker.record(ok=not outage, item=item.key)
+        if not self.config.adaptive:
+            return
+        if rate_limited:
+            if await self.adaptive.throttled(seq):
+                log.warning(
+                    "429 at the configured rate: lowering to %.0f requests/minute, %d in flight",
+                    self.limiter.requests_per_minute or 0, self.gate.limit,
+                    extra={"event": "rate", "rpm": self.limiter.requests_per_minute, "concurrency": self.gate.limit},
+                )
+        elif error is None:
+            await self.adaptive.succeeded()
 
     async def _failed(
         self, item: ClaimedItem, number: int, started: float, latency_ms: float, error: ProviderError
@@ -403,10 +469,7 @@ class Scheduler:
             resume=error.resume,
         )
         self._resume[item.id] = error.resume
-        log.info(
-            "attempt item=%s n=%d status=%s class=%s latency_ms=%.0f error=%s",
-            item.key, number, error.status, error.error_class.value, latency_ms, error.message,
-        )
+        _log_attempt(item.key, number, error.status, error.error_class.value, latency_ms, error=error.message)
         await self.recorder.submit(record)
         if error.error_class is ErrorClass.fatal:
             self.stop(error.message, error)
@@ -447,10 +510,9 @@ class Scheduler:
             text="\n".join(reply.texts) or None,
             outputs=outputs or (),
         )
-        log.info(
-            "attempt item=%s n=%d status=%s class=%s latency_ms=%.0f outputs=%s",
+        _log_attempt(
             item.key, number, reply.http_status, "ok" if ok else error_class.value, latency_ms,
-            ",".join(o.path for o in record.outputs) or "-",
+            outputs=[o.path for o in record.outputs], error=message,
         )
         return await self.recorder.submit(record)
 

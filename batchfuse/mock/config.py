@@ -58,6 +58,9 @@ class MockConfig:
     jitter_ms: float = 0
     #: Requests per minute per key (sliding 60 s window counted at arrival); over it → 429.
     rpm_limit: int | None = None
+    #: The length of the ``rpm_limit`` window; shorter than 60 s scales the dynamics down for tests
+    #: (``rpm_limit`` requests per ``rpm_window_s``).
+    rpm_window_s: float = 60.0
     #: Successful generations per key before a per-day 429 (no RetryInfo: do not come back soon).
     daily_quota: int | None = None
     rate_500: float = 0.0
@@ -140,6 +143,8 @@ def coerce_field(name: str, value: Any) -> Any:
         raise ValueError(f"{name} must be a number, got NaN")
     if name.startswith("rate_") and not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be between 0 and 1, got {value}")
+    if name == "rpm_window_s" and value <= 0:
+        raise ValueError("rpm_window_s must be positive")
     if name in {"latency_ms", "jitter_ms", "hang_s", "url_ttl_s"} and value < 0:
         raise ValueError(f"{name} must not be negative")
     if name == "image_scale" and value <= 0:

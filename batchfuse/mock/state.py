@@ -172,6 +172,7 @@ class MockState:
         if config.outage_until is not None and arrival < config.outage_until:
             return Admission("outage")
         if config.rpm_limit is not None:
+            self.rate_window.window_s = config.rpm_window_s
             delay = self.rate_window.admit(key_id, config.rpm_limit, arrival)
             if delay is not None:
                 return Admission("rpm", retry_after=delay)

@@ -493,6 +493,11 @@ class Store:
                 .select_from(attempts.join(items, attempts.c.item_id == items.c.id))
                 .where(items.c.job_id == job.id)
             ).one()
+            rate_limited = conn.execute(
+                select(func.count(attempts.c.id))
+                .select_from(attempts.join(items, attempts.c.item_id == items.c.id))
+                .where(items.c.job_id == job.id, attempts.c.http_status == 429)
+            ).scalar_one()
             by_outcome = dict(
                 conn.execute(
                     select(attempts.c.outcome, func.count())
@@ -519,8 +524,17 @@ class Store:
             run_rows = conn.execute(
                 select(runs).where(runs.c.job_id == job.id).order_by(runs.c.started_at.desc()).limit(10)
             ).all()
+        now = time.time()
+        worked = [r for r in run_rows if (r.succeeded + r.failed) and (r.ended_at or r.heartbeat_at) > r.started_at]
+        throughput = None
+        if worked:
+            last = worked[0]
+            throughput = (last.succeeded + last.failed) / ((last.ended_at or now) - last.started_at)
+        left = counts["pending"] + counts["running"]
         return {
             "job": job.name,
+            "throughput": throughput,
+            "eta_s": left / throughput if throughput and left else (0.0 if not left else None),
             "items": {
                 "total": counts["total"],
                 "succeeded": counts["succeeded"],
@@ -531,6 +545,7 @@ class Store:
             },
             "attempts": n_attempts,
             "attempts_by_outcome": by_outcome,
+            "rate_limited": rate_limited,
             "tokens": int(tokens),
             "errors": [
                 {"class": cls, "message": msg, "items": n, "example": example}
@@ -546,7 +561,7 @@ class Store:
                     "succeeded": r.succeeded,
                     "failed": r.failed,
                     "requests": r.requests,
-                    "live": r.ended_at is None and _runner_alive(r.host, r.pid, r.heartbeat_at, time.time()),
+                    "live": r.ended_at is None and _runner_alive(r.host, r.pid, r.heartbeat_at, now),
                 }
                 for r in run_rows
             ],
