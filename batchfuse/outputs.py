@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from batchfuse import faultpoints
 from batchfuse.errors import OutputError
 from batchfuse.images import open_image
 from batchfuse.store.records import OutputRecord
@@ -167,6 +168,8 @@ class OutputFolder:
                     staged.append((tmp, self.final_path(name)))
                     f.write(img.payload)
                     f.flush()
+                    faultpoints.hit("output.write")
+                    faultpoints.hit("output.fsync")
                     os.fsync(f.fileno())
                 records.append(
                     OutputRecord(
@@ -183,6 +186,7 @@ class OutputFolder:
             dirs: set[Path] = set()
             for tmp, final in staged:
                 final.parent.mkdir(parents=True, exist_ok=True)
+                faultpoints.hit("output.rename")
                 os.replace(tmp, final)
                 dirs.add(final.parent)
             for d in dirs:

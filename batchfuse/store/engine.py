@@ -21,7 +21,10 @@ from sqlalchemy.engine import make_url
 
 from batchfuse.errors import StoreError
 
-SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+def _busy_timeout_ms() -> int:
+    """How long SQLite waits for a lock another process holds (BATCHFUSE_DB_BUSY_TIMEOUT_S)."""
+    return int(float(os.environ.get("BATCHFUSE_DB_BUSY_TIMEOUT_S", "30")) * 1000)
 
 
 def resolve_db_url(db: str | None, manifest_path: Path) -> str:
@@ -38,7 +41,8 @@ def describe_url(url: str) -> str:
 
 
 def _sqlite_engine(url: str) -> Engine:
-    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    busy_ms = _busy_timeout_ms()
+    engine = create_engine(url, connect_args={"timeout": busy_ms / 1000})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):  # pragma: no cover - exercised by every test
@@ -46,7 +50,7 @@ def _sqlite_engine(url: str) -> Engine:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute(f"PRAGMA busy_timeout={busy_ms}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.exc import OperationalError
 
+from batchfuse import faultpoints
 from batchfuse.errors import JobLockedError, StoreError
 from batchfuse.store.engine import create_store_engine, describe_url, upgrade
 from batchfuse.store.records import AttemptRecord, ClaimedItem, ItemState, Job, PlanSummary
@@ -54,7 +55,7 @@ class Store:
             upgrade(engine)
         except OperationalError as exc:
             engine.dispose()
-            raise StoreError(f"cannot open database {describe_url(url)}: {exc.orig}") from None
+            raise StoreError(f"cannot open database {describe_url(url)}: {_explain(exc)}") from None
         return cls(engine, url)
 
     def close(self) -> None:
@@ -66,7 +67,9 @@ class Store:
             with self.engine.begin() as conn:
                 yield conn
         except OperationalError as exc:
-            raise StoreError(f"database {describe_url(self.url)} is not usable: {exc.orig}") from None
+            raise StoreError(f"database {describe_url(self.url)} is not usable: {_explain(exc)}") from None
+        except OSError as exc:
+            raise StoreError(f"database {describe_url(self.url)} could not be written: {exc.strerror}") from None
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -74,7 +77,7 @@ class Store:
             with self.engine.connect().execution_options(readonly=True) as conn, conn.begin():
                 yield conn
         except OperationalError as exc:
-            raise StoreError(f"database {describe_url(self.url)} is not usable: {exc.orig}") from None
+            raise StoreError(f"database {describe_url(self.url)} is not usable: {_explain(exc)}") from None
 
     # ---------------------------------------------------------------- jobs
 
@@ -454,6 +457,7 @@ class Store:
                             for o in rec.outputs
                         ],
                     )
+            faultpoints.hit("db.record")
             succeeded = sum(1 for r in records if r.item_state == ItemState.succeeded)
             failed = sum(1 for r in records if r.item_state == ItemState.failed)
             conn.execute(
@@ -647,6 +651,13 @@ class Store:
                 .order_by(attempts.c.id)
             ).all()
         return [dict(r._mapping) for r in rows]
+
+
+def _explain(exc: OperationalError) -> str:
+    text = str(exc.orig)
+    if "locked" in text or "busy" in text:
+        return f"{text}: another process held it longer than the busy timeout; try again when it is done"
+    return text
 
 
 def _runner_alive(host: str, pid: int, heartbeat_at: float, now: float) -> bool:

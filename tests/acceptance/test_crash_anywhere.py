@@ -1,0 +1,102 @@
+"""Crash anywhere: SIGKILL at random moments and at chosen fault points; afterwards nothing
+recorded is lost, nothing recorded as done was sent again, and no partial file carries a
+final name."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import sqlite3
+import time
+
+import pytest
+
+from tests.conftest import cli, cli_process, generation_requests, manifest
+
+
+def items(n: int) -> list[dict]:
+    return [{"id": f"item-{i:03d}", "prompt": f"prompt {i}"} for i in range(n)]
+
+
+def check_consistent(job, mock, n: int, max_requests: int) -> None:
+    """The promises, checked after the job has finished."""
+    keys = [f"item-{i:03d}" for i in range(n)]
+    assert job.state_of() == dict.fromkeys(keys, "succeeded")
+    outputs = job.sql(
+        "SELECT items.key, outputs.path, outputs.sha256 FROM outputs JOIN items ON items.id = outputs.item_id"
+    )
+    assert sorted(k for k, _, _ in outputs) == keys  # exactly one output each
+    for _, path, sha in outputs:
+        assert hashlib.sha256((job.out / path).read_bytes()).hexdigest() == sha
+    # nothing else in the folder: no temp file, no partial file under a final name
+    assert sorted(p.name for p in job.out.rglob("*")) == sorted(f"{k}.png" for k in keys)
+    # no request for an item after its success was recorded
+    done_at = dict(job.sql(
+        "SELECT items.key, min(attempts.ended_at) FROM attempts JOIN items ON items.id = attempts.item_id "
+        "WHERE attempts.outcome = 'succeeded' GROUP BY items.key"))
+    requests = generation_requests(mock)
+    for req in requests:
+        key = f"item-{int(req['prompt'].split()[1]):03d}"
+        assert req["t"] <= done_at[key] + 0.001, f"{key} was sent after it was recorded as done"
+    assert len(requests) <= max_requests
+    with sqlite3.connect(job.db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_twenty_random_kills_during_a_500_item_job(job, mock):
+    mock.configure(latency_ms=60, jitter_ms=40)
+    n, concurrency, kills = 500, 8, 0
+    job.write(manifest(mock.url, items(n), limits={"concurrency": concurrency}))
+    rng = random.Random(20261121)
+    while kills < 20:
+        proc = cli_process("run", job.manifest)
+        time.sleep(rng.uniform(0.6, 1.1))  # start-up takes about half a second
+        if proc.poll() is not None:
+            break
+        proc.kill()
+        proc.wait(timeout=10)
+        kills += 1
+    assert kills == 20, "the job finished before it had been killed 20 times"
+    final = cli("run", job.manifest)
+    assert final.exit_code == 0, final.stderr
+    check_consistent(job, mock, n, max_requests=n + kills * concurrency)
+
+
+@pytest.mark.parametrize(
+    "point",
+    ["db.record:3:kill", "output.write:4:kill", "output.fsync:2:kill", "output.rename:5:kill"],
+)
+def test_a_kill_at_a_chosen_moment_loses_nothing(job, mock, point):
+    n, concurrency = 30, 4
+    mock.configure(latency_ms=20)
+    job.write(manifest(mock.url, items(n), limits={"concurrency": concurrency}))
+    proc = cli_process("run", job.manifest, env={"BATCHFUSE_FAULTPOINT": point})
+    proc.communicate(timeout=30)
+    assert proc.returncode == -9  # it died at the fault point
+    assert cli("run", job.manifest).exit_code == 0
+    # A failed commit loses the completions it held (at most the items in hand, twice the
+    # concurrency); those are sent again. Nothing recorded as done is.
+    check_consistent(job, mock, n, max_requests=n + 2 * concurrency)
+
+
+@pytest.mark.parametrize(("point", "message"), [
+    ("output.write:3:enospc", "No space left on device"),
+    ("output.fsync:2:eio", "Input/output error"),
+    ("output.rename:2:erofs", "Read-only file system"),
+    ("db.record:2:eio", "could not be written"),
+])
+def test_an_io_error_stops_the_run_cleanly_and_the_next_run_finishes(job, mock, point, message):
+    n, concurrency = 30, 4
+    job.write(manifest(mock.url, items(n), limits={"concurrency": concurrency}))
+    proc = cli_process("run", job.manifest, env={"BATCHFUSE_FAULTPOINT": point})
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 3, err
+    assert message in err and "Traceback" not in err
+    # the run stopped instead of failing every item: nothing failed, the rest is pending
+    assert job.sql("SELECT count(*) FROM items WHERE state = 'failed'") == [(0,)]
+    assert job.sql("SELECT count(*) FROM items WHERE state = 'running'") == [(0,)]
+    assert job.sql("SELECT count(*) FROM items WHERE state = 'pending'")[0][0] >= n - 2 * concurrency - 3
+    assert cli("run", job.manifest).exit_code == 0
+    # A failed commit loses the completions it held (at most the items in hand, twice the
+    # concurrency); those are sent again. Nothing recorded as done is.
+    check_consistent(job, mock, n, max_requests=n + 2 * concurrency)
