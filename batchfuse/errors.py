@@ -68,7 +68,7 @@ class ManifestError(InputError):
         if row is not None:
             where.append(f"row {row}")
         elif item is not None:
-            where.append(f"item {item}")
+            where.append(f"item {printable(item)}")
         if field:
             where.append(field)
         super().__init__(f"{': '.join(where)}: {message}")
@@ -134,6 +134,13 @@ class FatalError(ProviderError):
 
     error_class = ErrorClass.fatal
     exit_code = 3
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped, so a message stays one clean line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 _SECRET_PATTERNS = [
