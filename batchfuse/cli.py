@@ -255,8 +255,30 @@ def status(manifest: Path, db: str | None, as_json: bool) -> None:
         click.echo("recent runs:")
         for r in info["runs"]:
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["started_at"]))
-            state = "live" if r["live"] else (r["exit_reason"] or "ended")
+            state = f"live, {r['in_flight']} in flight" if r["live"] else (r["exit_reason"] or "dead (no heartbeat)")
             click.echo(f"  {when} pid {r['pid']} on {r['host']}: {r['succeeded']} ok, {r['failed']} failed — {state}")
+
+
+@main.group()
+def db() -> None:
+    """The job database."""
+
+
+@db.command("upgrade")
+@click.option("--db", "url", metavar="PATH_OR_URL", envvar="BATCHFUSE_DB", required=True,
+              help="Database path or SQLAlchemy URL (or BATCHFUSE_DB).")
+def db_upgrade(url: str) -> None:
+    """Create or upgrade the schema (runs also do this by themselves)."""
+    from batchfuse.store.engine import create_store_engine, current_revision, describe_url, upgrade
+
+    resolved = url if "://" in url else "sqlite:///" + str(Path(url).expanduser().resolve())
+    engine = create_store_engine(resolved)
+    try:
+        applied = upgrade(engine)
+        state = "upgraded to" if applied else "already at"
+        click.echo(f"{describe_url(resolved)}: {state} revision {current_revision(engine)}")
+    finally:
+        engine.dispose()
 
 
 def _register_mock_server() -> None:

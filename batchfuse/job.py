@@ -205,9 +205,13 @@ async def run_job(
         job, summary = await db.call(sync, store, loaded)
         if options.retry_failed:
             await db.call(store.retry_failed, job)
-        run_id, runner_id = await db.call(store.start_run, job, exclusive=True)
+        shared = not store.is_sqlite
+        if shared:
+            await db.call(check_output_folder, store, job, loaded.planner.output_dir, options.lease_s)
+        run_id, runner_id = await db.call(store.start_run, job, exclusive=not shared)
         outputs = OutputFolder(loaded.planner.output_dir, runner_id)
-        await asyncio.to_thread(outputs.clean_temp)
+        if not shared:  # alone on the job: whatever is in the temp folder is a dead run's
+            await asyncio.to_thread(outputs.clean_temp)
         only = options.only
         if options.sample:
             keys = await db.call(store.runnable_keys, job, m.limits.max_attempts)
@@ -255,6 +259,7 @@ async def run_job(
                         deadline=options.deadline,
                         grace_s=options.grace_s,
                         adaptive=m.limits.adaptive_rate,
+                        shared=shared,
                         breaker=Breaker(threshold=m.limits.outage_threshold, first_delay=m.limits.outage_pause_s),
                     ),
                     db,
@@ -303,6 +308,30 @@ async def run_job(
     finally:
         db.close()
         store.close()
+
+
+MARKER = ".batchfuse-job"
+
+
+def check_output_folder(store: Store, job: Job, folder: Path, lease_s: float) -> None:
+    """Runners sharing a job must share its output folder: the first writes a marker with the
+    job's token; a runner joining live ones refuses to start if it cannot see that marker."""
+    token = store.output_token(job, create=True)
+    marker = folder / MARKER
+    try:
+        seen = marker.read_text(encoding="utf-8").strip()
+    except OSError:
+        seen = None
+    if seen == token:
+        return
+    if store.live_runners(job, lease_s) > 0:
+        raise InputError(
+            f"output folder {folder} is not the one the other runners of job {job.name!r} write to "
+            f"(its {MARKER} marker is {'missing' if seen is None else 'different'}); on several machines "
+            "output.dir must be shared storage mounted at the same path"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.write_text(token + "\n", encoding="utf-8")
 
 
 def spread(keys: list[str], n: int) -> list[str]:
@@ -360,7 +389,9 @@ def job_status(path: Path, db: str | None = None) -> dict[str, Any]:
     """The job's state as ``batchfuse status --json`` prints it."""
     manifest = load_manifest(path)
     url = resolve_db_url(db, path)
-    store = Store.open(url)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        raise InputError(f"{path}: job {manifest.job!r} has not been run yet (no database at {url[10:]})")
+    store = Store.open(url, migrate=False)
     try:
         job = store.find_job(manifest.job)
         if job is None:

@@ -111,6 +111,9 @@ class SchedulerConfig:
     adaptive: bool = True
     #: Pause when the API looks down (many transient failures in a row).
     breaker: Breaker = field(default_factory=Breaker)
+    #: Other runners may work on the same job (PostgreSQL): the rate and concurrency are the
+    #: job's, split among the live runners, and leases are confirmed before outputs are renamed.
+    shared: bool = False
 
 
 @dataclass
@@ -233,6 +236,7 @@ class Scheduler:
         self.breaker = config.breaker
         self.breaker.on_change = self._breaker_changed
         self._grace: asyncio.TimerHandle | None = None
+        self._runners = 1
         self.stop_reason: str | None = None
         self.stop_error: BatchfuseError | None = None
         self._stopping = asyncio.Event()
@@ -274,6 +278,8 @@ class Scheduler:
 
     async def run(self) -> None:
         self.recorder = Recorder(self.db, self.run_id, self.runner_id, self.config.lease_s)
+        if self.config.shared:
+            await self._take_share()
         helpers = [asyncio.create_task(self._heartbeat(), name="batchfuse-heartbeat")]
         if self.config.deadline is not None:
             helpers.append(asyncio.create_task(self._deadline(self.config.deadline), name="batchfuse-deadline"))
@@ -326,11 +332,31 @@ class Scheduler:
 
     async def _heartbeat(self) -> None:
         while True:
-            await asyncio.sleep(self.config.lease_s / 4)
+            await asyncio.sleep(min(self.config.lease_s / 4, 5.0))
             try:
                 await self.db.call(self.db.store.heartbeat, self.run_id, self.runner_id, self.config.lease_s)
+                if self.config.shared:
+                    await self._take_share()
             except StoreError as exc:
                 log.warning("heartbeat failed: %s", exc)
+
+    async def _take_share(self) -> None:
+        """This runner's share of the job's rate and concurrency: 1/N of each for N live runners."""
+        n = max(1, await self.db.call(self.db.store.live_runners, self.job, self.config.lease_s))
+        if n == self._runners:
+            return
+        self._runners = n
+        rpm = self.config.requests_per_minute
+        concurrency = max(1, -(-self.config.concurrency // n))
+        self.adaptive.max_rpm = rpm / n if rpm is not None else None
+        self.adaptive.max_concurrency = concurrency
+        self.limiter.set_rate(self.adaptive.max_rpm)
+        await self.gate.set_limit(concurrency)
+        log.warning(
+            "%d live runner(s) share this job: %s requests/minute and %d in flight here",
+            n, f"{self.adaptive.max_rpm:.0f}" if rpm else "unlimited", concurrency,
+            extra={"event": "share", "runners": n, "rpm": self.adaptive.max_rpm, "concurrency": concurrency},
+        )
 
     # ---------------------------------------------------------------- one item
 
@@ -379,6 +405,12 @@ class Scheduler:
                 raise
         try:
             outputs: tuple = ()
+            if reply is not None and self.config.shared and not await self.db.call(
+                self.db.store.confirm_lease, item.id, self.runner_id, self.config.lease_s
+            ):
+                log.warning("lost the lease on %s while it was in flight; its result is dropped", item.key)
+                await self._finish(item, number, started, latency_ms, reply, (), None, None)
+                return None
             if reply is not None:
                 try:
                     outputs = tuple(await asyncio.to_thread(self._write, item, reply))

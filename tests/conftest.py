@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -53,9 +52,16 @@ def mock() -> Any:
 
 @dataclass
 class JobDir:
-    """A job folder in tmp_path with sample images and a manifest written from a dict."""
+    """A job folder in tmp_path with sample images and a manifest written from a dict.
+
+    Its database is SQLite beside the manifest, or a fresh PostgreSQL database (through
+    BATCHFUSE_DB) when the test runs on the postgres backend."""
 
     root: Path
+    url: str = ""
+
+    def __post_init__(self) -> None:
+        self.url = self.url or f"sqlite:///{self.root / 'batchfuse.db'}"
 
     @property
     def manifest(self) -> Path:
@@ -73,9 +79,15 @@ class JobDir:
         self.manifest.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
         return self.manifest
 
-    def sql(self, query: str, *args: Any) -> list[tuple]:
-        with sqlite3.connect(self.db) as conn:
-            return conn.execute(query, args).fetchall()
+    def sql(self, query: str) -> list[tuple]:
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(self.url)
+        try:
+            with engine.connect() as conn:
+                return [tuple(row) for row in conn.execute(text(query))]
+        finally:
+            engine.dispose()
 
     def state_of(self) -> dict[str, str]:
         return dict(self.sql("SELECT key, state FROM items"))
@@ -110,11 +122,23 @@ def manifest(base_url: str, items: list[dict[str, Any]], **overrides: Any) -> di
     return data
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """The integration tier (the core suite) runs on SQLite and, when configured, PostgreSQL."""
+    if "backend" in metafunc.fixturenames:
+        on_postgres = POSTGRES_URL and "integration" in str(metafunc.definition.path)
+        metafunc.parametrize("backend", ["sqlite", "postgres"] if on_postgres else ["sqlite"])
+
+
 @pytest.fixture
-def job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> JobDir:
+def job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str) -> Any:
     shutil.copytree(SAMPLE_IMAGES, tmp_path / "images")
     monkeypatch.setenv("DMXAPI_KEY", TEST_KEY)
-    return JobDir(tmp_path)
+    if backend == "sqlite":
+        yield JobDir(tmp_path)
+        return
+    for url in fresh_postgres_database():
+        monkeypatch.setenv("BATCHFUSE_DB", url)
+        yield JobDir(tmp_path, url)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from batchfuse.errors import StoreError
 
@@ -83,9 +84,18 @@ def alembic_config(engine: Engine | None = None) -> Config:
     return cfg
 
 
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
 def current_revision(engine: Engine) -> str | None:
     with engine.connect().execution_options(readonly=True) as conn:
         return MigrationContext.configure(conn).get_current_revision()
+
+
+#: PostgreSQL advisory lock key held while migrating, so runners starting together on a
+#: fresh database do not race to create the same tables.
+MIGRATION_LOCK = 0x6266_0001
 
 
 def upgrade(engine: Engine) -> bool:
@@ -94,5 +104,26 @@ def upgrade(engine: Engine) -> bool:
     head = ScriptDirectory.from_config(cfg).get_current_head()
     if current_revision(engine) == head:
         return False
-    command.upgrade(cfg, "head")
-    return True
+    if engine.dialect.name != "postgresql":
+        try:
+            command.upgrade(cfg, "head")
+        except OperationalError:
+            if current_revision(engine) == head:
+                return False  # another process created the schema at the same moment
+            raise
+        return True
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK})")
+        conn.commit()
+        try:
+            if MigrationContext.configure(conn).get_current_revision() == head:
+                return False  # another runner migrated while we waited
+            conn.rollback()
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+            conn.commit()
+            return True
+        finally:
+            conn.rollback()
+            conn.exec_driver_sql(f"SELECT pg_advisory_unlock({MIGRATION_LOCK})")
+            conn.commit()

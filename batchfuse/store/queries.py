@@ -6,6 +6,7 @@ the event loop never waits on the database.  Each public method is one transacti
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -15,12 +16,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.exc import OperationalError
 
 from batchfuse import faultpoints
-from batchfuse.errors import JobLockedError, StoreError
-from batchfuse.store.engine import create_store_engine, describe_url, upgrade
+from batchfuse.errors import InputError, JobLockedError, StoreError
+from batchfuse.store.engine import create_store_engine, current_revision, describe_url, head_revision, upgrade
 from batchfuse.store.records import AttemptRecord, ClaimedItem, ItemState, Job, PlanSummary
 from batchfuse.store.schema import attempts, items, jobs, outputs, runs
 
@@ -48,14 +49,31 @@ class Store:
         self.is_sqlite = engine.dialect.name == "sqlite"
 
     @classmethod
-    def open(cls, url: str) -> Store:
-        """Open (creating or upgrading the schema as needed) the database at ``url``."""
+    def open(cls, url: str, *, migrate: bool = True) -> Store:
+        """Open the database at ``url``, creating or upgrading its schema as needed.
+
+        Readers (``status``, ``report``, ``export``) pass ``migrate=False``: they never write,
+        and a database without the current schema is an :class:`InputError` for them.
+        """
         engine = create_store_engine(url)
         try:
-            upgrade(engine)
+            if migrate:
+                upgrade(engine)
+            else:
+                revision = current_revision(engine)
+                if revision is None:
+                    raise InputError(f"no job has run against {describe_url(url)} yet")
+                if revision != head_revision():
+                    raise InputError(
+                        f"{describe_url(url)} has an older schema ({revision}); "
+                        "run a job or `batchfuse db upgrade` to upgrade it"
+                    )
         except OperationalError as exc:
             engine.dispose()
             raise StoreError(f"cannot open database {describe_url(url)}: {_explain(exc)}") from None
+        except InputError:
+            engine.dispose()
+            raise
         return cls(engine, url)
 
     def close(self) -> None:
@@ -86,8 +104,15 @@ class Store:
             row = conn.execute(select(jobs).where(jobs.c.name == name)).first()
         return Job(row.id, row.name, row.provider, row.model, row.manifest_path) if row else None
 
+    def _lock_job(self, conn: Connection, name: str) -> None:
+        """On PostgreSQL, serialize planning of one job across runners (held to commit)."""
+        if self.engine.dialect.name == "postgresql":
+            key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+
     def ensure_job(self, name: str, provider: str, model: str, manifest_path: str) -> Job:
         with self._write() as conn:
+            self._lock_job(conn, name)
             row = conn.execute(select(jobs).where(jobs.c.name == name)).first()
             if row is None:
                 job_id = conn.execute(
@@ -121,6 +146,8 @@ class Store:
         is written and the summary says what would happen.
         """
         with self._write() as conn:
+            if not dry_run:
+                self._lock_job(conn, job.name)
             existing: dict[str, tuple[int, str, str, int]] = {
                 r.key: (r.id, r.spec_hash, r.state, r.attempts)
                 for r in conn.execute(
@@ -368,6 +395,41 @@ class Store:
                 )
         return [ClaimedItem.from_row(r) for r in rows]
 
+    def confirm_lease(self, item_id: int, runner_id: str, lease_s: float) -> bool:
+        """Whether this runner still holds ``item_id``, extending the lease if so.
+
+        Called before outputs take their final names, so a runner that stalled past its lease
+        (and whose item another runner took over) never overwrites that runner's outputs.
+        """
+        with self._write() as conn:
+            return bool(
+                conn.execute(
+                    update(items)
+                    .where(items.c.id == item_id, items.c.lease_owner == runner_id)
+                    .values(lease_expires_at=time.time() + lease_s)
+                ).rowcount
+            )
+
+    def live_runners(self, job: Job, stale_s: float = STALE_RUNNER_S) -> int:
+        """How many runners of ``job`` are alive: open runs with a heartbeat in ``stale_s``."""
+        with self._read() as conn:
+            return conn.execute(
+                select(func.count()).where(
+                    runs.c.job_id == job.id,
+                    runs.c.ended_at.is_(None),
+                    runs.c.heartbeat_at > time.time() - stale_s,
+                )
+            ).scalar_one()
+
+    def output_token(self, job: Job, *, create: bool) -> str | None:
+        """The job's output-folder token; with ``create``, made if the job has none yet."""
+        with self._write() as conn:
+            token = conn.execute(select(jobs.c.output_token).where(jobs.c.id == job.id)).scalar_one()
+            if token is None and create:
+                token = os.urandom(16).hex()
+                conn.execute(update(jobs).where(jobs.c.id == job.id).values(output_token=token))
+            return token
+
     def release(self, runner_id: str, item_ids: list[int]) -> None:
         """Hand claimed but unsent items back (the run is stopping)."""
         if not item_ids:
@@ -528,6 +590,13 @@ class Store:
             run_rows = conn.execute(
                 select(runs).where(runs.c.job_id == job.id).order_by(runs.c.started_at.desc()).limit(10)
             ).all()
+            in_flight = dict(
+                conn.execute(
+                    select(items.c.lease_owner, func.count())
+                    .where(items.c.job_id == job.id, items.c.state == ItemState.running.value)
+                    .group_by(items.c.lease_owner)
+                ).all()
+            )
         now = time.time()
         worked = [r for r in run_rows if (r.succeeded + r.failed) and (r.ended_at or r.heartbeat_at) > r.started_at]
         throughput = None
@@ -565,6 +634,9 @@ class Store:
                     "succeeded": r.succeeded,
                     "failed": r.failed,
                     "requests": r.requests,
+                    "runner_id": r.runner_id,
+                    "in_flight": in_flight.get(r.runner_id, 0) if r.ended_at is None else 0,
+                    "heartbeat_at": r.heartbeat_at,
                     "live": r.ended_at is None and _runner_alive(r.host, r.pid, r.heartbeat_at, now),
                 }
                 for r in run_rows

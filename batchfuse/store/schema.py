@@ -40,6 +40,9 @@ jobs = Table(
     Column("manifest_path", Text, nullable=False),
     Column("created_at", Float, nullable=False),
     Column("planned_at", Float),
+    #: Written into the output folder's marker file by the first runner, so a runner on
+    #: another machine can tell it is not looking at the shared folder.
+    Column("output_token", String(64)),
 )
 
 items = Table(

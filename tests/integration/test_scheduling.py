@@ -7,6 +7,8 @@ import sqlite3
 import threading
 import time
 
+import pytest
+
 from batchfuse.job import RunOptions, run_job
 from tests.conftest import cli, cli_process, generation_requests, manifest
 
@@ -61,7 +63,9 @@ def test_plain_progress_lines_when_not_on_a_terminal(job, mock):
     assert "completed: 12/12 done (12 succeeded, 0 failed)" in err
 
 
-def test_readers_and_writers_beside_a_live_run_never_see_database_busy(job, mock):
+def test_readers_and_writers_beside_a_live_run_never_see_database_busy(job, mock, backend):
+    if backend != "sqlite":
+        pytest.skip("SQLite locking: PostgreSQL has row locks and no database-wide write lock")
     mock.configure(latency_ms=30)
     job.write(manifest(mock.url, [{"id": f"i{i}", "prompt": f"p{i}"} for i in range(40)], limits={"concurrency": 8}))
     proc = cli_process("run", job.manifest)

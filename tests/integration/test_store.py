@@ -102,5 +102,5 @@ def test_sqlite_database_is_in_wal_mode_with_a_busy_timeout(tmp_path):
         store.close()
     raw = create_engine(url)
     with raw.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
     raw.dispose()
