@@ -315,9 +315,14 @@ class Scheduler:
                 self.config.only_keys,
             )
             if not batch:
-                if cursor < 0:
+                if cursor >= 0:
+                    cursor = -1  # one more pass from the top: items a dead runner left behind
+                    continue
+                if not (self.config.shared and await self._others_hold_items()):
                     return
-                cursor = -1  # one more pass from the top: items a dead runner left behind
+                # other runners hold the rest: if one dies, its items come back when its
+                # leases expire, and someone has to finish them
+                await self._sleep_unless_stopped(min(2.0, self.config.lease_s / 2))
                 continue
             cursor = batch[-1].ordinal
             for i, item in enumerate(batch):
@@ -329,6 +334,15 @@ class Scheduler:
                 task = asyncio.create_task(self._process(item), name=f"item-{item.key}")
                 self._tasks.add(task)
                 task.add_done_callback(lambda t: (self._tasks.discard(t), in_hand.release()))
+
+    async def _sleep_unless_stopped(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _others_hold_items(self) -> bool:
+        return await self.db.call(self.db.store.held_by_others, self.job, self.runner_id) > 0
 
     async def _heartbeat(self) -> None:
         while True:
@@ -373,10 +387,7 @@ class Scheduler:
                 if retry_in is None:
                     return
                 self.stats.retries += 1
-                try:
-                    await asyncio.wait_for(self._stopping.wait(), timeout=retry_in)
-                except asyncio.TimeoutError:
-                    pass
+                await self._sleep_unless_stopped(retry_in)
         except BatchfuseError as exc:  # the store or the output folder failed: stop the run
             self.stop(exc.message, exc)
         except asyncio.CancelledError:

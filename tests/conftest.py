@@ -124,9 +124,14 @@ def manifest(base_url: str, items: list[dict[str, Any]], **overrides: Any) -> di
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """The integration tier (the core suite) runs on SQLite and, when configured, PostgreSQL."""
-    if "backend" in metafunc.fixturenames:
-        on_postgres = POSTGRES_URL and "integration" in str(metafunc.definition.path)
-        metafunc.parametrize("backend", ["sqlite", "postgres"] if on_postgres else ["sqlite"])
+    if "backend" in metafunc.fixturenames and POSTGRES_URL and "integration" in str(metafunc.definition.path):
+        metafunc.parametrize("backend", ["sqlite", "postgres"])
+
+
+@pytest.fixture
+def backend() -> str:
+    """The job database's kind (parametrized by ``pytest_generate_tests``)."""
+    return "sqlite"
 
 
 @pytest.fixture

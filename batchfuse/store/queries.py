@@ -421,6 +421,17 @@ class Store:
                 )
             ).scalar_one()
 
+    def held_by_others(self, job: Job, runner_id: str) -> int:
+        """Items other runners hold leases on (they come back if those runners die)."""
+        with self._read() as conn:
+            return conn.execute(
+                select(func.count()).where(
+                    items.c.job_id == job.id,
+                    items.c.state == ItemState.running.value,
+                    items.c.lease_owner != runner_id,
+                )
+            ).scalar_one()
+
     def output_token(self, job: Job, *, create: bool) -> str | None:
         """The job's output-folder token; with ``create``, made if the job has none yet."""
         with self._write() as conn:

@@ -1,0 +1,131 @@
+"""Several runner processes on one job in a real PostgreSQL: each item made once, one shared
+rate limit, a dead runner's items finished by the others, planning at once is safe."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import time
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.conftest import (
+    POSTGRES_URL,
+    cli,
+    cli_process,
+    fresh_postgres_database,
+    generation_requests,
+    manifest,
+)
+
+pytestmark = pytest.mark.skipif(
+    not POSTGRES_URL, reason="PostgreSQL not configured: set BATCHFUSE_TEST_POSTGRES_URL (.ci/run does)"
+)
+
+
+@pytest.fixture
+def pg(monkeypatch):
+    for url in fresh_postgres_database():
+        monkeypatch.setenv("BATCHFUSE_DB", url)
+        monkeypatch.setenv("BATCHFUSE_LEASE_S", "3")
+        yield url
+
+
+def query(url: str, sql: str) -> list[tuple]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(sql))]
+    finally:
+        engine.dispose()
+
+
+def items(n: int) -> list[dict]:
+    return [{"id": f"r{i:03d}", "prompt": f"runner item {i}"} for i in range(n)]
+
+
+def max_in_window(times: list[float], window: float) -> int:
+    times = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] > window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def test_three_runners_share_one_job_and_one_rate_limit(job, mock, pg):
+    mock.configure(latency_ms=20, image_mode="solid", record_bodies=False)
+    n, rpm = 300, 600
+    job.write(manifest(mock.url, items(n), limits={"concurrency": 6, "requests_per_minute": rpm}))
+    # all three start together on an empty database: they migrate and plan at the same time
+    procs = [cli_process("run", job.manifest) for _ in range(3)]
+    time.sleep(2)
+    shown = cli("status", job.manifest, "--json")
+    assert shown.exit_code == 0, shown.stderr
+    status = json.loads(shown.stdout)
+    live = [r for r in status["runs"] if r["live"]]
+    assert len(live) == 3
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [e for _, e in outs]
+
+    assert query(pg, "SELECT count(*), count(DISTINCT key) FROM items") == [(n, n)]
+    assert query(pg, "SELECT state, count(*) FROM items GROUP BY state") == [("succeeded", n)]
+    per_item = query(pg, "SELECT item_id, count(*) FROM attempts WHERE outcome = 'succeeded' GROUP BY item_id")
+    assert len(per_item) == n and {c for _, c in per_item} == {1}  # each made exactly once
+    assert query(pg, "SELECT count(*) FROM outputs") == [(n,)]
+    assert len(generation_requests(mock)) == n
+    assert len(list(job.out.glob("*.png"))) == n
+    assert all(r[0] > 0 for r in query(pg, "SELECT succeeded FROM runs"))  # all three did work
+
+    times = [r["t"] for r in generation_requests(mock)]
+    assert max_in_window(times, 60.0) <= rpm
+    # finer than a minute: three runners at full rate would send 30/s; the job's limit is 10/s
+    assert max_in_window(times, 10.0) <= rpm / 6 * 1.25
+
+
+def test_a_killed_runners_items_are_finished_by_the_others_after_its_leases_expire(job, mock, pg):
+    mock.configure(latency_ms=300, image_mode="solid", record_bodies=False)
+    n = 150
+    job.write(manifest(mock.url, items(n), limits={"concurrency": 8, "requests_per_minute": None}))
+    victim = cli_process("run", job.manifest)
+    time.sleep(1.5)
+    survivor = cli_process("run", job.manifest)
+    time.sleep(1.0)
+    held = query(pg, "SELECT count(*) FROM items i JOIN runs r ON r.runner_id = i.lease_owner "
+                     f"WHERE i.state = 'running' AND r.pid = {victim.pid}")[0][0]
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=10)
+    _, err = survivor.communicate(timeout=90)
+    assert survivor.returncode == 0, err
+    assert held > 0
+    assert query(pg, "SELECT state, count(*) FROM items GROUP BY state") == [("succeeded", n)]
+    per_item = query(pg, "SELECT item_id, count(*) FROM attempts WHERE outcome = 'succeeded' GROUP BY item_id")
+    assert {c for _, c in per_item} == {1}
+    status = json.loads(cli("status", job.manifest, "--json").stdout)
+    dead = [r for r in status["runs"] if r["pid"] == victim.pid]
+    assert dead and not dead[0]["live"]
+
+
+def test_a_runner_with_another_output_folder_is_refused(job, mock, pg, tmp_path_factory):
+    mock.configure(latency_ms=300, image_mode="solid", record_bodies=False)
+    job.write(manifest(mock.url, items(40), limits={"concurrency": 2, "requests_per_minute": None}))
+    first = cli_process("run", job.manifest)
+    time.sleep(1.5)
+    elsewhere = tmp_path_factory.mktemp("other-machine")
+    shutil.copytree(job.root / "images", elsewhere / "images")
+    shutil.copy(job.manifest, elsewhere / "job.yaml")
+    refused = cli("run", elsewhere / "job.yaml")
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=30)
+    assert refused.exit_code == 2
+    assert "is not the one the other runners" in refused.stderr and "marker is missing" in refused.stderr
+
+
+def test_db_upgrade_creates_the_schema(pg):
+    result = cli("db", "upgrade", "--db", pg)
+    assert result.exit_code == 0 and "upgraded to revision" in result.stdout
+    again = cli("db", "upgrade")
+    assert "already at revision" in again.stdout
