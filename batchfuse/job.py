@@ -32,8 +32,9 @@ from batchfuse.outputs import OutputFolder
 from batchfuse.plan import Planner
 from batchfuse.providers.base import ProviderContext
 from batchfuse.providers.fetch import Fetcher
+from batchfuse.recorder import Database
 from batchfuse.retry import RetryPolicy
-from batchfuse.scheduler import Database, RunStats, Scheduler, SchedulerConfig
+from batchfuse.scheduler import RunStats, Scheduler, SchedulerConfig
 from batchfuse.store.engine import resolve_db_url
 from batchfuse.store.queries import Store
 from batchfuse.store.records import Job, PlanSummary

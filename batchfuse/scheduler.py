@@ -2,14 +2,14 @@
 ``concurrency`` of them at once under the rate limit, retries transient failures, writes
 outputs and records every attempt.
 
-Two gates: ``requests`` (a semaphore of ``concurrency``) is held only while a request is on
-the wire — taken *before* the rate limiter and the HTTP call, so waiting for a connection
-never eats into a request's timeout; ``in_hand`` bounds the items claimed at once, so an
-item sleeping before its retry does not hold a request slot.
+Two gates: ``gate`` (``concurrency`` wide, lowered by the adaptive limits) is held only while
+a request is on the wire — taken *before* the rate limiter and the HTTP call, so waiting for
+a connection never eats into a request's timeout; ``in_hand`` bounds the items claimed at
+once, so an item sleeping before its retry does not hold a request slot.
 
-Completed attempts go to a :class:`Recorder` that commits them in groups (one transaction
-for whatever finished while the previous one was committing); each item waits for its own
-commit, so nothing counted as done lived only in memory.
+Around them: the outage breaker (pause while the API is down), the per-run budget, the
+deadline and the grace period of a stop.  Finished attempts go to the
+:class:`~batchfuse.recorder.Recorder`; each item waits for its own commit.
 """
 
 from __future__ import annotations
@@ -19,12 +19,11 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 from batchfuse.breaker import Breaker
+from batchfuse.budget import Budget
 from batchfuse.errors import (
     BatchfuseError,
     ErrorClass,
@@ -38,12 +37,18 @@ from batchfuse.images import ImageProblem
 from batchfuse.outputs import OutputFolder, output_name, prepare
 from batchfuse.providers.base import Provider, Reply
 from batchfuse.ratelimit import AdaptiveLimits, Gate, RateLimiter
+from batchfuse.recorder import Database, Recorder
 from batchfuse.retry import RetryPolicy, decide
-from batchfuse.store.queries import Store
 from batchfuse.store.records import AttemptRecord, ClaimedItem, ItemState, Job
 
 log = logging.getLogger("batchfuse.run")
-T = TypeVar("T")
+
+
+def _attempt_record(item: ClaimedItem, number: int, started: float, **fields: Any) -> AttemptRecord:
+    """An attempt of ``item`` that ends now."""
+    return AttemptRecord(
+        item_id=item.id, number=number, spec_hash=item.spec_hash, started_at=started, ended_at=time.time(), **fields
+    )
 
 
 def _log_attempt(
@@ -114,97 +119,6 @@ class SchedulerConfig:
     #: Other runners may work on the same job (PostgreSQL): the rate and concurrency are the
     #: job's, split among the live runners, and leases are confirmed before outputs are renamed.
     shared: bool = False
-
-
-@dataclass
-class Budget:
-    """Images made and reserved by requests in flight, so a cap holds under concurrency."""
-
-    max_images: int | None
-    max_cost: float | None
-    cost_per_image: float
-    made: int = 0
-    reserved: int = 0
-
-    def reserve(self, images: int) -> str | None:
-        """Reserve ``images`` for a request; the reason to stop instead, if the budget is spent."""
-        committed = self.made + self.reserved + images
-        if self.max_images is not None and committed > self.max_images:
-            return f"budget reached: {self.made} images made of max_images {self.max_images}"
-        if self.max_cost is not None and committed * self.cost_per_image > self.max_cost + 1e-9:
-            return (
-                f"budget reached: {self.made * self.cost_per_image:.2f} spent of max_cost {self.max_cost:g} "
-                f"({self.made} images)"
-            )
-        self.reserved += images
-        return None
-
-    def settle(self, reserved: int, made: int) -> None:
-        self.reserved -= reserved
-        self.made += made
-
-
-class Database:
-    """Runs store calls on one worker thread, so the event loop never blocks on SQL."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchfuse-db")
-
-    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args, **kwargs))
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
-
-
-class Recorder:
-    """Group commit of finished attempts."""
-
-    def __init__(self, db: Database, run_id: int, runner_id: str, lease_s: float) -> None:
-        self.db, self.run_id, self.runner_id, self.lease_s = db, run_id, runner_id, lease_s
-        self._queue: list[tuple[AttemptRecord, asyncio.Future[bool]]] = []
-        self._wake = asyncio.Event()
-        self._closed = False
-        self._task = asyncio.create_task(self._loop(), name="batchfuse-recorder")
-
-    async def submit(self, record: AttemptRecord) -> bool:
-        """Record ``record``; returns False if the item's lease had been lost."""
-        if self._closed:
-            raise StoreError("the run's recorder is closed")
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._queue.append((record, fut))
-        self._wake.set()
-        return await asyncio.shield(fut)
-
-    async def _loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            batch, self._queue = self._queue, []
-            if not batch and self._closed:
-                return
-            if not batch:
-                continue
-            try:
-                lost = set(
-                    await self.db.call(self.db.store.record, self.run_id, self.runner_id, [r for r, _ in batch], self.lease_s)
-                )
-            except BaseException as exc:  # the database failed: every waiter hears it
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc if isinstance(exc, BatchfuseError) else StoreError(str(exc)))
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            for rec, fut in batch:
-                if not fut.done():
-                    fut.set_result(rec.item_id not in lost)
-
-    async def close(self) -> None:
-        self._closed = True
-        self._wake.set()
-        await self._task
 
 
 class Scheduler:
@@ -496,12 +410,10 @@ class Scheduler:
             no_image=isinstance(error, NoImageError),
             rng=self._rng,
         )
-        record = AttemptRecord(
-            item_id=item.id,
-            number=number,
-            spec_hash=item.spec_hash,
-            started_at=started,
-            ended_at=time.time(),
+        record = _attempt_record(
+            item,
+            number,
+            started,
             outcome=error.error_class.value,
             item_state=decision.item_state,
             counts=decision.counts,
@@ -533,12 +445,10 @@ class Scheduler:
         message: str | None,
     ) -> bool:
         ok = error_class is None
-        record = AttemptRecord(
-            item_id=item.id,
-            number=number,
-            spec_hash=item.spec_hash,
-            started_at=started,
-            ended_at=time.time(),
+        record = _attempt_record(
+            item,
+            number,
+            started,
             outcome="succeeded" if ok else error_class.value,
             item_state=ItemState.succeeded if ok else ItemState.pending,
             counts=ok,
@@ -560,12 +470,10 @@ class Scheduler:
         return await self.recorder.submit(record)
 
     async def _record_interrupted(self, item: ClaimedItem, number: int, started: float) -> None:
-        record = AttemptRecord(
-            item_id=item.id,
-            number=number,
-            spec_hash=item.spec_hash,
-            started_at=started,
-            ended_at=time.time(),
+        record = _attempt_record(
+            item,
+            number,
+            started,
             outcome=ErrorClass.interrupted.value,
             item_state=ItemState.pending,
             counts=False,

@@ -1,0 +1,233 @@
+"""The read side of the store: what ``status``, ``report`` and ``export`` show.
+
+Part of :class:`~batchfuse.store.queries.Store` (a mixin): every query still lives in the
+store package, and these never write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+
+from batchfuse.store.records import ItemState, Job
+from batchfuse.store.schema import attempts, items, outputs, runs
+
+#: A runner that has not written a heartbeat for this long is taken for dead.
+STALE_RUNNER_S = 60.0
+PAGE = 1000
+
+
+class StoreReads:
+    """Queries that only read. Expects ``_read()`` from the store."""
+
+    def _read(self) -> AbstractContextManager[Connection]:
+        raise NotImplementedError
+
+    def counts(self, job: Job) -> dict[str, int]:
+        """Items in the plan by state, plus ``total``."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(items.c.state, func.count())
+                .where(items.c.job_id == job.id, items.c.in_plan)
+                .group_by(items.c.state)
+            ).all()
+        result = {s.value: 0 for s in ItemState}
+        for state, n in rows:
+            result[state] = n
+        result["total"] = sum(result.values())
+        return result
+
+    def status(self, job: Job) -> dict[str, Any]:
+        """Everything ``batchfuse status`` shows."""
+        counts = self.counts(job)
+        with self._read() as conn:
+            n_attempts, tokens = conn.execute(
+                select(func.count(attempts.c.id), func.coalesce(func.sum(attempts.c.total_tokens), 0))
+                .select_from(attempts.join(items, attempts.c.item_id == items.c.id))
+                .where(items.c.job_id == job.id)
+            ).one()
+            rate_limited = conn.execute(
+                select(func.count(attempts.c.id))
+                .select_from(attempts.join(items, attempts.c.item_id == items.c.id))
+                .where(items.c.job_id == job.id, attempts.c.http_status == 429)
+            ).scalar_one()
+            by_outcome = dict(
+                conn.execute(
+                    select(attempts.c.outcome, func.count())
+                    .select_from(attempts.join(items, attempts.c.item_id == items.c.id))
+                    .where(items.c.job_id == job.id)
+                    .group_by(attempts.c.outcome)
+                ).all()
+            )
+            errors = conn.execute(
+                select(items.c.error_class, items.c.last_error, func.count().label("n"), func.min(items.c.key))
+                .where(
+                    items.c.job_id == job.id,
+                    items.c.in_plan,
+                    items.c.state != ItemState.succeeded.value,
+                    items.c.last_error.is_not(None),
+                )
+                .group_by(items.c.error_class, items.c.last_error)
+                .order_by(func.count().desc())
+                .limit(20)
+            ).all()
+            removed = conn.execute(
+                select(func.count()).where(items.c.job_id == job.id, ~items.c.in_plan)
+            ).scalar_one()
+            run_rows = conn.execute(
+                select(runs).where(runs.c.job_id == job.id).order_by(runs.c.started_at.desc()).limit(10)
+            ).all()
+            in_flight = dict(
+                conn.execute(
+                    select(items.c.lease_owner, func.count())
+                    .where(items.c.job_id == job.id, items.c.state == ItemState.running.value)
+                    .group_by(items.c.lease_owner)
+                ).all()
+            )
+        now = time.time()
+        worked = [r for r in run_rows if (r.succeeded + r.failed) and (r.ended_at or r.heartbeat_at) > r.started_at]
+        throughput = None
+        if worked:
+            last = worked[0]
+            throughput = (last.succeeded + last.failed) / ((last.ended_at or now) - last.started_at)
+        left = counts["pending"] + counts["running"]
+        return {
+            "job": job.name,
+            "throughput": throughput,
+            "eta_s": left / throughput if throughput and left else (0.0 if not left else None),
+            "items": {
+                "total": counts["total"],
+                "succeeded": counts["succeeded"],
+                "failed": counts["failed"],
+                "pending": counts["pending"],
+                "running": counts["running"],
+                "removed": removed,
+            },
+            "attempts": n_attempts,
+            "attempts_by_outcome": by_outcome,
+            "rate_limited": rate_limited,
+            "tokens": int(tokens),
+            "errors": [
+                {"class": cls, "message": msg, "items": n, "example": example}
+                for cls, msg, n, example in errors
+            ],
+            "runs": [
+                {
+                    "started_at": r.started_at,
+                    "ended_at": r.ended_at,
+                    "host": r.host,
+                    "pid": r.pid,
+                    "exit_reason": r.exit_reason,
+                    "succeeded": r.succeeded,
+                    "failed": r.failed,
+                    "requests": r.requests,
+                    "runner_id": r.runner_id,
+                    "in_flight": in_flight.get(r.runner_id, 0) if r.ended_at is None else 0,
+                    "heartbeat_at": r.heartbeat_at,
+                    "live": r.ended_at is None and runner_alive(r.host, r.pid, r.heartbeat_at, now),
+                }
+                for r in run_rows
+            ],
+        }
+
+    def runnable_keys(self, job: Job, max_attempts: int) -> list[str]:
+        """Keys a run would claim, in plan order."""
+        with self._read() as conn:
+            return list(
+                conn.execute(
+                    select(items.c.key)
+                    .where(
+                        items.c.job_id == job.id,
+                        items.c.in_plan,
+                        items.c.attempts < max_attempts,
+                        items.c.state.in_([ItemState.pending.value, ItemState.running.value]),
+                    )
+                    .order_by(items.c.ordinal)
+                ).scalars()
+            )
+
+    def settled(self, job: Job) -> dict[str, str]:
+        """Key -> spec hash of items that are done or failed (a run skips them)."""
+        with self._read() as conn:
+            return dict(
+                conn.execute(
+                    select(items.c.key, items.c.spec_hash).where(
+                        items.c.job_id == job.id,
+                        items.c.state.in_([ItemState.succeeded.value, ItemState.failed.value]),
+                    )
+                ).all()
+            )
+
+    def item_rows(self, job: Job) -> Iterator[dict[str, Any]]:
+        """Every item in the plan with its outputs, a page at a time (for export and reports)."""
+        last = -1
+        while True:
+            with self._read() as conn:
+                page = conn.execute(
+                    select(items)
+                    .where(items.c.job_id == job.id, items.c.in_plan, items.c.ordinal > last)
+                    .order_by(items.c.ordinal)
+                    .limit(PAGE)
+                ).all()
+                if not page:
+                    return
+                ids = [r.id for r in page]
+                outs: dict[int, list[Any]] = {}
+                for o in conn.execute(
+                    select(outputs).where(outputs.c.item_id.in_(ids)).order_by(outputs.c.item_id, outputs.c.idx)
+                ):
+                    outs.setdefault(o.item_id, []).append(o)
+                tokens = dict(
+                    conn.execute(
+                        select(attempts.c.item_id, func.coalesce(func.sum(attempts.c.total_tokens), 0))
+                        .where(attempts.c.item_id.in_(ids))
+                        .group_by(attempts.c.item_id)
+                    ).all()
+                )
+            for r in page:
+                yield {
+                    "key": r.key,
+                    "state": r.state,
+                    "attempts": r.attempts,
+                    "spec": json.loads(r.spec),
+                    "error_class": r.error_class,
+                    "last_error": r.last_error,
+                    "tokens": int(tokens.get(r.id, 0)),
+                    "outputs": [
+                        {"path": o.path, "sha256": o.sha256, "width": o.width, "height": o.height}
+                        for o in outs.get(r.id, [])
+                    ],
+                }
+            last = page[-1].ordinal
+
+    def attempts_for(self, job: Job) -> list[dict[str, Any]]:
+        """All attempts of a job, oldest first (for tests and diagnostics)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(attempts, items.c.key)
+                .select_from(attempts.join(items, attempts.c.item_id == items.c.id))
+                .where(items.c.job_id == job.id)
+                .order_by(attempts.c.id)
+            ).all()
+        return [dict(r._mapping) for r in rows]
+
+
+def runner_alive(host: str, pid: int, heartbeat_at: float, now: float) -> bool:
+    """Whether a runner is alive: by its pid on this host, by its heartbeat elsewhere."""
+    if host == socket.gethostname():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        # A live pid with a long-silent heartbeat is a reused pid, not our runner.
+        return now - heartbeat_at < STALE_RUNNER_S * 10
+    return now - heartbeat_at < STALE_RUNNER_S
