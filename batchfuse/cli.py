@@ -203,9 +203,9 @@ async def _run(manifest: Path, options: RunOptions) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig.name)
 
-    def on_planned(plan: PlanSummary, counts: dict[str, int]) -> None:
+    def on_planned(plan: PlanSummary, counts: dict[str, int], to_do: int) -> None:
         click.echo(_plan_line(plan), err=True)
-        click.echo(f"to do: {counts['pending'] + counts['running']} of {counts['total']} items", err=True)
+        click.echo(f"to do: {to_do} of {counts['total']} items", err=True)
 
     started = time.monotonic()
     display = asyncio.create_task(show_progress(control.stats))

@@ -192,7 +192,7 @@ async def run_job(
     path: Path,
     options: RunOptions | None = None,
     control: RunControl | None = None,
-    on_planned: Callable[[PlanSummary, dict[str, int]], None] | None = None,
+    on_planned: Callable[[PlanSummary, dict[str, int], int], None] | None = None,
 ) -> RunResult:
     """Plan ``path`` into its database and run whatever is not done."""
     options = options or RunOptions()
@@ -220,7 +220,8 @@ async def run_job(
         counts = await db.call(store.counts, job)
         control.stats.to_do = len(only) if only is not None else counts["pending"] + counts["running"]
         if on_planned:
-            on_planned(summary, counts)
+            on_planned(summary, counts, control.stats.to_do)
+        control.stats.planned = True
         reason, error = "completed", None
         image_cache = EncodedImageCache(max_side=m.images_config.max_side)
         try:

@@ -32,7 +32,9 @@ def summary_line(stats: RunStats) -> str:
 
 
 async def show_progress(stats: RunStats, stream: TextIO = sys.stderr) -> None:
-    """Runs until cancelled."""
+    """Runs until cancelled; starts once the plan has been reported."""
+    while not stats.planned:
+        await asyncio.sleep(0.05)
     if stream.isatty():
         await _live(stats, stream)
     else:

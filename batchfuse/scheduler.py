@@ -69,6 +69,8 @@ class RunStats:
     """Live counters of one run, read by the progress display."""
 
     to_do: int = 0
+    #: Set once the plan is in the store and reported (the live display starts then).
+    planned: bool = False
     succeeded: int = 0
     failed: int = 0
     retries: int = 0
