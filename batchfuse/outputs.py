@@ -12,7 +12,7 @@ import shutil
 import struct
 import uuid
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -113,6 +113,18 @@ def prepare(data: bytes, name: str, text: Mapping[str, str]) -> PreparedImage:
     return PreparedImage(payload, im.width, im.height)
 
 
+def read_png_text(path: Path) -> dict[str, str]:
+    """The text chunks of a PNG (empty for anything else or a broken file)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path, formats=["PNG"]) as im:
+            im.load()  # a whole, decodable image, not a torn one
+            return dict(getattr(im, "text", {}) or {})
+    except Exception:  # any unreadable file simply is not adoptable
+        return {}
+
+
 class OutputFolder:
     """The job's output folder: atomic writes into it, and cleaning up after a crash."""
 
@@ -143,6 +155,32 @@ class OutputFolder:
         except OSError:
             pass
         return removed
+
+    def adoptable(self, name_for: Callable[[int, int], str], spec_hash: str) -> list[OutputRecord] | None:
+        """Outputs of ``spec_hash`` already on disk under their final names, all of them.
+
+        They are there when a run died after renaming an attempt's files into place but
+        before recording it: adopting them means that image is not paid for twice.
+        """
+        for first in (name_for(1, 1), name_for(1, 2)):
+            meta = read_png_text(self.root / first) if (self.root / first).is_file() else {}
+            if meta.get("batchfuse:spec") != spec_hash:
+                continue
+            count = int(meta.get("batchfuse:image", "1/1").partition("/")[2] or 1)
+            names = [name_for(i, count) for i in range(1, count + 1)]
+            records = []
+            for i, name in enumerate(names, start=1):
+                path = self.root / name
+                if read_png_text(path).get("batchfuse:spec") != spec_hash:
+                    return None
+                data = path.read_bytes()
+                from PIL import Image
+
+                with Image.open(path) as im:
+                    width, height = im.size
+                records.append(OutputRecord(i, name, hashlib.sha256(data).hexdigest(), width, height, len(data)))
+            return records
+        return None
 
     def final_path(self, name: str) -> Path:
         path = (self.root / name).resolve()

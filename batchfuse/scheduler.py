@@ -153,6 +153,8 @@ class Scheduler:
         self.breaker.on_change = self._breaker_changed
         self._grace: asyncio.TimerHandle | None = None
         self._runners = 1
+        #: Only PNG outputs carry the metadata that proves which spec made them.
+        self._may_adopt = config.output_template.lower().endswith(".png")
         self.stop_reason: str | None = None
         self.stop_error: BatchfuseError | None = None
         self._stopping = asyncio.Event()
@@ -311,8 +313,29 @@ class Scheduler:
         finally:
             self._resume.pop(item.id, None)
 
+    async def _adopt(self, item: ClaimedItem) -> bool:
+        """Record outputs a dead run wrote but did not record, instead of sending again."""
+        values = {**item.spec.get("vars", {}), **item.spec["params"]}
+        template = self.config.output_template
+        found = await asyncio.to_thread(
+            self.outputs.adoptable, lambda n, count: output_name(template, values, n, count), item.spec_hash
+        )
+        if not found:
+            return False
+        record = _attempt_record(
+            item, item.attempts + 1, time.time(), outcome="adopted", item_state=ItemState.succeeded, counts=False,
+            error_message="outputs already on disk from an unrecorded attempt; not sent again",
+            outputs=tuple(found),
+        )
+        _log_attempt(item.key, record.number, None, "adopted", 0.0, outputs=[o.path for o in found])
+        if await self.recorder.submit(record):
+            self.stats.succeeded += 1
+        return True
+
     async def _attempt(self, item: ClaimedItem, number: int) -> float | None:
         """Send ``item`` once; returns the delay before a retry, or None when done with it."""
+        if number == item.attempts + 1 and self._may_adopt and await self._adopt(item):
+            return None
         reserved = self.config.images_per_item(item.spec["params"])
         made = 0
         await self.breaker.wait(self._stopping)
@@ -499,5 +522,8 @@ class Scheduler:
             "batchfuse:item": item.key,
             "batchfuse:spec": item.spec_hash,
         }
-        prepared = [prepare(data, name, text) for data, name in zip(reply.images, names, strict=True)]
+        prepared = [
+            prepare(data, name, {**text, "batchfuse:image": f"{n}/{count}"})
+            for n, (data, name) in enumerate(zip(reply.images, names, strict=True), start=1)
+        ]
         return self.outputs.write(names, prepared, reply.source_urls, reply.source_at)

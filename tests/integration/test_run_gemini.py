@@ -176,3 +176,28 @@ def test_the_key_never_reaches_the_database_logs_or_outputs(job, mock, monkeypat
     for file in job.root.rglob("*"):
         if file.is_file():
             assert TEST_KEY.encode() not in file.read_bytes(), file
+
+
+def test_outputs_on_disk_from_an_unrecorded_attempt_are_adopted_not_paid_for_again(job, mock):
+    mock.configure(images_per_reply=2)
+    items = [{"id": "a", "prompt": "one"}, {"id": "b", "prompt": "two"}]
+    job.write(manifest(mock.url, items))
+    assert cli("run", job.manifest).exit_code == 0
+    assert len(generation_requests(mock)) == 2
+    # a job the database knows nothing about (as if the commits had never happened) over the same files
+    items[1]["prompt"] = "two, changed"  # a changed spec must not be taken from disk
+    job.write(manifest(mock.url, items) | {"job": "same-outputs-new-record"})
+    result = cli("run", job.manifest)
+    assert result.exit_code == 0, result.stderr
+    sent = [r["prompt"] for r in generation_requests(mock)[2:]]
+    assert sent == ["two, changed"]
+    rows = job.sql(
+        "SELECT items.key, attempts.outcome, attempts.http_status FROM attempts JOIN items ON items.id = attempts.item_id "
+        "JOIN jobs ON jobs.id = items.job_id WHERE jobs.name = 'same-outputs-new-record' ORDER BY items.key"
+    )
+    assert rows == [("a", "adopted", None), ("b", "succeeded", 200)]
+    adopted = job.sql(
+        "SELECT outputs.path FROM outputs JOIN items ON items.id = outputs.item_id JOIN jobs ON jobs.id = items.job_id "
+        "WHERE jobs.name = 'same-outputs-new-record' AND items.key = 'a' ORDER BY outputs.idx"
+    )
+    assert adopted == [("a-1.png",), ("a-2.png",)]
