@@ -281,13 +281,17 @@ def db_upgrade(url: str) -> None:
         engine.dispose()
 
 
-def _register_mock_server() -> None:
+def _register_commands() -> None:
+    """Commands that live in their own modules."""
+    from batchfuse.cli_review import export, report
     from batchfuse.mock.cli import mock_server
 
+    main.add_command(report)
+    main.add_command(export)
     main.add_command(mock_server, name="mock-server")
 
 
-_register_mock_server()
+_register_commands()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from batchfuse.recorder import Database
 from batchfuse.retry import RetryPolicy
 from batchfuse.scheduler import RunStats, Scheduler, SchedulerConfig
 from batchfuse.store.engine import resolve_db_url
-from batchfuse.store.queries import Store
+from batchfuse.store.queries import EmptyDatabase, Store
 from batchfuse.store.records import Job, PlanSummary
 
 log = logging.getLogger("batchfuse.run")
@@ -387,20 +387,35 @@ def estimate(loaded: Loaded, settled: dict[str, str]) -> Estimate:
     return Estimate(requests, images, tokens, cost)
 
 
-def job_status(path: Path, db: str | None = None) -> dict[str, Any]:
-    """The job's state as ``batchfuse status --json`` prints it."""
+@contextlib.contextmanager
+def reading_job(path: Path, db: str | None = None) -> Iterator[tuple[Manifest, Store, Job]]:
+    """The manifest's job opened for reading; InputError if it has never been run.
+
+    A missing SQLite file is reported rather than opened (opening would create an empty
+    database just to say there is nothing in it), and readers never migrate.
+    """
     manifest = load_manifest(path)
     url = resolve_db_url(db, path)
+    not_run = f"{path}: job {manifest.job!r} has not been run yet"
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
-        raise InputError(f"{path}: job {manifest.job!r} has not been run yet (no database at {url[10:]})")
-    store = Store.open(url, migrate=False)
+        raise InputError(f"{not_run} (no database at {url.removeprefix('sqlite:///')})")
+    try:
+        store = Store.open(url, migrate=False)
+    except EmptyDatabase:
+        raise InputError(f"{not_run} (no such job in the database)") from None
     try:
         job = store.find_job(manifest.job)
         if job is None:
-            raise InputError(f"{path}: job {manifest.job!r} has not been run yet (no such job in the database)")
-        return store.status(job)
+            raise InputError(f"{not_run} (no such job in the database)")
+        yield manifest, store, job
     finally:
         store.close()
+
+
+def job_status(path: Path, db: str | None = None) -> dict[str, Any]:
+    """The job's state as ``batchfuse status --json`` prints it."""
+    with reading_job(path, db) as (_, store, job):
+        return store.status(job)
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,7 @@ class Planner:
 
     def __post_init__(self) -> None:
         self.file = str(self.manifest_path)
-        self.base_dir = self.manifest_path.parent
+        self.base_dir = self.manifest_path.parent.absolute()
         try:
             self.provider: type[Provider] = provider_class(self.manifest.provider.kind)
         except KeyError as exc:

@@ -29,6 +29,10 @@ from batchfuse.store.schema import attempts, items, jobs, outputs, runs
 PLAN_BATCH = 1000
 
 
+class EmptyDatabase(InputError):
+    """The database has no schema: no job has ever run against it."""
+
+
 @dataclass(frozen=True)
 class PlannedRow:
     """One item of the plan as the store keeps it."""
@@ -64,7 +68,7 @@ class Store(StoreReads):
             else:
                 revision = current_revision(engine)
                 if revision is None:
-                    raise InputError(f"no job has run against {describe_url(url)} yet")
+                    raise EmptyDatabase(f"no job has run against {describe_url(url)} yet")
                 if revision != head_revision():
                     raise InputError(
                         f"{describe_url(url)} has an older schema ({revision}); "
