@@ -157,7 +157,8 @@ def test_retry_failed_gives_rejected_items_a_new_allowance(job, mock):
     assert job.state_of() == {"a": "succeeded"}
 
 
-def test_the_key_never_reaches_the_database_logs_or_outputs(job, mock, monkeypatch):
+def test_the_key_never_reaches_the_database_logs_reports_or_outputs(job, mock, monkeypatch):
+    """Grep every artifact a run and the morning review leave for the key."""
     mock.configure(api_key=TEST_KEY)
     monkeypatch.setenv("BATCHFUSE_DEBUG", "1")
     job.write(
@@ -167,15 +168,23 @@ def test_the_key_never_reaches_the_database_logs_or_outputs(job, mock, monkeypat
              {"id": "c", "prompt": "[[mock:reset]] z", "images": ["images/logo.png"]}],
         )
     )
-    result = cli("run", job.manifest)
-    assert result.exit_code == 1
+    outputs = [
+        cli("run", job.manifest, "--log-file", job.root / "run.jsonl", "--log-format", "json"),
+        cli("run", job.manifest, "--retry-failed", "--log-file", job.root / "run.log"),
+        cli("status", job.manifest, "--json"),
+        cli("status", job.manifest),
+        cli("report", job.manifest),
+        cli("export", job.manifest, "--format", "csv"),
+        cli("export", job.manifest, "--format", "jsonl", "-o", job.root / "items.jsonl"),
+    ]
+    assert outputs[0].exit_code == 1 and outputs[4].exit_code == 0
     assert any(r["key_ok"] for r in mock.requests())
-    status = cli("status", job.manifest, "--json")
-    for text in (result.stdout, result.stderr, status.stdout):
-        assert TEST_KEY not in text
-    for file in job.root.rglob("*"):
-        if file.is_file():
-            assert TEST_KEY.encode() not in file.read_bytes(), file
+    for result in outputs:
+        assert TEST_KEY not in result.stdout + result.stderr
+    files = [f for f in job.root.rglob("*") if f.is_file()]
+    assert {"run.jsonl", "run.log", "report.html", "items.jsonl", "a.png"} <= {f.name for f in files}
+    for file in files:
+        assert TEST_KEY.encode() not in file.read_bytes(), file
 
 
 def test_outputs_on_disk_from_an_unrecorded_attempt_are_adopted_not_paid_for_again(job, mock):
