@@ -59,7 +59,8 @@ def test_twenty_random_kills_during_a_500_item_job(job, mock):
     assert kills == 20, "the job finished before it had been killed 20 times"
     final = cli("run", job.manifest)
     assert final.exit_code == 0, final.stderr
-    check_consistent(job, mock, n, max_requests=n + kills * concurrency)
+    # each kill can lose what the runner had in hand: sent, or answered but not yet written
+    check_consistent(job, mock, n, max_requests=n + kills * 2 * concurrency)
 
 
 @pytest.mark.parametrize(
@@ -74,7 +75,7 @@ def test_a_kill_at_a_chosen_moment_loses_nothing(job, mock, point):
     proc.communicate(timeout=30)
     assert proc.returncode == -9  # it died at the fault point
     assert cli("run", job.manifest).exit_code == 0
-    check_consistent(job, mock, n, max_requests=n + concurrency)
+    check_consistent(job, mock, n, max_requests=n + 2 * concurrency)
     if point.startswith("db.record"):
         # the group whose commit died had its files in place: adopted, not paid for again
         assert job.sql("SELECT count(*) FROM attempts WHERE outcome = 'adopted'")[0][0] >= 1
@@ -100,4 +101,4 @@ def test_an_io_error_stops_the_run_cleanly_and_the_next_run_finishes(job, mock, 
     assert cli("run", job.manifest).exit_code == 0
     # a failed commit loses the completions it held, but their files are in place and
     # carry their spec: the next run adopts them instead of sending them again
-    check_consistent(job, mock, n, max_requests=n + concurrency)
+    check_consistent(job, mock, n, max_requests=n + 2 * concurrency)
