@@ -25,7 +25,7 @@ import aiohttp
 from yarl import URL
 
 from batchfuse.breaker import Breaker
-from batchfuse.errors import BatchfuseError, InputError, ManifestError, register_secret
+from batchfuse.errors import InputError, ManifestError, register_secret
 from batchfuse.images import EncodedImageCache
 from batchfuse.manifest import Manifest, load_manifest
 from batchfuse.outputs import OutputFolder
@@ -45,8 +45,8 @@ log = logging.getLogger("batchfuse.run")
 MOCK_DEFAULTS: dict[str, Any] = {"latency_ms": 150, "jitter_ms": 100, "image_scale": 0.5}
 MOCK_KEY = "mock-key"
 
-#: Exit codes, as documented in README.
-EXIT_OK, EXIT_FAILED_ITEMS, EXIT_BAD_INPUT, EXIT_STOPPED = 0, 1, 2, 3
+#: Exit codes, as documented in README (2, bad input, comes from InputError.exit_code).
+EXIT_OK, EXIT_FAILED_ITEMS, EXIT_STOPPED = 0, 1, 3
 
 
 @dataclass
@@ -188,6 +188,34 @@ async def _fetcher(loaded: Loaded, base_url: str) -> AsyncIterator[Fetcher]:
         await fetcher.close()
 
 
+def scheduler_config(loaded: Loaded, options: RunOptions, only: list[str] | None, shared: bool) -> SchedulerConfig:
+    """The scheduler's settings from the manifest's limits and the run's options."""
+    m = loaded.manifest
+    return SchedulerConfig(
+        concurrency=m.limits.concurrency,
+        requests_per_minute=m.limits.requests_per_minute,
+        policy=RetryPolicy(
+            max_attempts=m.limits.max_attempts,
+            base_delay_s=m.limits.backoff_base_s,
+            max_delay_s=m.limits.backoff_max_s,
+        ),
+        output_template=m.output.filename,
+        model=m.provider.model,
+        job_name=m.job,
+        lease_s=options.lease_s,
+        only_keys=only,
+        max_images=m.limits.max_images,
+        max_cost=m.limits.max_cost,
+        cost_per_image=cost_per_image(loaded),
+        images_per_item=loaded.planner.provider.images_per_item,
+        deadline=options.deadline,
+        grace_s=options.grace_s,
+        adaptive=m.limits.adaptive_rate,
+        shared=shared,
+        breaker=Breaker(threshold=m.limits.outage_threshold, first_delay=m.limits.outage_pause_s),
+    )
+
+
 async def run_job(
     path: Path,
     options: RunOptions | None = None,
@@ -241,29 +269,7 @@ async def run_job(
                     )
                 )
                 scheduler = Scheduler(
-                    SchedulerConfig(
-                        concurrency=m.limits.concurrency,
-                        requests_per_minute=m.limits.requests_per_minute,
-                        policy=RetryPolicy(
-                            max_attempts=m.limits.max_attempts,
-                            base_delay_s=m.limits.backoff_base_s,
-                            max_delay_s=m.limits.backoff_max_s,
-                        ),
-                        output_template=m.output.filename,
-                        model=m.provider.model,
-                        job_name=m.job,
-                        lease_s=options.lease_s,
-                        only_keys=only,
-                        max_images=m.limits.max_images,
-                        max_cost=m.limits.max_cost,
-                        cost_per_image=cost_per_image(loaded),
-                        images_per_item=loaded.planner.provider.images_per_item,
-                        deadline=options.deadline,
-                        grace_s=options.grace_s,
-                        adaptive=m.limits.adaptive_rate,
-                        shared=shared,
-                        breaker=Breaker(threshold=m.limits.outage_threshold, first_delay=m.limits.outage_pause_s),
-                    ),
+                    scheduler_config(loaded, options, only, shared),
                     db,
                     job,
                     run_id,
@@ -296,12 +302,9 @@ async def run_job(
             extra={"event": "run_end", "reason": reason, "succeeded": control.stats.succeeded,
                    "failed": control.stats.failed, "requests": control.stats.requests, "counts": counts},
         )
-        if error is not None or reason != "completed":
-            code = EXIT_STOPPED
-        elif counts["failed"]:
-            code = EXIT_FAILED_ITEMS
-        else:
-            code = EXIT_OK
+        code = EXIT_STOPPED if error is not None or reason != "completed" else (
+            EXIT_FAILED_ITEMS if counts["failed"] else EXIT_OK
+        )
         stats = control.stats
         return RunResult(
             code, reason, stats.succeeded, stats.failed, stats.requests, counts, summary,
@@ -444,6 +447,3 @@ def plan_preview(path: Path, db: str | None = None) -> Preview:
     first = next(iter(loaded.planner.rows([])), None)
     return Preview(loaded, summary, first.spec if first else None, estimate(loaded, settled))
 
-
-def describe_error(exc: BaseException) -> str:
-    return exc.message if isinstance(exc, BatchfuseError) else f"{type(exc).__name__}: {exc}"

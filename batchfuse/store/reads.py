@@ -207,16 +207,6 @@ class StoreReads:
                 }
             last = page[-1].ordinal
 
-    def attempts_for(self, job: Job) -> list[dict[str, Any]]:
-        """All attempts of a job, oldest first (for tests and diagnostics)."""
-        with self._read() as conn:
-            rows = conn.execute(
-                select(attempts, items.c.key)
-                .select_from(attempts.join(items, attempts.c.item_id == items.c.id))
-                .where(items.c.job_id == job.id)
-                .order_by(attempts.c.id)
-            ).all()
-        return [dict(r._mapping) for r in rows]
 
 
 def runner_alive(host: str, pid: int, heartbeat_at: float, now: float) -> bool:
