@@ -29,6 +29,61 @@ from batchfuse.store.schema import attempts, items, jobs, outputs, runs
 PLAN_BATCH = 1000
 
 
+#: One executemany UPDATE for every item a group of attempts finished with.
+_ITEM_AFTER_ATTEMPT = (
+    update(items)
+    .where(items.c.id == bindparam("b_id"))
+    .values(
+        state=bindparam("b_state"),
+        attempts=items.c.attempts + bindparam("b_inc"),
+        lease_owner=bindparam("b_owner"),
+        lease_expires_at=bindparam("b_expires"),
+        error_class=bindparam("b_error_class"),
+        last_error=bindparam("b_last_error"),
+        resume_token=bindparam("b_resume"),
+        updated_at=bindparam("b_now"),
+    )
+)
+
+
+def _item_row(rec: AttemptRecord, runner_id: str, now: float, lease_s: float) -> dict[str, Any]:
+    waiting = rec.item_state == ItemState.running  # waiting for a retry: keep the lease
+    done = rec.item_state == ItemState.succeeded
+    return dict(
+        b_id=rec.item_id,
+        b_state=rec.item_state.value,
+        b_inc=1 if rec.counts else 0,
+        b_owner=runner_id if waiting else None,
+        b_expires=now + lease_s if waiting else None,
+        b_error_class=None if done else rec.error_class,
+        b_last_error=None if done else rec.error_message,
+        b_resume=json.dumps(rec.resume) if rec.resume else None,
+        b_now=now,
+    )
+
+
+def _attempt_row(rec: AttemptRecord, run_id: int, held: bool) -> dict[str, Any]:
+    return dict(
+        item_id=rec.item_id,
+        run_id=run_id,
+        number=rec.number,
+        spec_hash=rec.spec_hash,
+        started_at=rec.started_at,
+        ended_at=rec.ended_at,
+        outcome=rec.outcome if held else "lease_lost",
+        http_status=rec.http_status,
+        error_class=rec.error_class,
+        error_message=rec.error_message,
+        latency_ms=rec.latency_ms,
+        prompt_tokens=rec.prompt_tokens,
+        output_tokens=rec.output_tokens,
+        total_tokens=rec.total_tokens,
+        finish_reason=rec.finish_reason,
+        block_reason=rec.block_reason,
+        text=rec.text,
+    )
+
+
 class EmptyDatabase(InputError):
     """The database has no schema: no job has ever run against it."""
 
@@ -465,91 +520,58 @@ class Store(StoreReads):
 
         An item's state only changes while this runner still holds its lease; a runner that
         lost it (it stalled past the expiry and another runner took over) records its attempt
-        for the history but changes nothing else.
+        for the history but changes nothing else.  A group costs the same handful of
+        statements however many attempts it holds (executemany), which is what keeps a busy
+        run's database work small.
         """
-        lost: list[int] = []
         now = time.time()
+        ids = [r.item_id for r in records]
         with self._write() as conn:
-            for rec in records:
-                values: dict[str, Any] = dict(
-                    state=rec.item_state.value,
-                    updated_at=now,
-                    resume_token=json.dumps(rec.resume) if rec.resume else None,
+            held = set(
+                conn.execute(select(items.c.id).where(items.c.id.in_(ids), items.c.lease_owner == runner_id)).scalars()
+            )
+            attempt_ids = conn.execute(
+                insert(attempts).returning(attempts.c.id, sort_by_parameter_order=True),
+                [_attempt_row(r, run_id, r.item_id in held) for r in records],
+            ).scalars().all()
+            kept = [r for r in records if r.item_id in held]
+            if kept:
+                conn.execute(_ITEM_AFTER_ATTEMPT, [_item_row(r, runner_id, now, lease_s) for r in kept])
+            with_outputs = [(r, a) for r, a in zip(records, attempt_ids, strict=True) if r.item_id in held and r.outputs]
+            if with_outputs:
+                conn.execute(delete(outputs).where(outputs.c.item_id.in_([r.item_id for r, _ in with_outputs])))
+                conn.execute(
+                    insert(outputs),
+                    [
+                        dict(
+                            item_id=r.item_id,
+                            attempt_id=attempt_id,
+                            idx=o.idx,
+                            path=o.path,
+                            sha256=o.sha256,
+                            width=o.width,
+                            height=o.height,
+                            bytes=o.bytes,
+                            source_url=o.source_url,
+                            source_at=o.source_at,
+                            created_at=now,
+                        )
+                        for r, attempt_id in with_outputs
+                        for o in r.outputs
+                    ],
                 )
-                if rec.item_state == ItemState.running:  # waiting for a retry: keep the lease
-                    values["lease_expires_at"] = now + lease_s
-                else:
-                    values.update(lease_owner=None, lease_expires_at=None)
-                if rec.counts:
-                    values["attempts"] = items.c.attempts + 1
-                if rec.item_state == ItemState.succeeded:
-                    values.update(error_class=None, last_error=None)
-                elif rec.error_class:
-                    values.update(error_class=rec.error_class, last_error=rec.error_message)
-                changed = conn.execute(
-                    update(items)
-                    .where(items.c.id == rec.item_id, items.c.lease_owner == runner_id)
-                    .values(**values)
-                ).rowcount
-                attempt_id = conn.execute(
-                    insert(attempts).values(
-                        item_id=rec.item_id,
-                        run_id=run_id,
-                        number=rec.number,
-                        spec_hash=rec.spec_hash,
-                        started_at=rec.started_at,
-                        ended_at=rec.ended_at,
-                        outcome=rec.outcome if changed else "lease_lost",
-                        http_status=rec.http_status,
-                        error_class=rec.error_class,
-                        error_message=rec.error_message,
-                        latency_ms=rec.latency_ms,
-                        prompt_tokens=rec.prompt_tokens,
-                        output_tokens=rec.output_tokens,
-                        total_tokens=rec.total_tokens,
-                        finish_reason=rec.finish_reason,
-                        block_reason=rec.block_reason,
-                        text=rec.text,
-                    )
-                ).inserted_primary_key[0]
-                if not changed:
-                    lost.append(rec.item_id)
-                    continue
-                if rec.outputs:
-                    conn.execute(delete(outputs).where(outputs.c.item_id == rec.item_id))
-                    conn.execute(
-                        insert(outputs),
-                        [
-                            dict(
-                                item_id=rec.item_id,
-                                attempt_id=attempt_id,
-                                idx=o.idx,
-                                path=o.path,
-                                sha256=o.sha256,
-                                width=o.width,
-                                height=o.height,
-                                bytes=o.bytes,
-                                source_url=o.source_url,
-                                source_at=o.source_at,
-                                created_at=now,
-                            )
-                            for o in rec.outputs
-                        ],
-                    )
             faultpoints.hit("db.record")
-            succeeded = sum(1 for r in records if r.item_state == ItemState.succeeded)
-            failed = sum(1 for r in records if r.item_state == ItemState.failed)
             conn.execute(
                 update(runs)
                 .where(runs.c.id == run_id)
                 .values(
                     heartbeat_at=now,
-                    succeeded=runs.c.succeeded + succeeded,
-                    failed=runs.c.failed + failed,
-                    requests=runs.c.requests + len(records),
+                    succeeded=runs.c.succeeded + sum(1 for r in kept if r.item_state == ItemState.succeeded),
+                    failed=runs.c.failed + sum(1 for r in kept if r.item_state == ItemState.failed),
+                    requests=runs.c.requests + sum(1 for r in records if r.outcome != "adopted"),
                 )
             )
-        return lost
+        return [i for i in ids if i not in held]
 
 
 def _explain(exc: OperationalError) -> str:
