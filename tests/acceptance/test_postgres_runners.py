@@ -62,11 +62,13 @@ def test_three_runners_share_one_job_and_one_rate_limit(job, mock, pg):
     job.write(manifest(mock.url, items(n), limits={"concurrency": 6, "requests_per_minute": rpm}))
     # all three start together on an empty database: they migrate and plan at the same time
     procs = [cli_process("run", job.manifest) for _ in range(3)]
-    time.sleep(2)
-    shown = cli("status", job.manifest, "--json")
-    assert shown.exit_code == 0, shown.stderr
-    status = json.loads(shown.stdout)
-    live = [r for r in status["runs"] if r["live"]]
+    live: list[dict] = []
+    deadline = time.monotonic() + 30
+    while len(live) < 3 and time.monotonic() < deadline:  # status sees all three while they work
+        time.sleep(0.2)
+        shown = cli("status", job.manifest, "--json")
+        if shown.exit_code == 0:
+            live = [r for r in json.loads(shown.stdout)["runs"] if r["live"]]
     assert len(live) == 3
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [e for _, e in outs]
