@@ -7,6 +7,7 @@ Exit codes: 0 every item succeeded; 1 some items failed; 2 bad input (nothing wa
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 import re
@@ -45,7 +46,26 @@ def fail(exc: BatchfuseError) -> None:
 
 
 class Group(click.Group):
-    """Turns batchfuse errors into one-line messages and documented exit codes."""
+    """Turns batchfuse errors into one-line messages and documented exit codes.
+
+    Commands that live in their own modules load only when used (``LAZY``): a run does not
+    pay for importing the report's or the mock's code.
+    """
+
+    LAZY = {
+        "report": "batchfuse.cli_review:report",
+        "export": "batchfuse.cli_review:export",
+        "mock-server": "batchfuse.mock.cli:mock_server",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.LAZY])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.LAZY:
+            module, _, attr = self.LAZY[name].partition(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -281,17 +301,7 @@ def db_upgrade(url: str) -> None:
         engine.dispose()
 
 
-def _register_commands() -> None:
-    """Commands that live in their own modules."""
-    from batchfuse.cli_review import export, report
-    from batchfuse.mock.cli import mock_server
 
-    main.add_command(report)
-    main.add_command(export)
-    main.add_command(mock_server, name="mock-server")
-
-
-_register_commands()
 
 
 if __name__ == "__main__":  # pragma: no cover

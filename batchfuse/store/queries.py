@@ -21,7 +21,7 @@ from sqlalchemy.exc import OperationalError
 
 from batchfuse import faultpoints
 from batchfuse.errors import InputError, JobLockedError, StoreError
-from batchfuse.store.engine import create_store_engine, current_revision, describe_url, head_revision, upgrade
+from batchfuse.store.engine import SCHEMA_HEAD, create_store_engine, current_revision, describe_url, upgrade
 from batchfuse.store.reads import STALE_RUNNER_S, StoreReads, runner_alive
 from batchfuse.store.records import AttemptRecord, ClaimedItem, ItemState, Job, PlanSummary
 from batchfuse.store.schema import attempts, items, jobs, outputs, runs
@@ -124,7 +124,7 @@ class Store(StoreReads):
                 revision = current_revision(engine)
                 if revision is None:
                     raise EmptyDatabase(f"no job has run against {describe_url(url)} yet")
-                if revision != head_revision():
+                if revision != SCHEMA_HEAD:
                     raise InputError(
                         f"{describe_url(url)} has an older schema ({revision}); "
                         "run a job or `batchfuse db upgrade` to upgrade it"

@@ -11,10 +11,14 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, text
 
-from batchfuse.store.engine import create_store_engine, upgrade
+from batchfuse.store.engine import SCHEMA_HEAD, create_store_engine, head_revision, upgrade
 from batchfuse.store.queries import PlannedRow, Store
 from batchfuse.store.schema import metadata
 from tests.conftest import cli, generation_requests, manifest
+
+
+def test_the_head_constant_is_alembics_head():
+    assert head_revision() == SCHEMA_HEAD
 
 
 def test_migrations_produce_exactly_the_models_schema(db_url):
@@ -102,5 +106,5 @@ def test_sqlite_database_is_in_wal_mode_with_a_busy_timeout(tmp_path):
         store.close()
     raw = create_engine(url)
     with raw.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == SCHEMA_HEAD
     raw.dispose()
