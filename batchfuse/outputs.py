@@ -13,7 +13,7 @@ import struct
 import uuid
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -80,6 +80,16 @@ def add_png_text(png: bytes, text: Mapping[str, str]) -> bytes:
     ihdr_end = 8 + 8 + struct.unpack(">I", png[8:12])[0] + 4
     chunks = b"".join(_png_itxt(k, v) for k, v in text.items())
     return png[:ihdr_end] + chunks + png[ihdr_end:]
+
+
+@dataclass(frozen=True)
+class PendingOutputs:
+    """The images of one successful attempt, ready to be written under their names."""
+
+    names: list[str]
+    images: list[PreparedImage]
+    source_urls: list[str | None] = field(default_factory=list)
+    source_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -188,19 +198,17 @@ class OutputFolder:
             raise OutputError(f"output {name} would be written outside {self.root}")
         return path
 
-    def write(
-        self,
-        names: list[str],
-        images: list[PreparedImage],
-        source_urls: list[str | None] = (),
-        source_at: float | None = None,
-    ) -> list[OutputRecord]:
-        """Write every image of one attempt; all or none get their final names."""
+    def write(self, pending: PendingOutputs, dirs: set[Path] | None = None) -> list[OutputRecord]:
+        """Write every image of one attempt; all or none get their final names.
+
+        With ``dirs``, the folders that received files are added to it and left for the caller
+        to fsync once for a whole group (:func:`fsync_dirs`); without, they are fsynced here.
+        """
         staged: list[tuple[Path, Path]] = []
         records: list[OutputRecord] = []
         try:
             self.temp.mkdir(parents=True, exist_ok=True)
-            for i, (name, img) in enumerate(zip(names, images, strict=True)):
+            for i, (name, img) in enumerate(zip(pending.names, pending.images, strict=True)):
                 tmp = self.temp / f"{self.writer_tag}-{uuid.uuid4().hex}.part"
                 with open(tmp, "wb") as f:
                     staged.append((tmp, self.final_path(name)))
@@ -217,18 +225,20 @@ class OutputFolder:
                         width=img.width,
                         height=img.height,
                         bytes=len(img.payload),
-                        source_url=source_urls[i] if i < len(source_urls) else None,
-                        source_at=source_at,
+                        source_url=pending.source_urls[i] if i < len(pending.source_urls) else None,
+                        source_at=pending.source_at,
                     )
                 )
-            dirs: set[Path] = set()
+            touched: set[Path] = set()
             for tmp, final in staged:
                 final.parent.mkdir(parents=True, exist_ok=True)
                 faultpoints.hit("output.rename")
                 os.replace(tmp, final)
-                dirs.add(final.parent)
-            for d in dirs:
-                _fsync_dir(d)
+                touched.add(final.parent)
+            if dirs is None:
+                fsync_dirs(touched)
+            else:
+                dirs.update(touched)
         except OSError as exc:
             for tmp, _ in staged:
                 try:
@@ -239,9 +249,14 @@ class OutputFolder:
         return records
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def fsync_dirs(paths: set[Path]) -> None:
+    """Make renames into these folders durable (once per folder, however many files)."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        for path in paths:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except OSError as exc:
+        raise OutputError(f"cannot sync output folder: {exc.strerror or exc}") from None

@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
-from batchfuse.errors import BatchfuseError, StoreError
+from batchfuse.errors import BatchfuseError, ErrorClass, OutputError, StoreError
+from batchfuse.outputs import OutputFolder, PendingOutputs, fsync_dirs
 from batchfuse.store.queries import Store
-from batchfuse.store.records import AttemptRecord
+from batchfuse.store.records import AttemptRecord, ItemState, OutputRecord
 
 T = TypeVar("T")
 
@@ -35,32 +38,56 @@ class Database:
         self._pool.shutdown(wait=True)
 
 
+@dataclass
+class _Entry:
+    record: AttemptRecord
+    pending: PendingOutputs | None
+    future: asyncio.Future[tuple[bool, tuple[OutputRecord, ...]]]
+
+
 class Recorder:
-    """Group commit of finished attempts.
+    """Group commit of finished attempts, with their output files.
 
     After the first attempt of a group arrives, the recorder lingers ``linger_s`` (or until
-    ``max_group`` are waiting) so that a busy run commits groups rather than single attempts:
-    a group costs about as much as one.  What waits in a group is never lost to a crash in a
-    way that costs money: its outputs are already on disk and the next run adopts them.
+    ``max_group`` are waiting) so that a busy run handles groups rather than single attempts.
+    A group takes one trip to the database thread, which writes the group's files (each
+    fsynced, renamed into place, each folder fsynced once), then commits the group's records:
+    files always take their final names before the records that name them are committed.
+    What waits in a group is never lost to a crash in a way that costs money: once its files
+    are in place, the next run adopts them.
     """
 
     def __init__(
-        self, db: Database, run_id: int, runner_id: str, lease_s: float, linger_s: float = 0.025, max_group: int = 256
+        self,
+        db: Database,
+        run_id: int,
+        runner_id: str,
+        lease_s: float,
+        outputs: OutputFolder,
+        *,
+        shared: bool = False,
+        linger_s: float = 0.025,
+        max_group: int = 256,
     ) -> None:
         self.db, self.run_id, self.runner_id, self.lease_s = db, run_id, runner_id, lease_s
+        self.outputs, self.shared = outputs, shared
         self.linger_s, self.max_group = linger_s, max_group
         self.commits = 0
-        self._queue: list[tuple[AttemptRecord, asyncio.Future[bool]]] = []
+        self._queue: list[_Entry] = []
         self._wake = asyncio.Event()
         self._closed = False
         self._task = asyncio.create_task(self._loop(), name="batchfuse-recorder")
 
-    async def submit(self, record: AttemptRecord) -> bool:
-        """Record ``record``; returns False if the item's lease had been lost."""
+    async def submit(
+        self, record: AttemptRecord, pending: PendingOutputs | None = None
+    ) -> tuple[bool, tuple[OutputRecord, ...]]:
+        """Write ``pending`` and record ``record``; returns (the item's lease was still held,
+        the outputs written).  Raises OutputError when the files could not be written (the
+        attempt is then recorded as interrupted and the item stays pending)."""
         if self._closed:
             raise StoreError("the run's recorder is closed")
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._queue.append((record, fut))
+        fut: asyncio.Future[tuple[bool, tuple[OutputRecord, ...]]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Entry(record, pending, fut))
         self._wake.set()
         return await asyncio.shield(fut)
 
@@ -76,20 +103,50 @@ class Recorder:
             if not batch:
                 continue
             try:
-                lost = set(
-                    await self.db.call(self.db.store.record, self.run_id, self.runner_id, [r for r, _ in batch], self.lease_s)
-                )
+                results = await self.db.call(self._commit, batch)
             except BaseException as exc:  # the database failed: every waiter hears it
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc if isinstance(exc, BatchfuseError) else StoreError(str(exc)))
+                for entry in batch:
+                    if not entry.future.done():
+                        entry.future.set_exception(exc if isinstance(exc, BatchfuseError) else StoreError(str(exc)))
                 if not isinstance(exc, Exception):
                     raise
                 continue
             self.commits += 1
-            for rec, fut in batch:
-                if not fut.done():
-                    fut.set_result(rec.item_id not in lost)
+            for entry, result in zip(batch, results, strict=True):
+                if entry.future.done():
+                    continue
+                if isinstance(result, OutputError):
+                    entry.future.set_exception(result)
+                else:
+                    entry.future.set_result(result)
+
+    def _commit(self, batch: list[_Entry]) -> list[tuple[bool, tuple[OutputRecord, ...]] | OutputError]:
+        """In the database thread: write the group's files, then record the group."""
+        store = self.db.store
+        to_write = [e.record.item_id for e in batch if e.pending is not None]
+        held = (
+            store.confirm_leases(to_write, self.runner_id, self.lease_s) if self.shared and to_write else set(to_write)
+        )
+        records: list[AttemptRecord] = []
+        errors: dict[int, OutputError] = {}
+        dirs: set[Path] = set()
+        for i, entry in enumerate(batch):
+            rec = entry.record
+            if entry.pending is not None and rec.item_id in held:
+                try:
+                    rec = replace(rec, outputs=tuple(self.outputs.write(entry.pending, dirs)))
+                except OutputError as exc:
+                    errors[i] = exc
+                    rec = replace(
+                        rec, outcome=ErrorClass.interrupted.value, item_state=ItemState.pending, counts=False,
+                        error_class=ErrorClass.interrupted.value, error_message=exc.message,
+                    )
+            records.append(rec)
+        fsync_dirs(dirs)
+        lost = set(store.record(self.run_id, self.runner_id, records, self.lease_s))
+        return [
+            errors.get(i, (rec.item_id not in lost, rec.outputs)) for i, rec in enumerate(records)
+        ]
 
     async def close(self) -> None:
         self._closed = True

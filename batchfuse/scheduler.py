@@ -34,14 +34,16 @@ from batchfuse.errors import (
     TransientError,
 )
 from batchfuse.images import ImageProblem
-from batchfuse.outputs import OutputFolder, output_name, prepare
+from batchfuse.outputs import OutputFolder, PendingOutputs, output_name, prepare
 from batchfuse.providers.base import Provider, Reply
 from batchfuse.ratelimit import AdaptiveLimits, Gate, RateLimiter
 from batchfuse.recorder import Database, Recorder
 from batchfuse.retry import RetryPolicy, decide
-from batchfuse.store.records import AttemptRecord, ClaimedItem, ItemState, Job
+from batchfuse.store.records import AttemptRecord, ClaimedItem, ItemState, Job, OutputRecord
 
 log = logging.getLogger("batchfuse.run")
+#: Replies up to this size are checked on the event loop (a thread hop costs more).
+PREPARE_INLINE_BYTES = 256 * 1024
 
 
 def _attempt_record(item: ClaimedItem, number: int, started: float, **fields: Any) -> AttemptRecord:
@@ -195,7 +197,9 @@ class Scheduler:
     # ---------------------------------------------------------------- main loop
 
     async def run(self) -> None:
-        self.recorder = Recorder(self.db, self.run_id, self.runner_id, self.config.lease_s)
+        self.recorder = Recorder(
+            self.db, self.run_id, self.runner_id, self.config.lease_s, self.outputs, shared=self.config.shared
+        )
         if self.config.shared:
             await self._take_share()
         helpers = [asyncio.create_task(self._heartbeat(), name="batchfuse-heartbeat")]
@@ -328,7 +332,8 @@ class Scheduler:
             outputs=tuple(found),
         )
         _log_attempt(item.key, record.number, None, "adopted", 0.0, outputs=[o.path for o in found])
-        if await self.recorder.submit(record):
+        kept, _ = await self.recorder.submit(record)
+        if kept:
             self.stats.succeeded += 1
         return True
 
@@ -354,29 +359,26 @@ class Scheduler:
                 self.budget.settle(reserved, 0)
                 raise
         try:
-            outputs: tuple = ()
-            if reply is not None and self.config.shared and not await self.db.call(
-                self.db.store.confirm_lease, item.id, self.runner_id, self.config.lease_s
-            ):
-                log.warning("lost the lease on %s while it was in flight; its result is dropped", item.key)
-                await self._finish(item, number, started, latency_ms, reply, (), None, None)
-                return None
+            pending: PendingOutputs | None = None
             if reply is not None:
                 try:
-                    outputs = tuple(await asyncio.to_thread(self._write, item, reply))
+                    pending = await self._prepare(item, reply)
                 except ImageProblem as exc:
                     error = TransientError(
                         f"an image in the reply cannot be decoded: {exc}", status=200, code="bad_image"
                     )
-                except OutputError as exc:
-                    await self._finish(item, number, started, latency_ms, reply, None, ErrorClass.interrupted, str(exc))
+            if error is None:
+                assert reply is not None and pending is not None
+                try:
+                    kept, outputs = await self._finish(item, number, started, latency_ms, reply, pending)
+                except OutputError as exc:  # recorded as interrupted; the item stays pending
                     self.stop(exc.message, exc)
                     return None
-            if error is None:
-                assert reply is not None
-                made = len(outputs)
-                if await self._finish(item, number, started, latency_ms, reply, outputs, None, None):
+                if kept:
+                    made = len(outputs)
                     self.stats.succeeded += 1
+                else:
+                    log.warning("lost the lease on %s while it was in flight; its result is dropped", item.key)
                 return None
             return await self._failed(item, number, started, latency_ms, error)
         finally:
@@ -459,40 +461,27 @@ class Scheduler:
         return decision.delay_s if decision.retry else None
 
     async def _finish(
-        self,
-        item: ClaimedItem,
-        number: int,
-        started: float,
-        latency_ms: float,
-        reply: Reply,
-        outputs: tuple | None,
-        error_class: ErrorClass | None,
-        message: str | None,
-    ) -> bool:
-        ok = error_class is None
+        self, item: ClaimedItem, number: int, started: float, latency_ms: float, reply: Reply, pending: PendingOutputs
+    ) -> tuple[bool, tuple[OutputRecord, ...]]:
+        """Write and record a successful attempt; (lease still held, outputs written)."""
         record = _attempt_record(
             item,
             number,
             started,
-            outcome="succeeded" if ok else error_class.value,
-            item_state=ItemState.succeeded if ok else ItemState.pending,
-            counts=ok,
+            outcome="succeeded",
+            item_state=ItemState.succeeded,
+            counts=True,
             http_status=reply.http_status,
-            error_class=None if ok else error_class.value,
-            error_message=message,
             latency_ms=latency_ms,
             prompt_tokens=reply.prompt_tokens,
             output_tokens=reply.output_tokens,
             total_tokens=reply.total_tokens,
             finish_reason=reply.finish_reason,
             text="\n".join(reply.texts) or None,
-            outputs=outputs or (),
         )
-        _log_attempt(
-            item.key, number, reply.http_status, "ok" if ok else error_class.value, latency_ms,
-            outputs=[o.path for o in record.outputs], error=message,
-        )
-        return await self.recorder.submit(record)
+        kept, outputs = await self.recorder.submit(record, pending)
+        _log_attempt(item.key, number, reply.http_status, "ok", latency_ms, outputs=[o.path for o in outputs])
+        return kept, outputs
 
     async def _record_interrupted(self, item: ClaimedItem, number: int, started: float) -> None:
         record = _attempt_record(
@@ -510,8 +499,14 @@ class Scheduler:
         except StoreError as exc:
             log.warning("could not record interrupted attempt of %s: %s", item.key, exc)
 
-    def _write(self, item: ClaimedItem, reply: Reply) -> list:
-        """Check, convert and atomically write every image of a reply (in a worker thread)."""
+    async def _prepare(self, item: ClaimedItem, reply: Reply) -> PendingOutputs:
+        """Check every image of a reply with Pillow and give it its name and metadata; in a
+        worker thread when the images are large enough to block the event loop."""
+        if sum(len(data) for data in reply.images) > PREPARE_INLINE_BYTES:
+            return await asyncio.to_thread(self._prepare_now, item, reply)
+        return self._prepare_now(item, reply)
+
+    def _prepare_now(self, item: ClaimedItem, reply: Reply) -> PendingOutputs:
         values = {**item.spec.get("vars", {}), **item.spec["params"]}
         count = len(reply.images)
         names = [output_name(self.config.output_template, values, n, count) for n in range(1, count + 1)]
@@ -522,8 +517,8 @@ class Scheduler:
             "batchfuse:item": item.key,
             "batchfuse:spec": item.spec_hash,
         }
-        prepared = [
+        images = [
             prepare(data, name, {**text, "batchfuse:image": f"{n}/{count}"})
             for n, (data, name) in enumerate(zip(reply.images, names, strict=True), start=1)
         ]
-        return self.outputs.write(names, prepared, reply.source_urls, reply.source_at)
+        return PendingOutputs(names, images, reply.source_urls, reply.source_at)

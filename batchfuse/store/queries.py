@@ -456,19 +456,21 @@ class Store(StoreReads):
                 )
         return [ClaimedItem.from_row(r) for r in rows]
 
-    def confirm_lease(self, item_id: int, runner_id: str, lease_s: float) -> bool:
-        """Whether this runner still holds ``item_id``, extending the lease if so.
+    def confirm_leases(self, item_ids: list[int], runner_id: str, lease_s: float) -> set[int]:
+        """The items of ``item_ids`` this runner still holds, their leases extended (one statement).
 
-        Called before outputs take their final names, so a runner that stalled past its lease
-        (and whose item another runner took over) never overwrites that runner's outputs.
+        Called before a group's outputs take their final names, so a runner that stalled past
+        its lease (and whose item another runner took over) never overwrites that runner's
+        outputs.
         """
         with self._write() as conn:
-            return bool(
+            return set(
                 conn.execute(
                     update(items)
-                    .where(items.c.id == item_id, items.c.lease_owner == runner_id)
+                    .where(items.c.id.in_(item_ids), items.c.lease_owner == runner_id)
                     .values(lease_expires_at=time.time() + lease_s)
-                ).rowcount
+                    .returning(items.c.id)
+                ).scalars()
             )
 
     def live_runners(self, job: Job, stale_s: float = STALE_RUNNER_S) -> int:
