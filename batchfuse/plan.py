@@ -51,19 +51,18 @@ def _hashable(values: dict[str, Any]) -> Any:
         return None
 
 
-def _duplicates_problem(duplicates: dict[str, list[RawItem]]) -> ManifestError:
-    """One line listing duplicate keys and where they stand."""
+def _duplicates_problem(duplicates: dict[str, list[int | None]], file: str) -> ManifestError:
+    """One line listing duplicate keys and the rows they stand in."""
 
-    def where(raws: list[RawItem]) -> str:
-        rows = [str(r.row) for r in raws if r.row is not None]
-        return f" (rows {', '.join(rows)})" if rows else ""
+    def where(rows: list[int | None]) -> str:
+        numbers = [str(r) for r in rows if r is not None]
+        return f" (rows {', '.join(numbers)})" if numbers else ""
 
     keys = sorted(duplicates)
     shown = ", ".join(f"{k}{where(duplicates[k])}" for k in keys[:10])
     more = f" and {len(keys) - 10} more" if len(keys) > 10 else ""
-    first = duplicates[keys[0]][0]
-    field = "key" if first.row is not None else "id"
-    return ManifestError(first.file, f"duplicate item keys: {shown}{more}", field=field)
+    field = "key" if any(r is not None for r in duplicates[keys[0]]) else "id"
+    return ManifestError(file, f"duplicate item keys: {shown}{more}", field=field)
 
 
 def spec_hash(kind: str, model: str, prompt: str, params: dict[str, Any], digests: list[str]) -> str:
@@ -146,8 +145,9 @@ class Planner:
         return n
 
     def rows(self, problems: list[ManifestError]) -> Iterator[PlannedRow]:
-        first_seen: dict[str, RawItem] = {}
-        duplicates: dict[str, list[RawItem]] = {}
+        first_row: dict[str, int | None] = {}  # key -> its row: all that is kept per item
+        duplicates: dict[str, list[int | None]] = {}
+        duplicate_file = ""
         for raw in raw_items(self.manifest, self.manifest_path):
             if isinstance(raw, ManifestError):
                 problems.append(raw)
@@ -155,13 +155,14 @@ class Planner:
             row = self._row(raw, problems)
             if row is None:
                 continue
-            if row.key in first_seen:
-                duplicates.setdefault(row.key, [first_seen[row.key]]).append(raw)
+            if row.key in first_row:
+                duplicates.setdefault(row.key, [first_row[row.key]]).append(raw.row)
+                duplicate_file = duplicate_file or raw.file
                 continue
-            first_seen[row.key] = raw
+            first_row[row.key] = raw.row
             yield row
         if duplicates:
-            problems.append(_duplicates_problem(duplicates))
+            problems.append(_duplicates_problem(duplicates, duplicate_file))
 
     def _row(self, item: RawItem, problems: list[ManifestError]) -> PlannedRow | None:
         raw = item.fields

@@ -1,10 +1,15 @@
 """Keeping to ``requests_per_minute``.
 
-asyncio-throttle's sliding window is the hard guarantee (never more than one request per
-interval).  On top of it requests are *paced*: each waits for its own slot instead of all
-polling the window, which would release them in bursts at its edges.  A server counting a
-sliding minute at arrival sees requests whose spacing jitters with latency, so we aim a
-little under the limit (``HEADROOM``) rather than exactly at it.
+Requests are *paced* on an ideal schedule — one slot every ``interval`` — and each waits for
+its own slot, rather than all polling a sliding window that would release them in bursts at
+its edges.  A wake-up that comes a little late does not push the whole schedule back (the
+next slot stays where it was), or the achieved rate would fall a percent or two short.
+asyncio-throttle's window is the burst guard underneath: never two requests closer than half
+an interval.  A server counting a sliding minute at arrival sees requests whose spacing
+jitters with latency, so we aim a little under the limit (``HEADROOM``).
+
+``hold(seconds)`` stops every request for a while: a 429 that says when to come back speaks
+for the whole key, not just for the request that drew it.
 
 Example::
 
@@ -29,6 +34,7 @@ class RateLimiter:
         self.headroom = headroom
         self._lock = asyncio.Lock()
         self._next = 0.0
+        self._hold_until = 0.0
         self._throttler: Throttler | None = None
         self.set_rate(requests_per_minute)
 
@@ -44,23 +50,32 @@ class RateLimiter:
             self.interval = 0.0
             return
         self.interval = 60.0 / (requests_per_minute * self.headroom)
-        # The window is a hair shorter than the pacing interval so that a request woken at
-        # its slot passes the window at once instead of polling it.
-        period = self.interval * 0.99
         if self._throttler is None:
-            self._throttler = Throttler(rate_limit=1, period=period, retry_interval=0.001)
+            self._throttler = Throttler(rate_limit=1, period=self.interval / 2, retry_interval=0.001)
         else:
-            self._throttler.period = period
+            self._throttler.period = self.interval / 2
+
+    def hold(self, seconds: float) -> None:
+        """Start no request for ``seconds`` (the longest hold wins)."""
+        self._hold_until = max(self._hold_until, time.monotonic() + seconds)
 
     async def acquire(self) -> None:
-        if self._throttler is None:
+        if self._throttler is None and self._hold_until <= time.monotonic():
             return
         async with self._lock:
-            wait = self._next - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
+            now = time.monotonic()
+            if self._hold_until > now:
+                await asyncio.sleep(self._hold_until - now)
+                now = time.monotonic()
+                self._next = now
+            if self._throttler is None:
+                return
+            if self._next < now - self.interval:  # idle for a while: no credit beyond one slot
+                self._next = now
+            if self._next > now:
+                await asyncio.sleep(self._next - now)
             await self._throttler.acquire()
-            self._next = max(self._next, time.monotonic()) + self.interval
+            self._next += self.interval
 
     async def __aenter__(self) -> None:
         await self.acquire()

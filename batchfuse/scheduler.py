@@ -414,6 +414,8 @@ class Scheduler:
         rate_limited = error is not None and error.status == 429 and error.error_class is ErrorClass.transient
         outage = error is not None and error.error_class is ErrorClass.transient and not rate_limited
         self.breaker.record(ok=not outage, item=item.key)
+        if rate_limited and error is not None and error.retry_after:
+            self.limiter.hold(error.retry_after)  # the key's quota is spent: nobody sends until then
         if not self.config.adaptive:
             return
         if rate_limited:

@@ -29,6 +29,26 @@ from batchfuse.store.schema import attempts, items, jobs, outputs, runs
 PLAN_BATCH = 1000
 
 
+def _spec_json(row: PlannedRow) -> str:
+    return json.dumps(row.spec, sort_keys=True, ensure_ascii=False)
+
+
+def _unchanged_category(state: str, attempts_used: int) -> str:
+    """Where an item whose spec did not change stands in the plan summary."""
+    if state == ItemState.succeeded.value:
+        return "unchanged_done"
+    if state == ItemState.failed.value:
+        return "failed"
+    return "to_retry" if attempts_used > 0 else "to_run"
+
+
+def _update_by_id(rows: list[dict[str, Any]]) -> Any:
+    """An executemany UPDATE of the columns the rows carry, by ``b_id``."""
+    return update(items).where(items.c.id == bindparam("b_id")).values(
+        **{k: bindparam(k) for k in rows[0] if k != "b_id"}
+    )
+
+
 #: One executemany UPDATE for every item a group of attempts finished with.
 _ITEM_AFTER_ATTEMPT = (
     update(items)
@@ -209,107 +229,66 @@ class Store(StoreReads):
         with self._write() as conn:
             if not dry_run:
                 self._lock_job(conn, job.name)
-            existing: dict[str, tuple[int, str, str, int]] = {
-                r.key: (r.id, r.spec_hash, r.state, r.attempts)
+            existing: dict[str, Any] = {
+                r.key: r
                 for r in conn.execute(
-                    select(items.c.key, items.c.id, items.c.spec_hash, items.c.state, items.c.attempts).where(
-                        items.c.job_id == job.id
-                    )
+                    select(
+                        items.c.key, items.c.id, items.c.spec_hash, items.c.state, items.c.attempts,
+                        items.c.ordinal, items.c.in_plan,
+                    ).where(items.c.job_id == job.id)
                 )
             }
             now = time.time()
             counts = dict(new=0, changed=0, unchanged_done=0, to_run=0, to_retry=0, failed=0)
-            seen: set[str] = set()
             new_rows: list[dict[str, Any]] = []
             changed_rows: list[dict[str, Any]] = []
+            moved_rows: list[dict[str, Any]] = []
             for row in planned:
-                seen.add(row.key)
-                old = existing.get(row.key)
-                spec_json = json.dumps(row.spec, sort_keys=True, ensure_ascii=False)
+                old = existing.pop(row.key, None)  # what is left at the end was removed
                 if old is None:
                     counts["new"] += 1
-                    new_rows.append(
-                        dict(
-                            job_id=job.id,
-                            key=row.key,
-                            ordinal=row.ordinal,
-                            spec_hash=row.spec_hash,
-                            spec=spec_json,
-                            state=ItemState.pending.value,
-                            attempts=0,
-                            in_plan=True,
-                            updated_at=now,
+                    if not dry_run:
+                        new_rows.append(
+                            dict(
+                                job_id=job.id, key=row.key, ordinal=row.ordinal, spec_hash=row.spec_hash,
+                                spec=_spec_json(row), state=ItemState.pending.value, attempts=0, in_plan=True,
+                                updated_at=now,
+                            )
                         )
-                    )
-                elif old[1] != row.spec_hash:
+                elif old.spec_hash != row.spec_hash:
                     counts["changed"] += 1
-                    changed_rows.append(
-                        dict(
-                            b_id=old[0],
-                            ordinal=row.ordinal,
-                            spec_hash=row.spec_hash,
-                            spec=spec_json,
-                            state=ItemState.pending.value,
-                            attempts=0,
-                            in_plan=True,
-                            error_class=None,
-                            last_error=None,
-                            resume_token=None,
-                            updated_at=now,
+                    if not dry_run:
+                        changed_rows.append(
+                            dict(
+                                b_id=old.id, ordinal=row.ordinal, spec_hash=row.spec_hash, spec=_spec_json(row),
+                                state=ItemState.pending.value, attempts=0, in_plan=True, error_class=None,
+                                last_error=None, resume_token=None, updated_at=now,
+                            )
                         )
-                    )
                 else:
-                    state, used = old[2], old[3]
-                    if state == ItemState.succeeded.value:
-                        counts["unchanged_done"] += 1
-                    elif state == ItemState.failed.value:
-                        counts["failed"] += 1
-                    elif used > 0:
-                        counts["to_retry"] += 1
-                    else:
-                        counts["to_run"] += 1
-                    changed_rows.append(dict(b_id=old[0], ordinal=row.ordinal, in_plan=True, _light=True))
-                if not dry_run and len(new_rows) >= PLAN_BATCH:
-                    conn.execute(insert(items), new_rows)
-                    new_rows.clear()
-                if not dry_run and len(changed_rows) >= PLAN_BATCH:
-                    self._apply_changes(conn, changed_rows)
-                    changed_rows.clear()
-            removed = sorted(k for k in existing if k not in seen)
-            if not dry_run:
-                if new_rows:
-                    conn.execute(insert(items), new_rows)
-                if changed_rows:
-                    self._apply_changes(conn, changed_rows)
-                if removed:
-                    ids = [existing[k][0] for k in removed]
-                    for i in range(0, len(ids), PLAN_BATCH):
-                        conn.execute(
-                            update(items).where(items.c.id.in_(ids[i : i + PLAN_BATCH])).values(in_plan=False)
-                        )
-                conn.execute(update(jobs).where(jobs.c.id == job.id).values(planned_at=now))
-            else:
+                    counts[_unchanged_category(old.state, old.attempts)] += 1
+                    if not dry_run and (old.ordinal != row.ordinal or not old.in_plan):
+                        moved_rows.append(dict(b_id=old.id, ordinal=row.ordinal, in_plan=True))
+                for batch, statement in ((new_rows, insert(items)), (changed_rows, None), (moved_rows, None)):
+                    if len(batch) >= PLAN_BATCH:
+                        conn.execute(statement if statement is not None else _update_by_id(batch), batch)
+                        batch.clear()
+            removed = sorted(k for k, old in existing.items() if old.in_plan)
+            if dry_run:
                 conn.rollback()
+            else:
+                for batch, statement in ((new_rows, insert(items)), (changed_rows, None), (moved_rows, None)):
+                    if batch:
+                        conn.execute(statement if statement is not None else _update_by_id(batch), batch)
+                ids = [existing[k].id for k in removed]
+                for i in range(0, len(ids), PLAN_BATCH):
+                    conn.execute(update(items).where(items.c.id.in_(ids[i : i + PLAN_BATCH])).values(in_plan=False))
+                conn.execute(update(jobs).where(jobs.c.id == job.id).values(planned_at=now))
         return PlanSummary(
             **counts,
             removed=len(removed),
             removed_keys=tuple(removed[:20]),
         )
-
-    @staticmethod
-    def _apply_changes(conn: Connection, rows: list[dict[str, Any]]) -> None:
-        light = [{k: v for k, v in r.items() if k != "_light"} for r in rows if r.get("_light")]
-        full = [r for r in rows if not r.get("_light")]
-        if light:
-            conn.execute(
-                update(items).where(items.c.id == bindparam("b_id")).values(
-                    ordinal=bindparam("ordinal"), in_plan=bindparam("in_plan")
-                ),
-                light,
-            )
-        if full:
-            cols = {k: bindparam(k) for k in full[0] if k != "b_id"}
-            conn.execute(update(items).where(items.c.id == bindparam("b_id")).values(**cols), full)
 
     def retry_failed(self, job: Job) -> int:
         """Give failed items a fresh attempt allowance; returns how many."""

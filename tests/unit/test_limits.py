@@ -77,3 +77,26 @@ def test_until_is_the_next_time_the_clock_shows_it():
     assert time.localtime(when)[3:5] == (6, 30)
     with pytest.raises(click.BadParameter):
         ClockTime().convert("25:00", None, None)
+
+
+def test_the_limiter_keeps_its_schedule_and_holds_everyone_after_a_429():
+    async def scenario() -> tuple[float, float, float]:
+        limiter = RateLimiter(6000)  # one slot every ~10 ms
+        t0 = time.monotonic()
+        for _ in range(50):
+            await limiter.acquire()
+        paced = time.monotonic() - t0
+        limiter.hold(0.2)
+        t1 = time.monotonic()
+        await limiter.acquire()
+        held = time.monotonic() - t1
+        unlimited = RateLimiter(None)
+        unlimited.hold(0.1)
+        t2 = time.monotonic()
+        await unlimited.acquire()
+        return paced, held, time.monotonic() - t2
+
+    paced, held, unlimited_held = asyncio.run(scenario())
+    interval = 60 / (6000 * 0.98)
+    assert 49 * interval * 0.98 <= paced <= 49 * interval * 1.1  # late wake-ups do not add up
+    assert held >= 0.19 and unlimited_held >= 0.09
