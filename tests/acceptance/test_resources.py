@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.conftest import cli, cli_process, manifest
 
 HOLD_LOCK = """
@@ -55,3 +57,28 @@ def test_a_lock_held_too_long_is_reported_clearly(job, mock):
     assert "another process held it" in lines[0]
     with sqlite3.connect(job.db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_a_full_disk_stops_the_run_without_failing_items_or_leaving_partial_files(job, mock, tmp_path):
+    """A real disk-full: the output folder on a 64 KiB tmpfs, nearly filled beforehand."""
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        (disk / "filler").write_bytes(b"\0" * (56 * 1024))
+        mock.configure(image_mode="collage", image_scale=0.25)  # ~10 KB images: the disk fills at once
+        job.write(manifest(mock.url, [{"id": f"i{i}", "prompt": f"picture {i}"} for i in range(12)],
+                           output={"dir": str(disk), "filename": "{item}.png"}, limits={"concurrency": 2}))
+        result = cli("run", job.manifest)
+        assert result.exit_code == 3
+        assert "No space left on device" in result.stderr and "Traceback" not in result.stderr
+        states = job.state_of()
+        assert "failed" not in states.values()  # the run stopped; it did not fail every item
+        assert list(states.values()).count("pending") >= 12 - 2 * 2 - 1
+        for name in (p.name for p in disk.iterdir() if p.name != "filler"):
+            assert name.endswith(".png") and states[name.removesuffix(".png")] == "succeeded", name
+        assert not (disk / ".batchfuse-tmp").exists() or not any((disk / ".batchfuse-tmp").iterdir())
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
