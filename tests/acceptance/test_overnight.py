@@ -93,7 +93,7 @@ def test_no_request_starts_after_the_deadline(job, mock):
     assert "deadline reached at" in err
     assert "pending" in err  # says what is left
     last_start = count(job.db, "SELECT max(started_at) FROM attempts")
-    assert last_start <= started + 1.5 + 1.0  # process start-up is inside the budget's slack
+    assert last_start <= started + 1.5 + 2.0  # the deadline counts from after start-up (imports)
     done = count(job.db, "SELECT count(*) FROM items WHERE state = 'succeeded'")
     assert 0 < done < 200
 

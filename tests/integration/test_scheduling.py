@@ -54,14 +54,14 @@ def test_a_shared_reference_image_is_read_and_encoded_once_per_run(job, mock):
 
 def test_plain_progress_lines_when_not_on_a_terminal(job, mock):
     mock.configure(latency_ms=100)
-    job.write(manifest(mock.url, [{"id": f"i{i}", "prompt": f"p{i}"} for i in range(12)], limits={"concurrency": 2}))
+    job.write(manifest(mock.url, [{"id": f"i{i}", "prompt": f"p{i}"} for i in range(24)], limits={"concurrency": 2}))
     proc = cli_process("run", job.manifest, env={"BATCHFUSE_PROGRESS_INTERVAL": "0.2"})
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     lines = [line for line in err.splitlines() if line.startswith("progress: ")]
     assert len(lines) >= 2
     assert "items/s" in lines[-1] and "ETA" in lines[-1]
-    assert "completed: 12/12 done (12 succeeded, 0 failed)" in err
+    assert "completed: 24/24 done (24 succeeded, 0 failed)" in err
 
 
 def test_readers_and_writers_beside_a_live_run_never_see_database_busy(job, mock, backend):
