@@ -289,9 +289,9 @@ def db() -> None:
               help="Database path or SQLAlchemy URL (or BATCHFUSE_DB).")
 def db_upgrade(url: str) -> None:
     """Create or upgrade the schema (runs also do this by themselves)."""
-    from batchfuse.store.engine import create_store_engine, current_revision, describe_url, upgrade
+    from batchfuse.store.engine import create_store_engine, current_revision, db_url, describe_url, upgrade
 
-    resolved = url if "://" in url else "sqlite:///" + str(Path(url).expanduser().resolve())
+    resolved = db_url(url)
     engine = create_store_engine(resolved)
     try:
         applied = upgrade(engine)

@@ -35,7 +35,7 @@ from batchfuse.providers.fetch import Fetcher
 from batchfuse.recorder import Database
 from batchfuse.retry import RetryPolicy
 from batchfuse.scheduler import RunStats, Scheduler, SchedulerConfig
-from batchfuse.store.engine import resolve_db_url
+from batchfuse.store.engine import missing_sqlite_file, resolve_db_url
 from batchfuse.store.queries import EmptyDatabase, Store
 from batchfuse.store.records import Job, PlanSummary
 
@@ -400,8 +400,9 @@ def reading_job(path: Path, db: str | None = None) -> Iterator[tuple[Manifest, S
     manifest = load_manifest(path)
     url = resolve_db_url(db, path)
     not_run = f"{path}: job {manifest.job!r} has not been run yet"
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
-        raise InputError(f"{not_run} (no database at {url.removeprefix('sqlite:///')})")
+    missing = missing_sqlite_file(url)
+    if missing is not None:
+        raise InputError(f"{not_run} (no database at {missing})")
     try:
         store = Store.open(url, migrate=False)
     except EmptyDatabase:
@@ -437,7 +438,7 @@ def plan_preview(path: Path, db: str | None = None) -> Preview:
     loaded = load(path)
     url = resolve_db_url(db, path)
     summary, settled = PlanSummary(new=loaded.items), {}
-    if not url.startswith("sqlite:///") or Path(url.removeprefix("sqlite:///")).exists():
+    if missing_sqlite_file(url) is None:  # validate never creates a database
         store = Store.open(url)
         try:
             job, summary = sync(store, loaded, dry_run=True)

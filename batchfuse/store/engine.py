@@ -33,12 +33,24 @@ def _busy_timeout_ms() -> int:
     return int(float(os.environ.get("BATCHFUSE_DB_BUSY_TIMEOUT_S", "30")) * 1000)
 
 
-def resolve_db_url(db: str | None, manifest_path: Path) -> str:
-    """``--db`` or ``BATCHFUSE_DB`` (a path or an SQLAlchemy URL), else ``batchfuse.db`` beside the manifest."""
-    db = db or os.environ.get("BATCHFUSE_DB") or str(manifest_path.parent / "batchfuse.db")
+def db_url(db: str) -> str:
+    """A database given as a path or an SQLAlchemy URL, as a URL."""
     if "://" in db:
         return db
     return "sqlite:///" + str(Path(db).expanduser().resolve())
+
+
+def resolve_db_url(db: str | None, manifest_path: Path) -> str:
+    """``--db`` or ``BATCHFUSE_DB`` (a path or an SQLAlchemy URL), else ``batchfuse.db`` beside the manifest."""
+    return db_url(db or os.environ.get("BATCHFUSE_DB") or str(manifest_path.parent / "batchfuse.db"))
+
+
+def missing_sqlite_file(url: str) -> Path | None:
+    """The file of an SQLite URL that does not exist yet (opening it would create it), else None."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = Path(url.removeprefix("sqlite:///"))
+    return None if path.exists() else path
 
 
 def describe_url(url: str) -> str:

@@ -524,19 +524,7 @@ class Store(StoreReads):
                 conn.execute(
                     insert(outputs),
                     [
-                        dict(
-                            item_id=r.item_id,
-                            attempt_id=attempt_id,
-                            idx=o.idx,
-                            path=o.path,
-                            sha256=o.sha256,
-                            width=o.width,
-                            height=o.height,
-                            bytes=o.bytes,
-                            source_url=o.source_url,
-                            source_at=o.source_at,
-                            created_at=now,
-                        )
+                        {**vars(o), "item_id": r.item_id, "attempt_id": attempt_id, "created_at": now}
                         for r, attempt_id in with_outputs
                         for o in r.outputs
                     ],
