@@ -151,6 +151,12 @@ _SECRET_PATTERNS = [
     re.compile(r"\b(AIza)[0-9A-Za-z_\-]{20,}"),
 ]
 _known_secrets: set[str] = set()
+#: A run of this many characters of a known secret is removed wherever it appears.
+FRAGMENT = 8
+#: At the very end (a cut) or start of a text, a piece of a known secret this long is removed too.
+EDGE_FRAGMENT = 6
+#: Key-shaped pieces left at the end of a text cut short (``sk-abc``, ``AIzaSyA``).
+_PATTERN_TAILS = [re.compile(r"\b(sk-)[A-Za-z0-9_\-]{3,}$"), re.compile(r"\b(AIza)[0-9A-Za-z_\-]{2,}$")]
 
 
 def register_secret(value: str) -> None:
@@ -160,9 +166,61 @@ def register_secret(value: str) -> None:
 
 
 def scrub(text: str) -> str:
-    """Remove API keys and authorization headers from a message."""
+    """Remove API keys and authorization headers from a message.
+
+    A known secret is removed whole, and so is any piece of it of :data:`FRAGMENT` characters
+    or more, and a shorter piece (:data:`EDGE_FRAGMENT` or more) at the very end or start, where
+    an earlier cut (by the API, or by a byte limit) may have split it.
+    """
     for secret in _known_secrets:
-        text = text.replace(secret, "***")
+        text = _scrub_secret(text.replace(secret, "***"), secret)
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub(lambda m: m.group(1) + "***", text)
+    for pattern in _PATTERN_TAILS:
+        text = pattern.sub(lambda m: m.group(1) + "***", text)
     return text
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` scrubbed, then cut to at most ``limit`` characters (plus an ellipsis).
+
+    The one way to shorten anything an API said: scrubbing first means a cut cannot leave a
+    key's prefix behind, and what the cut leaves is scrubbed again for pieces split earlier.
+    """
+    text = scrub(text)
+    if len(text) <= limit:
+        return text
+    return scrub(text[:limit]) + "…"
+
+
+def _scrub_secret(text: str, secret: str) -> str:
+    """``text`` with every piece of ``secret`` (see :func:`scrub`) replaced by ``***``."""
+    if len(secret) < FRAGMENT or len(text) < EDGE_FRAGMENT:
+        return text
+    marks = bytearray(len(text))
+    for i in range(len(secret) - FRAGMENT + 1):
+        window = secret[i : i + FRAGMENT]
+        at = text.find(window)
+        while at != -1:
+            marks[at : at + FRAGMENT] = b"\1" * FRAGMENT
+            at = text.find(window, at + 1)
+    for size in range(min(len(secret), len(text)), EDGE_FRAGMENT - 1, -1):
+        if text.endswith(secret[:size]):
+            marks[len(text) - size :] = b"\1" * size
+            break
+    for size in range(min(len(secret), len(text)), EDGE_FRAGMENT - 1, -1):
+        if text.startswith(secret[-size:]):
+            marks[:size] = b"\1" * size
+            break
+    if not any(marks):
+        return text
+    out, i = [], 0
+    while i < len(text):
+        if marks[i]:
+            while i < len(text) and marks[i]:
+                i += 1
+            out.append("***")
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from yarl import URL
 
 from batchfuse.breaker import Breaker
 from batchfuse.errors import InputError, ManifestError, register_secret
@@ -31,7 +30,7 @@ from batchfuse.manifest import Manifest, load_manifest
 from batchfuse.outputs import OutputFolder
 from batchfuse.plan import Planner
 from batchfuse.providers.base import ProviderContext
-from batchfuse.providers.fetch import Fetcher
+from batchfuse.providers.fetch import Fetcher, origin
 from batchfuse.recorder import Database
 from batchfuse.retry import RetryPolicy
 from batchfuse.scheduler import RunStats, Scheduler, SchedulerConfig
@@ -175,10 +174,10 @@ async def _endpoint(loaded: Loaded) -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def _fetcher(loaded: Loaded, base_url: str) -> AsyncIterator[Fetcher]:
-    """URL downloads for this run; the API's own host is always allowed."""
+    """URL downloads for this run; the API's own origin (host and port) is always allowed."""
     fetcher = Fetcher(
         allow_private=loaded.manifest.network.allow_private,
-        allowed_hosts=frozenset({URL(base_url).host or ""}),
+        allowed_hosts=frozenset({origin(base_url)}),
         max_bytes=int(loaded.manifest.network.max_download_mb * 1024 * 1024),
         timeout_s=loaded.manifest.limits.timeout_s,
     )

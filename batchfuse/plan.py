@@ -35,6 +35,7 @@ from batchfuse.manifest import (
 from batchfuse.outputs import PathProblem, output_name
 from batchfuse.providers import provider_class
 from batchfuse.providers.base import Provider
+from batchfuse.providers.fetch import url_problem
 from batchfuse.store.queries import PlannedRow
 from batchfuse.templates import TemplateProblem, render
 
@@ -219,8 +220,8 @@ class Planner:
                 problem(fld, str(exc))
                 return None
             if URL.match(src):
-                if not src.lower().startswith(("http://", "https://")):
-                    problem(fld, f"{src.split(':', 1)[0]}: URLs are not accepted; only http(s)")
+                if (refused := url_problem(src)) is not None:
+                    problem(fld, refused)
                     return None
                 refs.append({"src": src, "digest": "url:" + src})
                 infos.append(None)

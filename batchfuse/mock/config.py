@@ -87,8 +87,11 @@ class MockConfig:
     data_url_in_text: bool = False
     #: Gemini: how many final image parts one reply carries.
     images_per_reply: int = 1
-    #: OpenAI ``url`` replies: result URLs answer 404 after this many seconds.
+    #: OpenAI ``url`` replies: result URLs answer 403 "Request has expired" after this many seconds.
     url_ttl_s: float = 86400.0
+    #: OpenAI ``url`` replies: link results under this base URL instead of the request's own
+    #: scheme and host (a relay handing out links to another host, or to its LAN address).
+    result_base: str | None = None
     #: Files in this folder are served at ``GET /files/{name}`` (reference images over http).
     static_dir: str | None = None
     #: Keep each request's parsed JSON body in the request log.
@@ -98,7 +101,7 @@ class MockConfig:
 _FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(MockConfig)}
 _OPTIONAL_INT = {"rpm_limit", "daily_quota", "seed"}
 _OPTIONAL_FLOAT = {"outage_until"}
-_OPTIONAL_STR = {"api_key", "static_dir"}
+_OPTIONAL_STR = {"api_key", "static_dir", "result_base"}
 _BOOL = {"thought_images", "data_url_in_text", "record_bodies"}
 _INT = {"images_per_reply"}
 _STR = {"image_mode"}

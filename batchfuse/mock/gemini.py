@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .echo import echo_of, echo_reply
 from .faults import Marker, hang, parse_markers, reset_connection, send_truncated
 from .images import ImageDataError, Reference, ReferenceDecoder, RenderedImage
 from .models import (
@@ -309,6 +310,14 @@ async def handle_generate_content(request: web.Request) -> web.StreamResponse:
         return state.finish(entry, rate_limited(model, admission.retry_after or 1.0), fault)
     if fault == "perday":
         return state.finish(entry, per_day_exhausted(model), fault)
+    try:
+        echo = echo_of(parsed.prompt)
+    except ValueError as exc:
+        return state.finish(entry, google_error(400, "INVALID_ARGUMENT", str(exc)))
+    if echo is not None:
+        count = prompt_tokens(parsed.prompt, len(parsed.refs))
+        reply = await echo_reply(echo, key, "gemini", lambda: _success(state, spec, parsed, count))
+        return state.finish(entry, reply, "echo")
     await state.sleep_latency()
     return await _answer(request, state, entry, spec, parsed, fault, key_id)
 

@@ -7,6 +7,7 @@ and any other URL is accepted unread (drawn as a labelled tile), as a relay woul
 
 from __future__ import annotations
 
+import math
 import mimetypes
 import re
 import time
@@ -17,6 +18,7 @@ from typing import Any
 from aiohttp import web
 from yarl import URL
 
+from .echo import echo_of, echo_reply
 from .faults import Marker, hang, parse_markers, reset_connection, send_truncated
 from .images import ImageDataError, Reference, ReferenceDecoder
 from .models import ASPECT_RATIOS, MAX_REFERENCE_IMAGES, OPENAI_MODELS, pixel_size
@@ -234,6 +236,13 @@ async def handle_images_generations(request: web.Request) -> web.StreamResponse:
         return state.finish(entry, _rate_limited(admission.retry_after or 1.0), fault)
     if fault == "perday":
         return state.finish(entry, _per_day_exhausted(), fault)
+    try:
+        echo = echo_of(parsed.prompt)
+    except ValueError as exc:
+        return state.finish(entry, _invalid(str(exc)))
+    if echo is not None:
+        reply = await echo_reply(echo, key, "openai", lambda: _success(request, state, parsed))
+        return state.finish(entry, reply, "echo")
     await state.sleep_latency()
     return await _answer(request, state, entry, parsed, fault, key_id)
 
@@ -301,15 +310,33 @@ async def _success(request: web.Request, state: MockState, parsed: ImagesRequest
             image, parsed.prompt, parsed.model, parsed.markers, time.monotonic() + config.url_ttl_s
         )
         result_id = state.results.add(result)
-        data.append({"url": f"{request.scheme}://{request.host}/results/{result_id}.png"})
+        expires = time.time() + config.url_ttl_s
+        base = (config.result_base or f"{request.scheme}://{request.host}").rstrip("/")
+        data.append({"url": f"{base}/results/{result_id}.png?Expires={expires:.3f}"})
     return web.json_response({"created": int(time.time()), "data": data})
 
 
+def _expired_link() -> web.Response:
+    """What a signed storage URL answers once it has expired: 403, an XML body saying so."""
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+        "<Message>Request has expired</Message></Error>"
+    )
+    return web.Response(status=403, text=body, content_type="application/xml")
+
+
 async def handle_result_download(request: web.Request) -> web.StreamResponse:
-    """``GET /results/{id}.png``: the image until ``url_ttl_s`` has passed, then 404."""
+    """``GET /results/{id}.png?Expires=T``: the image until ``T`` (unix time, set from
+    ``url_ttl_s``), then 403 "Request has expired" as signed links answer; unknown ids 404."""
     state = state_of(request)
     entry = state.begin(request, "download")
     entry["key_ok"] = True  # result URLs are public, like the relay's signed links
+    try:
+        expires = float(request.query.get("Expires", "inf"))
+    except ValueError:
+        expires = math.inf
+    if time.time() >= expires:
+        return state.finish(entry, _expired_link())
     name = request.match_info["name"]
     result = state.results.get(name[: -len(".png")]) if name.endswith(".png") else None
     if result is None:

@@ -12,8 +12,12 @@ from typing import Any, ClassVar
 import aiohttp
 from pydantic import BaseModel
 
+from batchfuse.errors import scrub, shorten
 from batchfuse.images import EncodedImageCache, ImageInfo
 from batchfuse.providers.fetch import Fetcher
+
+#: ``attempts.finish_reason`` holds 50 characters; an echo longer than that is cut, scrubbed first.
+FINISH_REASON_CHARS = 48
 
 
 @dataclass
@@ -31,6 +35,13 @@ class Reply:
     source_urls: list[str | None] = field(default_factory=list)
     #: When the API made the images behind ``source_urls``.
     source_at: float | None = None
+
+    def __post_init__(self) -> None:
+        # Everything the API said that is stored, logged or shown is scrubbed here, once.
+        self.texts = [scrub(t) for t in self.texts]
+        if self.finish_reason is not None:
+            self.finish_reason = shorten(str(self.finish_reason), FINISH_REASON_CHARS)
+        self.source_urls = [scrub(u) if u is not None else None for u in self.source_urls]
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from batchfuse.errors import FatalError, NoImageError, ProviderError, RejectedError, TransientError
+from batchfuse.errors import FatalError, NoImageError, ProviderError, RejectedError, TransientError, shorten
 from batchfuse.images import ImageInfo
-from batchfuse.providers.base import Problem, Provider, Reply
-from batchfuse.providers.http import HttpReply, post_json, retry_after_seconds
+from batchfuse.providers.base import FINISH_REASON_CHARS, Problem, Provider, Reply
+from batchfuse.providers.http import HttpReply, error_message, post_json, retry_after_seconds
 from batchfuse.providers.refs import encoded_refs
 
 PRO = "gemini-3-pro-image-preview"
@@ -136,8 +136,8 @@ def classify_error(reply: HttpReply) -> ProviderError:
     """The error class of a non-200 reply, from its status and Google's error details."""
     err = reply.data.get("error", {}) if isinstance(reply.data, dict) else {}
     err = err if isinstance(err, dict) else {}
-    status_name = str(err.get("status") or "")
-    message = str(err.get("message") or reply.body[:200].decode("utf-8", "replace") or "no message")[:300]
+    status_name = shorten(str(err.get("status") or ""), 60)
+    message = error_message(reply, err.get("message"))
     details = err.get("details") if isinstance(err.get("details"), list) else []
     text = f"HTTP {reply.status}{' ' + status_name if status_name else ''}: {message}"
     kw: dict[str, Any] = {"status": reply.status, "code": status_name or str(reply.status)}
@@ -183,7 +183,8 @@ def parse_reply(reply: HttpReply) -> Reply:
     data = reply.data if isinstance(reply.data, dict) else {}
     block = (data.get("promptFeedback") or {}).get("blockReason")
     if block:
-        raise RejectedError(f"prompt blocked by the API: {block}", status=200, code=str(block))
+        block = shorten(str(block), 60)
+        raise RejectedError(f"prompt blocked by the API: {block}", status=200, code=block)
     images: list[bytes] = []
     texts: list[str] = []
     finish = None
@@ -204,11 +205,12 @@ def parse_reply(reply: HttpReply) -> Reply:
                         texts.append(rest)
                 else:
                     texts.append(part["text"])
-    usage = data.get("usageMetadata") or {}
+    usage = data.get("usageMetadata") if isinstance(data.get("usageMetadata"), dict) else {}
+    finish = shorten(str(finish), FINISH_REASON_CHARS) if finish is not None else None
     if finish in REJECTED_REASONS:
         raise RejectedError(f"the API declined to make the image: finishReason {finish}", status=200, code=finish)
     if not images:
-        said = f"; it said: {texts[0][:120]!r}" if texts else ""
+        said = f"; it said: {shorten(texts[0], 120)!r}" if texts else ""
         raise NoImageError(
             f"the reply carried no image (finishReason {finish or 'none'}){said}", status=200, code="no_image"
         )
@@ -216,11 +218,17 @@ def parse_reply(reply: HttpReply) -> Reply:
         images=images,
         http_status=200,
         texts=texts,
-        prompt_tokens=usage.get("promptTokenCount"),
-        output_tokens=usage.get("candidatesTokenCount"),
-        total_tokens=usage.get("totalTokenCount"),
+        prompt_tokens=_count(usage.get("promptTokenCount")),
+        output_tokens=_count(usage.get("candidatesTokenCount")),
+        total_tokens=_count(usage.get("totalTokenCount")),
         finish_reason=finish,
     )
+
+
+def _count(value: Any) -> int | None:
+    """A token count as the API should send it (a whole number), else ``None``: nothing else
+    the API puts there is stored."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _b64(data: str) -> bytes:

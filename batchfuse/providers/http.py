@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,10 +17,14 @@ from typing import Any
 
 import aiohttp
 
-from batchfuse.errors import TransientError, scrub
+from batchfuse.errors import TransientError, scrub, shorten
 
 #: Replies larger than this are parsed in a worker thread so the event loop keeps moving.
 PARSE_IN_THREAD_BYTES = 512 * 1024
+#: How much of an API's error message is kept (after scrubbing).
+MESSAGE_CHARS = 300
+#: The longest wait a ``Retry-After`` header can ask for.
+MAX_RETRY_AFTER_S = 3600.0
 
 
 @dataclass
@@ -32,18 +37,29 @@ class HttpReply:
 
 
 def retry_after_seconds(value: str | None) -> float | None:
-    """``Retry-After`` as seconds: either a number or an HTTP date."""
+    """``Retry-After`` as seconds: either a number or an HTTP date; at most an hour, and
+    ``None`` for anything else (``inf``, ``nan``, garbage), so no header can hold a run forever."""
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, OverflowError):
+            return None
+    if not math.isfinite(seconds):
         return None
-    return max(0.0, when.timestamp() - time.time())
+    return min(MAX_RETRY_AFTER_S, max(0.0, seconds))
+
+
+def error_message(reply: HttpReply, message: Any) -> str:
+    """An error reply's message for our own: the API's ``message`` field, or else the start of
+    the body; scrubbed, then cut to :data:`MESSAGE_CHARS`."""
+    if message:
+        return shorten(str(message), MESSAGE_CHARS)
+    body = reply.body[: MESSAGE_CHARS * 4].decode("utf-8", "replace")
+    return shorten(body, MESSAGE_CHARS) or "no message"
 
 
 async def post_json(

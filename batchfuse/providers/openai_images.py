@@ -19,11 +19,11 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from batchfuse.errors import FatalError, NoImageError, ProviderError, RejectedError, TransientError
+from batchfuse.errors import FatalError, NoImageError, ProviderError, RejectedError, TransientError, shorten
 from batchfuse.images import ImageInfo
-from batchfuse.providers.base import Problem, Provider, Reply
+from batchfuse.providers.base import Problem, Provider, ProviderContext, Reply
 from batchfuse.providers.fetch import GoneError
-from batchfuse.providers.http import HttpReply, post_json, retry_after_seconds
+from batchfuse.providers.http import HttpReply, error_message, post_json, retry_after_seconds
 from batchfuse.providers.refs import encoded_ref, is_url
 
 MODELS = ("gemini-3-pro-image-preview", "gemini-3-pro-image-preview-2k", "gemini-3-pro-image-preview-4k")
@@ -84,12 +84,20 @@ class OpenAIImagesProvider(Provider):
         images = [r["src"] if is_url(r["src"]) else f"data:image/*;base64,<{r['src']}>" for r in spec["images"]]
         return {"url": cls.endpoint(base_url), "body": cls.build_body(model, spec, images)}
 
+    def __init__(self, ctx: ProviderContext) -> None:
+        super().__init__(ctx)
+        #: Whether any result link was downloaded in this run (see :meth:`_refused`).
+        self._downloaded = False
+
     async def generate(self, spec: dict[str, Any], resume: dict[str, Any] | None = None) -> Reply:
+        dead: str | None = None
         if resume and time.time() - float(resume.get("created", 0)) < URL_FRESH_S:
             try:
                 return await self._download(resume["urls"], float(resume["created"]))
-            except GoneError:
-                pass  # the links are dead: only now is a new generation worth paying for
+            except GoneError as exc:
+                dead = exc.message  # the links are dead: only now is a new generation worth paying for
+            except RejectedError as exc:
+                raise self._refused(exc, resume, first_try=False) from None
             except ProviderError as exc:
                 raise _download_failed(exc, resume) from None
         images = [
@@ -116,11 +124,17 @@ class OpenAIImagesProvider(Provider):
         if len(urls) != expected or not all(isinstance(u, str) and u for u in urls):
             raise TransientError("the reply's data entries carry neither url nor b64_json", status=200)
         try:
-            return await self._download(urls, created)
+            reply = await self._download(urls, created)
         except GoneError as exc:
             raise TransientError(f"a result link was dead at once: {exc.message}", status=200) from None
+        except RejectedError as exc:
+            raise self._refused(exc, {"urls": urls, "created": created}, first_try=True) from None
         except ProviderError as exc:
             raise _download_failed(exc, {"urls": urls, "created": created}) from None
+        if dead is not None:
+            # Said in the attempt's text: this success paid for a second generation, and why.
+            reply.texts.insert(0, f"generated again: the earlier generation's result link was dead ({dead})")
+        return reply
 
     async def _download(self, urls: list[str], created: float) -> Reply:
         """Fetch every result URL; any failure fails the whole set (all or nothing)."""
@@ -128,10 +142,27 @@ class OpenAIImagesProvider(Provider):
         for f in fetched:
             kind = f.content_type.split(";", 1)[0].strip().lower()
             if kind and not kind.startswith("image/") and kind != "application/octet-stream":
-                raise TransientError(f"a result link served {kind}, not an image", code="not_image")
+                raise TransientError(f"a result link served {shorten(kind, 60)}, not an image", code="not_image")
+        self._downloaded = True
         return Reply(
             images=[f.data for f in fetched], http_status=200, source_urls=list(urls), source_at=created
         )
+
+    def _refused(self, exc: RejectedError, resume: dict[str, Any], first_try: bool) -> ProviderError:
+        """A result link the download rules refuse (a private address, too large, not http):
+        permanent for that link, so never retried and never counted as an API failure.
+
+        The item fails with the reason, keeping the links (a run with ``network.allow_private``
+        or a larger ``max_download_mb`` downloads them without paying again) — unless no result
+        link has been downloaded in this run yet and a fresh one is refused for its address:
+        then every result of this API is most likely refused, and the job stops with one line
+        rather than paying for each item in turn.
+        """
+        hint = " (raise network.max_download_mb to allow it)" if exc.code == "too_large" else ""
+        message = f"the API's result link is refused: {exc.message}{hint}"
+        if first_try and exc.code == "private_address" and not self._downloaded:
+            return FatalError(message, status=200, code=exc.code, resume=resume)
+        return RejectedError(message, status=200, code=exc.code, resume=resume)
 
 
 def _download_failed(exc: ProviderError, resume: dict[str, Any]) -> TransientError:
@@ -148,9 +179,9 @@ def classify_error(reply: HttpReply) -> ProviderError:
     """The error class of a non-200 reply, from its status and ``{"error": {message, type, code}}``."""
     err = reply.data.get("error", {}) if isinstance(reply.data, dict) else {}
     err = err if isinstance(err, dict) else {"message": str(err)}
-    code = str(err.get("code") or "")
-    kind = str(err.get("type") or "")
-    message = str(err.get("message") or reply.body[:200].decode("utf-8", "replace") or "no message")[:300]
+    code = shorten(str(err.get("code") or ""), 60)
+    kind = shorten(str(err.get("type") or ""), 60)
+    message = error_message(reply, err.get("message"))
     text = f"HTTP {reply.status}{' ' + code if code else ''}: {message}"
     kw: dict[str, Any] = {"status": reply.status, "code": code or kind or str(reply.status)}
     if reply.status in (401, 403) or code == "invalid_api_key":

@@ -12,7 +12,7 @@ import asyncio
 from functools import partial
 from typing import Any
 
-from batchfuse.errors import RejectedError
+from batchfuse.errors import RejectedError, shorten
 from batchfuse.images import EncodedImage, ImageProblem
 from batchfuse.providers.base import ProviderContext
 
@@ -34,7 +34,9 @@ async def _load(ctx: ProviderContext, ref: dict[str, Any]) -> EncodedImage:
             return await asyncio.to_thread(partial(ctx.images.put, digest, fetched.data, downloaded=True))
         return await asyncio.to_thread(ctx.images.local, src, digest)
     except ImageProblem as exc:
-        raise RejectedError(f"reference image {src}: {exc}", code="bad_reference") from None
+        raise RejectedError(f"reference image {shorten(src, 200)}: {exc}", code="bad_reference") from None
+    except RejectedError as exc:  # refused, expired (403/404/410) or too large: this item's problem
+        raise RejectedError(f"reference image: {exc.message}", status=exc.status, code=exc.code) from None
 
 
 async def encoded_ref(ctx: ProviderContext, ref: dict[str, Any]) -> EncodedImage:

@@ -97,17 +97,6 @@ def test_a_failed_download_is_recovered_on_rerun_without_generating_again(job, r
     assert job.sql("SELECT resume_token FROM items") == [(None,)]
 
 
-def test_an_expired_url_leads_to_exactly_one_new_generation(job, relay):
-    relay.configure(url_ttl_s=0.3)
-    job.write(openai_manifest(relay.url, [{"id": "a", "prompt": "[[mock:download_fail*1]] x"}],
-                              ) | {"limits": {"max_attempts": 1, "timeout_s": 5, "requests_per_minute": None}})
-    assert cli("run", job.manifest).exit_code == 1
-    time.sleep(0.5)
-    assert cli("run", job.manifest, "--retry-failed").exit_code == 0
-    assert len(generation_requests(relay)) == 2
-    assert [d["status"] for d in downloads(relay)] == [500, 404, 200]
-
-
 def test_gemini_fetches_each_distinct_url_image_once_per_run(job, relay):
     scene, logo = f"{relay.url}/files/scene.png", f"{relay.url}/files/logo.png"
     items = [{"id": f"i{i}", "prompt": f"p{i}", "images": [scene, "images/calculator.jpg"]} for i in range(5)]
