@@ -119,11 +119,15 @@ def test_gemini_fetches_each_distinct_url_image_once_per_run(job, relay):
         ("http://169.254.169.254/latest/meta-data", {}, "private or local"),
         ("http://10.1.2.3/x.png", {}, "private or local"),
         ("http://[::ffff:127.0.0.1]:{port}/files/scene.png", {}, "private or local"),
+        ("http://[::7f00:1]:{port}/files/scene.png", {}, "private or local"),
+        ("http://2130706433:{port}/files/scene.png", {}, "(127.0.0.1) is a private or local"),
+        ("http://127.0.0.1:{other}/files/scene.png", {}, "network.allow_private"),  # the API host, another port
     ],
 )
 def test_url_images_that_break_the_rules_are_clear_rejections(job, relay, image, network, message):
     (job.root / "images" / "notes.txt").write_text("hello")
-    url = image.format(mock=relay.url, port=relay.url.rsplit(":", 1)[1])
+    port = int(relay.url.rsplit(":", 1)[1])
+    url = image.format(mock=relay.url, port=port, other=port + 1 if port < 65535 else port - 1)
     job.write(manifest(relay.url, [{"id": "a", "prompt": "p", "images": [url]}], network=network))
     result = cli("run", job.manifest)
     assert result.exit_code == 1, result.stderr
@@ -164,3 +168,14 @@ def test_content_policy_and_bad_key_through_the_mock(job, relay):
     job.write(openai_manifest(relay.url, [{"id": "z", "prompt": "new"}]))
     result = cli("run", job.manifest)
     assert result.exit_code == 3 and "refused the key" in result.stderr
+
+
+def test_an_image_url_that_is_not_a_url_is_refused_at_plan_time_in_one_line(job, relay):
+    url = "http://127.0.0.1\\@example.com/x.png"
+    job.write(manifest(relay.url, [{"id": "a", "prompt": "p", "images": [url]}]))
+    result = cli("run", job.manifest)
+    assert result.exit_code == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.endswith("job.yaml: item a: images[0]: not a valid URL (Invalid URL: backslash ('\\') "
+                         "is not allowed in the authority component per RFC 3986.)")
+    assert relay.requests() == []
