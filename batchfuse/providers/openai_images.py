@@ -19,7 +19,15 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from batchfuse.errors import FatalError, NoImageError, ProviderError, RejectedError, TransientError, shorten
+from batchfuse.errors import (
+    FatalError,
+    NoImageError,
+    ProviderError,
+    RejectedError,
+    TransientError,
+    scrub,
+    shorten,
+)
 from batchfuse.images import ImageInfo
 from batchfuse.providers.base import Problem, Provider, ProviderContext, Reply
 from batchfuse.providers.fetch import GoneError
@@ -113,7 +121,7 @@ class OpenAIImagesProvider(Provider):
         if reply.status != 200:
             raise classify_error(reply)
         data = reply.data.get("data") if isinstance(reply.data, dict) else None
-        created = float(reply.data.get("created") or time.time()) if isinstance(reply.data, dict) else time.time()
+        created = _created(reply.data.get("created") if isinstance(reply.data, dict) else None)
         expected = int(spec["params"]["n"])
         if not isinstance(data, list) or len(data) < expected:
             got = len(data) if isinstance(data, list) else 0
@@ -123,14 +131,17 @@ class OpenAIImagesProvider(Provider):
         urls = [d.get("url") for d in data[:expected] if isinstance(d, dict)]
         if len(urls) != expected or not all(isinstance(u, str) and u for u in urls):
             raise TransientError("the reply's data entries carry neither url nor b64_json", status=200)
+        # the links as stored for the next attempt: scrubbed (a link that carried the key will not
+        # work again, and is generated anew then), like everything else the API said
+        note = {"urls": [scrub(u) for u in urls], "created": created}
         try:
             reply = await self._download(urls, created)
         except GoneError as exc:
             raise TransientError(f"a result link was dead at once: {exc.message}", status=200) from None
         except RejectedError as exc:
-            raise self._refused(exc, {"urls": urls, "created": created}, first_try=True) from None
+            raise self._refused(exc, note, first_try=True) from None
         except ProviderError as exc:
-            raise _download_failed(exc, {"urls": urls, "created": created}) from None
+            raise _download_failed(exc, note) from None
         if dead is not None:
             # Said in the attempt's text: this success paid for a second generation, and why.
             reply.texts.insert(0, f"generated again: the earlier generation's result link was dead ({dead})")
@@ -195,6 +206,13 @@ def classify_error(reply: HttpReply) -> ProviderError:
     if reply.status == 408 or reply.status >= 500:
         return TransientError(text, retry_after=retry_after_seconds(reply.headers.get("Retry-After")), **kw)
     return RejectedError(text, **kw)
+
+
+def _created(value: Any) -> float:
+    """The reply's ``created`` (unix time), or now when it is missing or not a sane number."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1e11:
+        return float(value)
+    return time.time()
 
 
 def _b64(data: str) -> bytes:
