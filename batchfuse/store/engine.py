@@ -204,6 +204,8 @@ def _sqlite_error(message: str, path: Path, where: str) -> StoreError:
     if "unable to open" in lower:
         if not path.parent.is_dir():
             return StoreSetupError(f"database {where}: its folder {path.parent} does not exist")
+        if path.exists() and not os.access(path.parent, os.W_OK):
+            return _sqlite_error("read-only folder or filesystem", path, where)
         return StoreError(
             f"cannot open database {where} ({message}); check that you may read and write "
             f"{path} and its folder"
