@@ -1,4 +1,8 @@
-"""Opening the job database: URL resolution, SQLite pragmas, and automatic migration.
+"""Opening the job database: URL resolution, SQLite pragmas, automatic migration, and the one
+place where the database's and its driver's failures become one-line messages (:func:`translated`).
+
+Readers (``status``, ``report``, ``export``) open an SQLite file read-only, so a database on
+read-only media can still be looked at.
 
 SQLite runs in WAL mode with a busy timeout, and every write transaction begins
 ``IMMEDIATE`` so that two writers queue on the lock instead of one of them failing with

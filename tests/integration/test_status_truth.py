@@ -8,21 +8,11 @@ from __future__ import annotations
 import json
 import re
 import signal
-import time
-from collections.abc import Callable
 
 import pytest
 
+from tests.acceptance.test_overnight import wait_for
 from tests.conftest import POSTGRES_URL, cli, cli_process, generation_requests, manifest
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not reached in time")
 
 
 def items(n: int) -> list[dict]:
