@@ -37,9 +37,9 @@ def test_status_after_a_kill_shows_the_dead_runners_claims_as_such(job, mock):
     job.write(manifest(mock.url, items(30), limits={"concurrency": 4}))
     proc = cli_process("run", job.manifest)
     wait_for(lambda: running(job) >= 4 and len(generation_requests(mock)) >= 4)
-    claimed = running(job)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
+    claimed = running(job)  # what the dead runner had claimed, as the database keeps it
 
     shown = cli("status", job.manifest, "--json")
     assert shown.exit_code == 0, shown.stderr
@@ -64,11 +64,10 @@ def test_a_second_run_while_one_is_live_is_the_callers_mistake_exit_2(job, mock,
     first = cli_process("run", job.manifest)
     try:
         wait_for(lambda: len(generation_requests(mock)) >= 1)
-        sent = len(generation_requests(mock))
         second = cli("run", job.manifest)
         assert second.exit_code == 2, second.stderr
         assert f"being run by process {first.pid}" in second.stderr
-        assert len(generation_requests(mock)) <= sent + 2  # only the first runner's requests
+        assert job.sql("SELECT count(*) FROM runs") == [(1,)]  # the second never started a run
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
