@@ -1,7 +1,7 @@
 """The command line: parse, call :mod:`batchfuse.job`, render results and errors.
 
 Exit codes: 0 every item succeeded; 1 some items failed; 2 bad input (nothing was sent);
-3 the run was stopped (fatal API error, interrupt, resource problem).
+3 the run was stopped (fatal API error, interrupt, resource problem); 4 an internal error.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import click
 
 from batchfuse import __version__, logs
-from batchfuse.errors import BatchfuseError
+from batchfuse.errors import EXIT_INTERNAL, BatchfuseError
 from batchfuse.job import (
     EXIT_STOPPED,
     RunControl,
@@ -30,7 +30,7 @@ from batchfuse.job import (
     plan_preview,
     run_job,
 )
-from batchfuse.progress import fmt_duration, show_progress, summary_line
+from batchfuse.progress import final_line, fmt_duration, plural, show_progress
 from batchfuse.store.records import PlanSummary
 
 manifest_arg = click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
@@ -83,8 +83,9 @@ class Group(click.Group):
         except Exception as exc:  # a bug: one line, the traceback only on request
             if os.environ.get("BATCHFUSE_DEBUG"):
                 raise
-            click.echo(f"error: internal error: {type(exc).__name__}: {exc} (BATCHFUSE_DEBUG=1 shows more)", err=True)
-            sys.exit(EXIT_STOPPED)
+            detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+            click.echo(f"error: internal error (a bug in batchfuse): {detail} (BATCHFUSE_DEBUG=1 shows more)", err=True)
+            sys.exit(EXIT_INTERNAL)
 
 
 class Duration(click.ParamType):
@@ -126,10 +127,11 @@ def main() -> None:
     logs.configure(debug=bool(os.environ.get("BATCHFUSE_DEBUG")))
 
 
-def _plan_line(plan: PlanSummary) -> str:
+def _plan_line(plan: PlanSummary, retry_failed: bool = False) -> str:
+    failed = f"{plan.failed} failed, retried now" if retry_failed else f"{plan.failed} failed"
     text = (
         f"plan: {plan.new} new, {plan.changed} changed, {plan.unchanged_done} unchanged done, "
-        f"{plan.to_run} pending, {plan.to_retry} to retry, {plan.failed} failed, {plan.removed} removed"
+        f"{plan.to_run} pending, {plan.to_retry} to retry, {failed}, {plan.removed} removed"
     )
     if plan.removed_keys:
         text += f" ({', '.join(plan.removed_keys[:5])}{', ...' if plan.removed > 5 else ''})"
@@ -145,12 +147,12 @@ def validate(manifest: Path, db: str | None) -> None:
     loaded, plan, first, est = preview.loaded, preview.plan, preview.first, preview.estimate
     m = loaded.manifest
     env = m.provider.api_key_env
-    click.echo(f"{manifest}: ok — job {m.job!r}, {loaded.items} items")
+    click.echo(f"{manifest}: ok — job {m.job!r}, {plural(loaded.items, 'item')}")
     click.echo(f"provider: {m.provider.kind} {m.provider.model} at {m.provider.base_url}")
     click.echo(_plan_line(plan))
     to_send = plan.new + plan.changed + plan.to_run + plan.to_retry
     click.echo(
-        f"would send {to_send} requests (up to {m.limits.max_attempts} attempts each), "
+        f"would send {plural(to_send, 'request')} (up to {m.limits.max_attempts} attempts each), "
         f"concurrency {m.limits.concurrency}, {m.limits.requests_per_minute or 'no'} requests/minute"
     )
     cost = f", about {est.cost:,.2f} in money" if est.cost is not None else " (set pricing for money)"
@@ -205,6 +207,16 @@ def run(
     sys.exit(result)
 
 
+def _to_do_line(counts: dict[str, int], to_do: int, retry_failed: bool) -> str:
+    if to_do:
+        return f"to do: {to_do} of {plural(counts['total'], 'item')}"
+    hint = "; --retry-failed gives them another go" if counts["failed"] and not retry_failed else ""
+    return (
+        f"nothing to do: {counts['succeeded']} of {plural(counts['total'], 'item')} succeeded, "
+        f"{counts['failed']} failed{hint}"
+    )
+
+
 async def _run(manifest: Path, options: RunOptions) -> int:
     control = RunControl()
     loop = asyncio.get_running_loop()
@@ -224,8 +236,8 @@ async def _run(manifest: Path, options: RunOptions) -> int:
         loop.add_signal_handler(sig, on_signal, sig.name)
 
     def on_planned(plan: PlanSummary, counts: dict[str, int], to_do: int) -> None:
-        click.echo(_plan_line(plan), err=True)
-        click.echo(f"to do: {to_do} of {counts['total']} items", err=True)
+        click.echo(_plan_line(plan, options.retry_failed), err=True)
+        click.echo(_to_do_line(counts, to_do, options.retry_failed), err=True)
 
     started = time.monotonic()
     display = asyncio.create_task(show_progress(control.stats))
@@ -235,8 +247,9 @@ async def _run(manifest: Path, options: RunOptions) -> int:
         display.cancel()
         await asyncio.gather(display, return_exceptions=True)
     c = result.counts
+    folder = str(control.scheduler.outputs.root) if control.scheduler is not None else None
     click.echo(
-        f"{result.reason}: {summary_line(control.stats)}; took {fmt_duration(time.monotonic() - started)}",
+        f"{result.reason}: {final_line(control.stats, folder)}; took {fmt_duration(time.monotonic() - started)}",
         err=True,
     )
     click.echo(
@@ -257,15 +270,21 @@ def status(manifest: Path, db: str | None, as_json: bool) -> None:
         click.echo(json.dumps(info, indent=2, ensure_ascii=False))
         return
     items = info["items"]
-    click.echo(f"job {info['job']}: {items['total']} items")
+    click.echo(f"job {info['job']}: {plural(items['total'], 'item')}")
     for state in ("succeeded", "failed", "pending", "running"):
         click.echo(f"  {state:<10} {items[state]}")
+    if items["orphaned"]:
+        click.echo(f"  {'orphaned':<10} {items['orphaned']} (claimed by a runner that died; they run next time)")
     if items["removed"]:
         click.echo(f"  {'removed':<10} {items['removed']} (no longer in the manifest)")
     share = f" ({100 * info['rate_limited'] / info['attempts']:.1f}%)" if info["attempts"] else ""
     click.echo(f"attempts: {info['attempts']}, rate limited (429): {info['rate_limited']}{share}, tokens: {info['tokens']}")
-    if info["throughput"]:
-        click.echo(f"throughput (last run): {info['throughput'] * 60:.1f} items/min; "
+    left = items["pending"] + items["running"] + items["orphaned"]
+    if not left:
+        click.echo("nothing left to do" + (" (`run --retry-failed` gives the failed items another go)"
+                                           if items["failed"] else ""))
+    elif info["items_per_s"]:
+        click.echo(f"throughput (last run): {info['items_per_s'] * 60:.1f} items/min; "
                    f"ETA for what is left: {fmt_duration(info['eta_s'])}")
     if info["errors"]:
         click.echo("errors by cause:")
@@ -289,14 +308,22 @@ def db() -> None:
               help="Database path or SQLAlchemy URL (or BATCHFUSE_DB).")
 def db_upgrade(url: str) -> None:
     """Create or upgrade the schema (runs also do this by themselves)."""
-    from batchfuse.store.engine import create_store_engine, current_revision, db_url, describe_url, upgrade
+    from batchfuse.store.engine import (
+        create_store_engine,
+        current_revision,
+        db_url,
+        describe_url,
+        translated,
+        upgrade,
+    )
 
     resolved = db_url(url)
     engine = create_store_engine(resolved)
     try:
-        applied = upgrade(engine)
-        state = "upgraded to" if applied else "already at"
-        click.echo(f"{describe_url(resolved)}: {state} revision {current_revision(engine)}")
+        with translated(resolved):
+            applied = upgrade(engine, resolved)
+            state = "upgraded to" if applied else "already at"
+            click.echo(f"{describe_url(resolved)}: {state} revision {current_revision(engine)}")
     finally:
         engine.dispose()
 

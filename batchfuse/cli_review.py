@@ -8,6 +8,7 @@ import it, or the registration would be circular.
 from __future__ import annotations
 
 import io
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,6 +49,12 @@ def open_job(manifest: Path, db: str | None) -> Iterator[ReviewedJob]:
         yield ReviewedJob(store, job, Planner(m, manifest).output_dir)
 
 
+def default_report_name(job: str) -> str:
+    """``<job>.report.html``, the job's name made safe as a file name: one report per job, so
+    two manifests in one folder do not overwrite each other's."""
+    return (re.sub(r"[^\w.-]+", "-", job).strip(".-")[:100] or "job") + ".report.html"
+
+
 @click.command("report")
 @manifest_arg
 @click.option(
@@ -55,13 +62,13 @@ def open_job(manifest: Path, db: str | None) -> Iterator[ReviewedJob]:
     "--output",
     type=click.Path(path_type=Path, dir_okay=False),
     metavar="FILE",
-    help="The HTML file to write (default: report.html beside the manifest); thumbnails go in FILE_thumbs/.",
+    help="The HTML file to write (default: JOB.report.html beside the manifest); thumbnails go in FILE_thumbs/.",
 )
 @db_option
 def report(manifest: Path, output: Path | None, db: str | None) -> None:
     """Write a static HTML contact sheet of the job, with thumbnails; opens from disk."""
-    dest = output or manifest.parent / "report.html"
     with open_job(manifest, db) as reviewed:
+        dest = output or manifest.parent / default_report_name(reviewed.job.name)
         counts = reviewed.store.counts(reviewed.job)
         result = write_report(
             reviewed.store.item_rows(reviewed.job),

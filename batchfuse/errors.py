@@ -5,8 +5,9 @@
     BatchfuseError                  root; its docstring is the default message
     ├── InputError                  bad input; exit code 2, shown as one line
     │   └── ManifestError           names the file, the item and the field
-    ├── StoreError                  the database cannot be used
-    │   └── JobLockedError          another live runner holds the job (SQLite)
+    ├── StoreError                  the database cannot be used (exit 3: try again, or repair it)
+    │   ├── StoreSetupError         the database setting cannot work as given (exit 2: fix it)
+    │   └── JobLockedError          another live runner holds the job (SQLite; exit 2)
     ├── OutputError                 an output cannot be written (disk full, read-only)
     └── ProviderError               an API call failed; carries its classification
         ├── TransientError          retry with backoff (429, 5xx, timeouts, resets, bad bodies)
@@ -23,6 +24,10 @@ from __future__ import annotations
 
 import re
 from enum import Enum
+
+#: Exit code of an internal error (a bug in batchfuse), apart from 3 (the run was stopped); the
+#: others are in :mod:`batchfuse.job` and on the exception classes.
+EXIT_INTERNAL = 4
 
 
 class ErrorClass(str, Enum):
@@ -80,8 +85,17 @@ class StoreError(BatchfuseError):
     exit_code = 3
 
 
+class StoreSetupError(StoreError):
+    """The database cannot be used as given (not a database, a driver missing, a newer schema)."""
+
+    exit_code = 2
+
+
 class JobLockedError(StoreError):
     """Another runner is working on this job."""
+
+    #: The caller's mistake, and nothing was sent.
+    exit_code = 2
 
 
 class OutputError(BatchfuseError):

@@ -12,11 +12,11 @@ import csv
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TextIO
 
-from batchfuse.errors import InputError, scrub
+from batchfuse.errors import InputError, OutputError, scrub
 
 #: Columns of the CSV and fields of each JSON line, in this order.
 COLUMNS = (
@@ -119,6 +119,11 @@ def atomic_text_file(path: Path) -> Iterator[TextIO]:
         with open(tmp, "w", encoding="utf-8", errors="replace", newline="") as f:
             yield f
         os.replace(tmp, path)
+    except OSError as exc:  # read-only folder, disk full: one line, not a traceback
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        where = path if exc.filename in (None, str(tmp)) else exc.filename
+        raise OutputError(f"cannot write {where}: {exc.strerror or exc}; choose another place with -o") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -120,7 +120,9 @@ def load(path: Path) -> Loaded:
 def api_key(loaded: Loaded) -> str:
     """The key from the environment (never from the manifest); the mock needs none."""
     env = loaded.manifest.provider.api_key_env
-    key = os.environ.get(env, "") if env else ""
+    raw = os.environ.get(env, "") if env else ""
+    register_secret(raw)
+    key = raw.strip()
     if not key:
         if loaded.manifest.provider.base_url == "mock":
             return MOCK_KEY
@@ -129,6 +131,13 @@ def api_key(loaded: Loaded) -> str:
             f"export {env}=... before running (keys are never read from manifests)"
         )
     register_secret(key)
+    if not key.isprintable() or not key.isascii():  # a header cannot carry it: every request would fail
+        raise InputError(
+            f"{loaded.path}: provider.api_key_env: environment variable {env} holds a control or "
+            "non-ASCII character inside the key; set it to the key alone"
+        )
+    if key != raw:
+        log.warning("%s had whitespace around the key (a trailing newline?); using it without", env)
     return key
 
 

@@ -2,7 +2,9 @@
 
 One line per attempt (item, attempt, status, class, latency, outputs) and per change of the
 run's state (start, stopping, paused, rate lowered, end).  Every line passes through
-:func:`batchfuse.errors.scrub`, so a key that slipped into a message never reaches the file.
+:func:`batchfuse.errors.scrub`, so a key that slipped into a message never reaches the file, and
+text lines have their control characters escaped, so an item id or an API message with a
+newline in it cannot forge a line.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from batchfuse.errors import scrub
+from batchfuse.errors import InputError, printable, scrub
 
 #: Attributes every LogRecord has; anything else came in through ``extra=`` and is a field.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
@@ -24,6 +26,14 @@ class ScrubFilter(logging.Filter):
         record.msg = scrub(record.getMessage())
         record.args = ()
         return True
+
+
+class TextFormatter(logging.Formatter):
+    """``fmt`` with the message's control characters escaped: one event, one line."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = printable(record.message)
+        return super().formatMessage(record)
 
 
 class JsonFormatter(logging.Formatter):
@@ -52,15 +62,18 @@ def configure(log_file: Path | None = None, fmt: str = "text", debug: bool = Fal
     root.propagate = False
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.DEBUG if debug else logging.WARNING)
-    console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    console.setFormatter(TextFormatter("%(levelname)s: %(message)s"))
     console.addFilter(ScrubFilter())
     root.addHandler(console)
     if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(log_file, encoding="utf-8")
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"--log-file {log_file}: cannot write there: {exc.strerror or exc}") from None
         handler.setLevel(logging.INFO)
         handler.addFilter(ScrubFilter())
         handler.setFormatter(
-            JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+            JsonFormatter() if fmt == "json" else TextFormatter("%(asctime)s %(levelname)s %(message)s")
         )
         root.addHandler(handler)

@@ -1,8 +1,8 @@
 """The morning review: a static HTML contact sheet of a job, with thumbnails beside it.
 
-``report.html`` opens from disk with no server and no network: the item data is embedded as
+The report (``<job>.report.html``) opens from disk with no server and no network: the item data is embedded as
 JSON and a small inline script renders it a page of cards at a time, so a 10,000-item job
-does not freeze the browser.  Thumbnails (``report_thumbs/``) are small WebP (or JPEG) files
+does not freeze the browser.  Thumbnails (``<job>.report_thumbs/``) are small WebP (or JPEG) files
 named by the sha256 of their source as the store recorded it, so a rerun reuses them and
 only makes the ones that are new or whose source file is newer than its thumbnail.
 
@@ -326,7 +326,7 @@ class ReportResult:
 
 
 def thumbs_dir_for(dest: Path) -> Path:
-    """``report.html`` -> ``report_thumbs/`` beside it."""
+    """``x.report.html`` -> ``x.report_thumbs/`` beside it."""
     return dest.with_name(f"{dest.stem}_thumbs")
 
 

@@ -75,6 +75,8 @@ class RunStats:
     planned: bool = False
     succeeded: int = 0
     failed: int = 0
+    #: Of ``succeeded``: outputs already on disk from an unrecorded attempt, not sent again.
+    adopted: int = 0
     retries: int = 0
     requests: int = 0
     in_flight: int = 0
@@ -335,6 +337,7 @@ class Scheduler:
         kept, _ = await self.recorder.submit(record)
         if kept:
             self.stats.succeeded += 1
+            self.stats.adopted += 1
         return True
 
     async def _attempt(self, item: ClaimedItem, number: int) -> float | None:

@@ -1,4 +1,8 @@
-"""Opening the job database: URL resolution, SQLite pragmas, and automatic migration.
+"""Opening the job database: URL resolution, SQLite pragmas, automatic migration, and the one
+place where the database's and its driver's failures become one-line messages (:func:`translated`).
+
+Readers (``status``, ``report``, ``export``) open an SQLite file read-only, so a database on
+read-only media can still be looked at.
 
 SQLite runs in WAL mode with a busy timeout, and every write transaction begins
 ``IMMEDIATE`` so that two writers queue on the lock instead of one of them failing with
@@ -9,15 +13,25 @@ SQLITE_BUSY half-way through.  The driver's own implicit transactions are switch
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DatabaseError,
+    DBAPIError,
+    NoSuchModuleError,
+    OperationalError,
+    ProgrammingError,
+)
 
-from batchfuse.errors import StoreError
+from batchfuse.errors import BatchfuseError, InputError, StoreError, StoreSetupError
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -26,6 +40,8 @@ if TYPE_CHECKING:
 #: test, so that opening an up-to-date database never has to import Alembic (a tenth of a
 #: second on every start).
 SCHEMA_HEAD = "0003"
+#: Every revision this batchfuse knows; any other was made by a newer one.
+KNOWN_REVISIONS = frozenset(f"{n:04d}" for n in range(1, int(SCHEMA_HEAD) + 1))
 
 
 def _busy_timeout_ms() -> int:
@@ -34,10 +50,22 @@ def _busy_timeout_ms() -> int:
 
 
 def db_url(db: str) -> str:
-    """A database given as a path or an SQLAlchemy URL, as a URL."""
-    if "://" in db:
-        return db
-    return "sqlite:///" + str(Path(db).expanduser().resolve())
+    """A database given as a path or an SQLAlchemy URL, as a URL; an in-memory one is refused."""
+    if "://" not in db:
+        return "sqlite:///" + str(Path(db).expanduser().resolve())
+    try:
+        parsed = make_url(db)
+    except ArgumentError:
+        raise StoreSetupError(
+            f"database {db!r} is neither a file path nor a database URL "
+            "(like sqlite:///path/to/batchfuse.db or postgresql+psycopg://user@host/db)"
+        ) from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise InputError(
+            f"database {db}: an in-memory database forgets the job when the command ends; "
+            "give a file path (or a PostgreSQL URL)"
+        )
+    return db
 
 
 def resolve_db_url(db: str | None, manifest_path: Path) -> str:
@@ -58,15 +86,26 @@ def describe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def _sqlite_engine(url: str) -> Engine:
+def _read_only_url(path: Path) -> str:
+    """An SQLite URL that opens ``path`` for reading only; on a read-only filesystem (or folder),
+    where SQLite cannot make the WAL's shared-memory file, as immutable."""
+    mode = "mode=ro" if os.access(path.parent, os.W_OK) else "immutable=1"
+    return f"sqlite:///file:{quote(str(path))}?{mode}&uri=true"
+
+
+def _sqlite_engine(url: str, readonly: bool = False) -> Engine:
     busy_ms = _busy_timeout_ms()
+    database = make_url(url).database
+    if readonly and database:
+        url = _read_only_url(Path(database))
     engine = create_engine(url, connect_args={"timeout": busy_ms / 1000})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):  # pragma: no cover - exercised by every test
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        if not readonly:  # switching the journal mode writes; a reader takes the file as it is
+            cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute(f"PRAGMA busy_timeout={busy_ms}")
         cur.execute("PRAGMA foreign_keys=ON")
@@ -80,17 +119,111 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
-def create_store_engine(url: str) -> Engine:
-    """An engine for ``url``; the database file's folder is created for SQLite."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        return _sqlite_engine(url)
-    try:
+def create_store_engine(url: str, *, readonly: bool = False) -> Engine:
+    """An engine for ``url``; for SQLite, the database file's folder is created, or with
+    ``readonly`` the file is opened for reading only (it may be on read-only media)."""
+    with translated(url):
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            if parsed.database and not readonly:
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            return _sqlite_engine(url, readonly)
         return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
-    except Exception as exc:  # unknown driver, bad URL
-        raise StoreError(f"cannot open database {describe_url(url)}: {exc}") from None
+
+
+@contextmanager
+def translated(url: str) -> Iterator[None]:
+    """Turns any failure of the database at ``url`` into one :class:`StoreError` line."""
+    try:
+        yield
+    except BatchfuseError:
+        raise
+    except (DBAPIError, OSError, ImportError, NoSuchModuleError, ArgumentError) as exc:
+        error = store_error(exc, url)
+        if error is None:
+            raise
+        raise error from None
+
+
+def _one_line(text: object) -> str:
+    """A driver's message as one line (psycopg's run over several)."""
+    return "; ".join(" ".join(line.split()) for line in str(text).splitlines() if line.strip())
+
+
+def store_error(exc: BaseException, url: str) -> StoreError | None:
+    """What is wrong with the database at ``url`` and what to do, for ``exc``; None for a bug
+    (a query batchfuse got wrong is not the database's fault)."""
+    where = describe_url(url)
+    backend = make_url(url).get_backend_name()
+    if isinstance(exc, ImportError):
+        driver = exc.name or str(exc)
+        fix = "pip install 'batchfuse[postgres]'" if driver == "psycopg" else f"install it (pip install {driver})"
+        if backend == "postgresql" and driver != "psycopg":
+            fix += ", or use postgresql+psycopg://... after pip install 'batchfuse[postgres]'"
+        return StoreSetupError(f"database {where}: its driver {driver} is not installed; {fix}")
+    if isinstance(exc, (NoSuchModuleError, ArgumentError)):
+        return StoreSetupError(
+            f"database {where}: not a database batchfuse can use ({_one_line(exc)}); "
+            "give a file path or a URL like postgresql+psycopg://user@host/db"
+        )
+    if isinstance(exc, OSError):
+        file = f" ({exc.filename})" if exc.filename else ""
+        return StoreError(f"database {where} could not be written: {exc.strerror or exc}{file}")
+    assert isinstance(exc, DBAPIError)
+    if exc.orig is None or type(exc) not in (OperationalError, DatabaseError):
+        return None  # integrity, programming, data errors: a bug
+    message = _one_line(exc.orig)
+    if backend == "sqlite":
+        return _sqlite_error(message, Path(make_url(url).database or ""), where)
+    if isinstance(exc, OperationalError) and exc.connection_invalidated or "connect" in message.lower():
+        hint = "" if "server running" in message else "; is the server up and the URL right?"
+        return StoreError(f"cannot reach database {where}: {message}{hint}")
+    return StoreError(f"database {where} is not usable: {message}")
+
+
+def _sqlite_error(message: str, path: Path, where: str) -> StoreError:
+    lower = message.lower()
+    if path.is_dir():
+        return StoreSetupError(f"database {path} is a folder, not a database file; give a file path")
+    if "not a database" in lower or "malformed" in lower:
+        if _sqlite_header(path):
+            return StoreError(
+                f"database {where} is damaged ({message}); restore it from a backup, or try "
+                f"`sqlite3 {path} .recover`"
+            )
+        return StoreSetupError(
+            f"{path} is not an SQLite database ({message}); point --db at the job's database, "
+            "or move this file away to start a new one"
+        )
+    if "readonly" in lower or "read-only" in lower:
+        return StoreError(
+            f"database {where} is read-only ({message}); a run has to write to it: copy it somewhere "
+            "writable (status, report and export only read it)"
+        )
+    if "locked" in lower or "busy" in lower:
+        return StoreError(
+            f"database {where}: {message}: another process held it longer than the busy timeout "
+            "(BATCHFUSE_DB_BUSY_TIMEOUT_S); try again when it is done"
+        )
+    if "unable to open" in lower:
+        if not path.parent.is_dir():
+            return StoreSetupError(f"database {where}: its folder {path.parent} does not exist")
+        if path.exists() and not os.access(path.parent, os.W_OK):
+            return _sqlite_error("read-only folder or filesystem", path, where)
+        return StoreError(
+            f"cannot open database {where} ({message}); check that you may read and write "
+            f"{path} and its folder"
+        )
+    return StoreError(f"database {where} is not usable: {message}")
+
+
+def _sqlite_header(path: Path) -> bool:
+    """Whether ``path`` starts as an SQLite database does (so it is damaged, not something else)."""
+    try:
+        with path.open("rb") as f:
+            return f.read(16) == b"SQLite format 3\0"
+    except OSError:
+        return False
 
 
 def alembic_config(engine: Engine | None = None) -> Config:
@@ -115,10 +248,21 @@ def current_revision(engine: Engine) -> str | None:
     try:
         with engine.connect().execution_options(readonly=True) as conn:
             return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    except DBAPIError as exc:
-        if isinstance(exc, OperationalError) and "no such table" not in str(exc.orig):
-            raise
-        return None
+    except (OperationalError, ProgrammingError) as exc:
+        if "alembic_version" in str(exc.orig):  # SQLite "no such table", PostgreSQL "does not exist"
+            return None
+        raise
+
+
+def known_revision(engine: Engine, url: str | None = None) -> str | None:
+    """The database's schema revision, refused when a newer batchfuse made it."""
+    revision = current_revision(engine)
+    if revision is not None and revision not in KNOWN_REVISIONS:
+        raise StoreSetupError(
+            f"database {describe_url(url or str(engine.url))} was made by a newer batchfuse (schema revision {revision}; "
+            f"this one knows up to {SCHEMA_HEAD}): upgrade batchfuse (pip install -U batchfuse) to use it"
+        )
+    return revision
 
 
 #: PostgreSQL advisory lock key held while migrating, so runners starting together on a
@@ -126,9 +270,9 @@ def current_revision(engine: Engine) -> str | None:
 MIGRATION_LOCK = 0x6266_0001
 
 
-def upgrade(engine: Engine) -> bool:
+def upgrade(engine: Engine, url: str | None = None) -> bool:
     """Bring the schema to the newest revision; returns whether anything was applied."""
-    if current_revision(engine) == SCHEMA_HEAD:
+    if known_revision(engine, url) == SCHEMA_HEAD:
         return False
     from alembic import command
 

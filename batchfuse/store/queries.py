@@ -17,11 +17,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, insert, or_, select, text, update
-from sqlalchemy.exc import OperationalError
 
 from batchfuse import faultpoints
-from batchfuse.errors import InputError, JobLockedError, StoreError
-from batchfuse.store.engine import SCHEMA_HEAD, create_store_engine, current_revision, describe_url, upgrade
+from batchfuse.errors import InputError, JobLockedError
+from batchfuse.store.engine import (
+    SCHEMA_HEAD,
+    create_store_engine,
+    describe_url,
+    known_revision,
+    translated,
+    upgrade,
+)
 from batchfuse.store.reads import STALE_RUNNER_S, StoreReads, runner_alive
 from batchfuse.store.records import AttemptRecord, ClaimedItem, ItemState, Job, PlanSummary
 from batchfuse.store.schema import attempts, items, jobs, outputs, runs
@@ -136,23 +142,21 @@ class Store(StoreReads):
         Readers (``status``, ``report``, ``export``) pass ``migrate=False``: they never write,
         and a database without the current schema is an :class:`InputError` for them.
         """
-        engine = create_store_engine(url)
+        engine = create_store_engine(url, readonly=not migrate)
         try:
-            if migrate:
-                upgrade(engine)
-            else:
-                revision = current_revision(engine)
-                if revision is None:
-                    raise EmptyDatabase(f"no job has run against {describe_url(url)} yet")
-                if revision != SCHEMA_HEAD:
-                    raise InputError(
-                        f"{describe_url(url)} has an older schema ({revision}); "
-                        "run a job or `batchfuse db upgrade` to upgrade it"
-                    )
-        except OperationalError as exc:
-            engine.dispose()
-            raise StoreError(f"cannot open database {describe_url(url)}: {_explain(exc)}") from None
-        except InputError:
+            with translated(url):
+                if migrate:
+                    upgrade(engine, url)
+                else:
+                    revision = known_revision(engine, url)
+                    if revision is None:
+                        raise EmptyDatabase(f"no job has run against {describe_url(url)} yet")
+                    if revision != SCHEMA_HEAD:
+                        raise InputError(
+                            f"{describe_url(url)} has an older schema ({revision}); "
+                            "run a job or `batchfuse db upgrade` to upgrade it"
+                        )
+        except BaseException:
             engine.dispose()
             raise
         return cls(engine, url)
@@ -162,21 +166,13 @@ class Store(StoreReads):
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        except OperationalError as exc:
-            raise StoreError(f"database {describe_url(self.url)} is not usable: {_explain(exc)}") from None
-        except OSError as exc:
-            raise StoreError(f"database {describe_url(self.url)} could not be written: {exc.strerror}") from None
+        with translated(self.url), self.engine.begin() as conn:
+            yield conn
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        try:
-            with self.engine.connect().execution_options(readonly=True) as conn, conn.begin():
-                yield conn
-        except OperationalError as exc:
-            raise StoreError(f"database {describe_url(self.url)} is not usable: {_explain(exc)}") from None
+        with translated(self.url), self.engine.connect().execution_options(readonly=True) as conn, conn.begin():
+            yield conn
 
     # ---------------------------------------------------------------- jobs
 
@@ -542,9 +538,3 @@ class Store(StoreReads):
             )
         return [i for i in ids if i not in held]
 
-
-def _explain(exc: OperationalError) -> str:
-    text = str(exc.orig)
-    if "locked" in text or "busy" in text:
-        return f"{text}: another process held it longer than the busy timeout; try again when it is done"
-    return text

@@ -87,11 +87,19 @@ class StoreReads:
             in_flight = dict(
                 conn.execute(
                     select(items.c.lease_owner, func.count())
-                    .where(items.c.job_id == job.id, items.c.state == ItemState.running.value)
+                    .where(items.c.job_id == job.id, items.c.in_plan, items.c.state == ItemState.running.value)
                     .group_by(items.c.lease_owner)
                 ).all()
             )
+            open_runs = conn.execute(
+                select(runs.c.runner_id, runs.c.host, runs.c.pid, runs.c.heartbeat_at).where(
+                    runs.c.job_id == job.id, runs.c.ended_at.is_(None)
+                )
+            ).all()
         now = time.time()
+        live = {r.runner_id for r in open_runs if runner_alive(r.host, r.pid, r.heartbeat_at, now)}
+        # claimed by a runner that is gone: they are not running, and the next run takes them
+        orphaned = sum(n for owner, n in in_flight.items() if owner not in live)
         worked = [r for r in run_rows if (r.succeeded + r.failed) and (r.ended_at or r.heartbeat_at) > r.started_at]
         throughput = None
         if worked:
@@ -100,14 +108,15 @@ class StoreReads:
         left = counts["pending"] + counts["running"]
         return {
             "job": job.name,
-            "throughput": throughput,
+            "items_per_s": throughput,
             "eta_s": left / throughput if throughput and left else (0.0 if not left else None),
             "items": {
                 "total": counts["total"],
                 "succeeded": counts["succeeded"],
                 "failed": counts["failed"],
                 "pending": counts["pending"],
-                "running": counts["running"],
+                "running": counts["running"] - orphaned,
+                "orphaned": orphaned,
                 "removed": removed,
             },
             "attempts": n_attempts,
@@ -131,7 +140,7 @@ class StoreReads:
                     "runner_id": r.runner_id,
                     "in_flight": in_flight.get(r.runner_id, 0) if r.ended_at is None else 0,
                     "heartbeat_at": r.heartbeat_at,
-                    "live": r.ended_at is None and runner_alive(r.host, r.pid, r.heartbeat_at, now),
+                    "live": r.runner_id in live,
                 }
                 for r in run_rows
             ],

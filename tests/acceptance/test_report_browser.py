@@ -250,13 +250,13 @@ def test_report_in_chromium_loads_thumbnails_shows_the_counts_and_filters_failed
 
     async def session() -> None:
         async with browser(tmp_path) as page:
-            await page.open(job.root / "report.html")
+            await page.open(job.root / "test-job.report.html")
 
             # every thumbnail really loads: no broken image
             images = await page.all_images_loaded()
             assert len(images) == expected["images"]
             assert [i for i in images if not i["w"] > 0] == []
-            assert all(re.search(r"/report_thumbs/[0-9a-f]{64}-256\.(webp|jpg)$", i["src"]) for i in images)
+            assert all(re.search(r"/test-job\.report_thumbs/[0-9a-f]{64}-256\.(webp|jpg)$", i["src"]) for i in images)
 
             # the counts shown are the database's, at the top and on the filter buttons
             shown = await page.evaluate(

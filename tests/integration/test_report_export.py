@@ -72,7 +72,7 @@ def test_report_shows_what_the_store_says_with_small_thumbnails(job, mock):
     run_review_job(job, mock)
     result = cli("report", job.manifest)
     assert result.exit_code == 0, result.stderr
-    report_file, thumbs = job.root / "report.html", job.root / "report_thumbs"
+    report_file, thumbs = job.root / "test-job.report.html", job.root / "test-job.report_thumbs"
     (line,) = result.stdout.splitlines()
     assert line.startswith(f"report: {report_file} — 5 items: 2 succeeded, 1 failed, 2 pending, 0 running")
     html = report_file.read_text(encoding="utf-8")
@@ -92,7 +92,7 @@ def test_report_shows_what_the_store_says_with_small_thumbnails(job, mock):
     for key, path, sha in outputs:
         (entry,) = items[key]["outputs"]
         assert entry["name"] == path and entry["href"] == f"out/{path}"
-        assert entry["thumb"] == f"report_thumbs/{sha}-{THUMB_SIDE}{THUMB_EXT}"
+        assert entry["thumb"] == f"test-job.report_thumbs/{sha}-{THUMB_SIDE}{THUMB_EXT}"
         file = job.root / entry["thumb"]
         with Image.open(file) as im:
             im.load()
@@ -124,9 +124,9 @@ def test_report_reuses_thumbnails_and_remakes_only_changed_ones(job, mock):
     run_review_job(job, mock)
     first = cli("report", job.manifest)
     assert "thumbnails: 5 made, 0 reused" in first.stdout
-    thumbs = job.root / "report_thumbs"
+    thumbs = job.root / "test-job.report_thumbs"
     before = {p.name: p.stat().st_mtime_ns for p in thumbs.iterdir()}
-    (job.root / "report_thumbs" / ("0" * 64 + f"-{THUMB_SIDE}{THUMB_EXT}")).write_bytes(b"stale")  # no longer used
+    (job.root / "test-job.report_thumbs" / ("0" * 64 + f"-{THUMB_SIDE}{THUMB_EXT}")).write_bytes(b"stale")  # no longer used
     (thumbs / "notes.txt").write_text("mine")  # not ours: left alone
 
     again = cli("report", job.manifest)
@@ -153,7 +153,7 @@ def test_report_to_another_path_and_with_a_missing_output(job, mock):
     result = cli("report", job.manifest, "-o", target)
     assert result.exit_code == 0, result.stderr
     assert "1 missing" in result.stdout
-    assert (job.root / "review" / "morning_thumbs").is_dir() and not (job.root / "report.html").exists()
+    assert (job.root / "review" / "morning_thumbs").is_dir() and not (job.root / "test-job.report.html").exists()
     items = page_items(target.read_text(encoding="utf-8"))
     (poster,) = items["poster"]["outputs"]
     assert poster["thumb"] is None and poster["note"] == "file missing"
@@ -170,7 +170,7 @@ def test_report_finds_reference_images_whatever_folder_the_run_started_in(job, m
     assert json.loads(spec[0])["images"][0]["src"] == str(job.root / "images" / "logo.png")
     monkeypatch.chdir(job.out)  # review from somewhere else entirely
     assert cli("report", job.manifest).exit_code == 0
-    (ref,) = page_items((job.root / "report.html").read_text(encoding="utf-8"))["a"]["refs"]
+    (ref,) = page_items((job.root / "test-job.report.html").read_text(encoding="utf-8"))["a"]["refs"]
     assert ref["thumb"] and ref["href"] == "images/logo.png"
 
 
@@ -293,7 +293,7 @@ def test_export_joins_several_outputs_per_item(job, mock, monkeypatch):
     assert record["outputs"] == ["pair-1.png", "pair-2.png"]
     html_result = cli("report", job.manifest)
     assert "2 made" in html_result.stdout
-    assert len(page_items((job.root / "report.html").read_text(encoding="utf-8"))["pair"]["outputs"]) == 2
+    assert len(page_items((job.root / "test-job.report.html").read_text(encoding="utf-8"))["pair"]["outputs"]) == 2
 
 
 def test_export_streams_rows_as_it_reads_them():
@@ -329,7 +329,7 @@ def test_a_job_never_run_is_bad_input(job, mock, command):
     else:  # no empty SQLite file is created just to say so
         assert result.stderr == f"{not_run} (no database at {job.db})\n"
         assert not job.db.exists()
-    assert not (job.root / "report.html").exists()
+    assert not (job.root / "test-job.report.html").exists()
 
     # a database that holds other jobs but not this one
     other = manifest(mock.url, [{"id": "a", "prompt": "p"}], job="other-job")

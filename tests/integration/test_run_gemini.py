@@ -139,7 +139,8 @@ def test_status_json_counts_and_groups_errors(job, mock):
     assert result.exit_code == 0
     info = json.loads(result.stdout)
     assert info["job"] == "test-job"
-    assert info["items"] == {"total": 3, "succeeded": 1, "failed": 2, "pending": 0, "running": 0, "removed": 0}
+    assert info["items"] == {"total": 3, "succeeded": 1, "failed": 2, "pending": 0, "running": 0, "orphaned": 0,
+                             "removed": 0}
     assert info["attempts"] == 3
     (group,) = info["errors"]
     assert group["class"] == "rejected" and group["items"] == 2 and "IMAGE_SAFETY" in group["message"]
@@ -182,7 +183,7 @@ def test_the_key_never_reaches_the_database_logs_reports_or_outputs(job, mock, m
     for result in outputs:
         assert TEST_KEY not in result.stdout + result.stderr
     files = [f for f in job.root.rglob("*") if f.is_file()]
-    assert {"run.jsonl", "run.log", "report.html", "items.jsonl", "a.png"} <= {f.name for f in files}
+    assert {"run.jsonl", "run.log", "test-job.report.html", "items.jsonl", "a.png"} <= {f.name for f in files}
     for file in files:
         assert TEST_KEY.encode() not in file.read_bytes(), file
 

@@ -61,7 +61,7 @@ def test_plain_progress_lines_when_not_on_a_terminal(job, mock):
     lines = [line for line in err.splitlines() if line.startswith("progress: ")]
     assert len(lines) >= 2
     assert "items/s" in lines[-1] and "ETA" in lines[-1]
-    assert "completed: 24/24 done (24 succeeded, 0 failed)" in err
+    assert "completed: this run finished 24 items (24 succeeded, 0 failed)" in err
 
 
 def test_readers_and_writers_beside_a_live_run_never_see_database_busy(job, mock, backend):
