@@ -7,6 +7,7 @@ in-process, over HTTP to the mock on 127.0.0.1, real SQLite files) and ``accepta
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -310,3 +311,48 @@ def fresh_postgres_database() -> Any:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+class VirtualClockLoop(asyncio.SelectorEventLoop):
+    """An event loop on a patched clock: time stands still while anything is ready to run, and
+    jumps to the next timer when nothing is.  ``asyncio.sleep(5)`` takes no real time, and every
+    time read from the clock is exact, so limiter and breaker tests assert schedules, not luck.
+    ``advance(s)`` moves the clock by hand (a wake-up that comes late)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 1000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def _run_once(self) -> None:
+        if not self._ready:  # type: ignore[attr-defined]
+            timers = [h.when() for h in self._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
+            if timers:
+                self.now = max(self.now, min(timers))
+        super()._run_once()  # type: ignore[misc]
+
+
+@pytest.fixture
+def virtual_clock(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A :class:`VirtualClockLoop` whose clock the rate limiter, the breaker and the throttler
+    underneath read as ``time.monotonic``; run coroutines with ``loop.run_until_complete``."""
+    import types
+
+    import asyncio_throttle.throttler
+
+    import batchfuse.breaker
+    import batchfuse.ratelimit
+
+    loop = VirtualClockLoop()
+    clock = types.SimpleNamespace(monotonic=loop.time, time=loop.time)
+    for module in (batchfuse.ratelimit, batchfuse.breaker, asyncio_throttle.throttler):
+        monkeypatch.setattr(module, "time", clock)
+    try:
+        yield loop
+    finally:
+        loop.close()
