@@ -173,6 +173,48 @@ def manifest(base_url: str, items: list[dict[str, Any]], **overrides: Any) -> di
     return data
 
 
+# -- a job to review (report and export tests, in the integration and acceptance tiers) --------
+
+XSS_PROMPT = 'fuse </script><script>window.__pwned = 1</script> <img src=x onerror="window.__pwned = 2"> & done'
+URL_REF = "https://example.com/refs/scene.png?size=large&v=1"
+
+
+def review_items() -> list[dict[str, Any]]:
+    """Two succeeded (one with reference images and a hostile prompt), one failed, two pending."""
+    return [
+        {"id": "fused", "prompt": XSS_PROMPT, "images": ["images/scene.png", "images/calculator.jpg"]},
+        {"id": "poster", "prompt": "a museum poster", "aspect_ratio": "16:9"},
+        {"id": "unsafe", "prompt": "[[mock:safety*always]] blocked"},
+        {"id": "later", "prompt": "not run yet", "images": ["images/logo.png"]},
+        {"id": "remote", "prompt": "by URL", "images": [URL_REF]},
+    ]
+
+
+def run_review_job(job: JobDir, mock: Any, *extra: str) -> None:
+    """Run everything but the two pending items; the failed item makes the run exit 1."""
+    job.write(manifest(mock.url, review_items()))
+    only = ["--only", "fused", "--only", "poster", "--only", "unsafe"]
+    result = cli("run", job.manifest, *only, *extra)
+    assert result.exit_code == 1, result.stderr
+
+
+def db_counts(job: JobDir) -> dict[str, int]:
+    """Items by state (and the total) as the database has them."""
+    counts = dict.fromkeys(("succeeded", "failed", "pending", "running"), 0)
+    counts.update(dict(job.sql("SELECT state, count(*) FROM items WHERE in_plan GROUP BY state")))
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def page_items(html: str) -> dict[str, dict[str, Any]]:
+    """The items a report page carries in its JSON data block, by key."""
+    import json
+    import re
+
+    (data,) = re.findall(r'<script type="application/json" id="bf-items">(.*?)</script>', html, re.S)
+    return {item["key"]: item for item in json.loads(data)}
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """The integration tier (the core suite) runs on SQLite and PostgreSQL (skipped, saying how
     to get a server, when none is reachable)."""
