@@ -690,3 +690,19 @@ def test_python_dash_m_mock_server_serves_until_sigterm() -> None:
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+def test_a_cjk_prompt_is_written_in_a_cjk_font_or_as_its_digest_never_as_boxes(monkeypatch, mock) -> None:
+    from batchfuse.mock import images
+
+    prompt = "让第二张图的计算器在第一张图中吃饭"
+    monkeypatch.setattr(images, "CJK_FONTS", ("/nonexistent/font.ttc",))  # no CJK font here
+    text, _, _ = images.caption(prompt, 12)
+    assert text.startswith("prompt sha256 ") and images._latin(text)
+    assert images.caption("a museum poster", 12)[0] == "a museum poster"
+    assert gemini(mock, gemini_body(prompt)).status == 200  # the image is drawn all the same
+    font_file = next(Path("/usr/share/fonts").rglob("*.tt[fc]"), None)
+    if font_file is not None:  # a font file stands in for a CJK one: the prompt itself is written
+        monkeypatch.setattr(images, "CJK_FONTS", ("/nonexistent/font.ttc", str(font_file)))
+        text, font, em = images.caption(prompt, 12)
+        assert text == prompt and font.path == str(font_file) and em == 1.0
