@@ -97,11 +97,17 @@ async def handle_admin_faults(request: web.Request) -> web.Response:
         changes = await request.json()
         if not isinstance(changes, dict):
             raise ValueError("body must be a JSON object")
-        if changes.pop("expire_results", False) is True:
-            state.results.clear()
-        return web.json_response(state.windows.apply(changes))
+        return web.json_response(apply_fault_changes(state, changes))
     except ValueError as exc:
         return web.json_response({"error": str(exc)}, status=400)
+
+
+def apply_fault_changes(state: MockState, changes: dict[str, Any]) -> dict[str, Any]:
+    """Fault windows, plus ``expire_results`` (the result store is not a window's business)."""
+    changes = dict(changes)
+    if changes.pop("expire_results", False) is True:
+        state.results.clear()
+    return state.windows.apply(changes)
 
 
 async def handle_admin_reset(request: web.Request) -> web.Response:
@@ -248,9 +254,7 @@ class MockServerThread:
         state = self._server.app[STATE_KEY]
 
         async def apply() -> dict[str, Any]:
-            if changes.pop("expire_results", False) is True:
-                state.results.clear()
-            return state.windows.apply(changes)
+            return apply_fault_changes(state, changes)
 
         if self._loop is None:
             return asyncio.run(apply())
