@@ -56,6 +56,7 @@ class Group(click.Group):
         "report": "batchfuse.cli_review:report",
         "export": "batchfuse.cli_review:export",
         "mock-server": "batchfuse.mock.cli:mock_server",
+        "schema": "batchfuse.schema:schema",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

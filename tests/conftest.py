@@ -7,10 +7,15 @@ in-process, over HTTP to the mock on 127.0.0.1, real SQLite files) and ``accepta
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +32,37 @@ SAMPLE_IMAGES = ROOT / "jobs" / "images"
 #: A fake key distinctive enough to grep for; real keys never reach tests.
 TEST_KEY = "bf-test-key-7Qx9Lm2Vz8Rt4Wp6"
 KEY_VARS = ("DMXAPI_KEY", "RELAY_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "OPENAI_API_KEY")
-POSTGRES_URL = os.environ.get("BATCHFUSE_TEST_POSTGRES_URL")
+LOCAL_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+POSTGRES_HOW = (
+    "no PostgreSQL server on 127.0.0.1:5432 and BATCHFUSE_TEST_POSTGRES_URL not set; to run these tests "
+    "start one with trust auth and a database 'test' (Debian: apt-get install -y postgresql && "
+    "pg_ctlcluster <version> main start; .ci/run does this) or set BATCHFUSE_TEST_POSTGRES_URL"
+)
+
+
+def _local_postgres() -> str | None:
+    """The local server's URL when something listens on 127.0.0.1:5432 and lets us in."""
+    try:
+        socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
+    except OSError:
+        return None
+    try:
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(LOCAL_POSTGRES_URL, connect_args={"connect_timeout": 3})
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        finally:
+            engine.dispose()
+    except Exception:  # a server that refuses us is as good as none: the skip reason says what to do
+        return None
+    return LOCAL_POSTGRES_URL
+
+
+#: The PostgreSQL tests run whenever a server is reachable, not only under .ci/run.
+POSTGRES_URL = os.environ.get("BATCHFUSE_TEST_POSTGRES_URL") or _local_postgres()
+needs_postgres = pytest.mark.skipif(not POSTGRES_URL, reason=POSTGRES_HOW)
 
 
 @pytest.fixture(autouse=True)
@@ -89,8 +124,24 @@ class JobDir:
         finally:
             engine.dispose()
 
+    def scalar(self, query: str) -> Any:
+        """The first column of the first row; raises while the run has not created the database
+        yet (a poll in :func:`wait_for` retries and reports the last error)."""
+        if self.url.startswith("sqlite") and not self.db.exists():
+            raise FileNotFoundError(f"no database at {self.db} yet")
+        return self.sql(query)[0][0]
+
     def state_of(self) -> dict[str, str]:
         return dict(self.sql("SELECT key, state FROM items"))
+
+    def integrity_ok(self) -> bool:
+        """SQLite's own check of the file (PostgreSQL has no such thing: True)."""
+        return not self.url.startswith("sqlite") or self.sql("PRAGMA integrity_check") == [("ok",)]
+
+
+def items(n: int, prefix: str = "i", prompt: str = "prompt {i}") -> list[dict[str, Any]]:
+    """``n`` manifest items ``{prefix}000``... with prompts ``prompt.format(i=...)``."""
+    return [{"id": f"{prefix}{i:03d}", "prompt": prompt.format(i=i)} for i in range(n)]
 
 
 def manifest(base_url: str, items: list[dict[str, Any]], **overrides: Any) -> dict[str, Any]:
@@ -122,9 +173,52 @@ def manifest(base_url: str, items: list[dict[str, Any]], **overrides: Any) -> di
     return data
 
 
+# -- a job to review (report and export tests, in the integration and acceptance tiers) --------
+
+XSS_PROMPT = 'fuse </script><script>window.__pwned = 1</script> <img src=x onerror="window.__pwned = 2"> & done'
+URL_REF = "https://example.com/refs/scene.png?size=large&v=1"
+
+
+def review_items() -> list[dict[str, Any]]:
+    """Two succeeded (one with reference images and a hostile prompt), one failed, two pending."""
+    return [
+        {"id": "fused", "prompt": XSS_PROMPT, "images": ["images/scene.png", "images/calculator.jpg"]},
+        {"id": "poster", "prompt": "a museum poster", "aspect_ratio": "16:9"},
+        {"id": "unsafe", "prompt": "[[mock:safety*always]] blocked"},
+        {"id": "later", "prompt": "not run yet", "images": ["images/logo.png"]},
+        {"id": "remote", "prompt": "by URL", "images": [URL_REF]},
+    ]
+
+
+def run_review_job(job: JobDir, mock: Any, *extra: str) -> None:
+    """Run everything but the two pending items; the failed item makes the run exit 1."""
+    job.write(manifest(mock.url, review_items()))
+    only = ["--only", "fused", "--only", "poster", "--only", "unsafe"]
+    result = cli("run", job.manifest, *only, *extra)
+    assert result.exit_code == 1, result.stderr
+
+
+def db_counts(job: JobDir) -> dict[str, int]:
+    """Items by state (and the total) as the database has them."""
+    counts = dict.fromkeys(("succeeded", "failed", "pending", "running"), 0)
+    counts.update(dict(job.sql("SELECT state, count(*) FROM items WHERE in_plan GROUP BY state")))
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def page_items(html: str) -> dict[str, dict[str, Any]]:
+    """The items a report page carries in its JSON data block, by key."""
+    import json
+    import re
+
+    (data,) = re.findall(r'<script type="application/json" id="bf-items">(.*?)</script>', html, re.S)
+    return {item["key"]: item for item in json.loads(data)}
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """The integration tier (the core suite) runs on SQLite and, when configured, PostgreSQL."""
-    if "backend" in metafunc.fixturenames and POSTGRES_URL and "integration" in str(metafunc.definition.path):
+    """The integration tier (the core suite) runs on SQLite and PostgreSQL (skipped, saying how
+    to get a server, when none is reachable)."""
+    if "backend" in metafunc.fixturenames and "integration" in str(metafunc.definition.path):
         metafunc.parametrize("backend", ["sqlite", "postgres"])
 
 
@@ -141,6 +235,8 @@ def job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str) -> Any:
     if backend == "sqlite":
         yield JobDir(tmp_path)
         return
+    if not POSTGRES_URL:
+        pytest.skip(POSTGRES_HOW)
     for url in fresh_postgres_database():
         monkeypatch.setenv("BATCHFUSE_DB", url)
         yield JobDir(tmp_path, url)
@@ -159,16 +255,70 @@ def cli(*args: str) -> CliResult:
     return CliResult(result.exit_code, result.stdout, result.stderr)
 
 
-def cli_process(*args: str, env: dict[str, str] | None = None, **kw: Any) -> subprocess.Popen:
+class CliProcess(subprocess.Popen):
+    """A subprocess whose stdout and stderr go to unlinked temporary files, so a test can read
+    them while it runs (``err()``), nothing blocks on a full pipe, and every failure message can
+    carry them."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], **kw: Any) -> None:
+        self._out = tempfile.TemporaryFile()  # noqa: SIM115 (closed with the object)
+        self._err = tempfile.TemporaryFile()  # noqa: SIM115
+        super().__init__(argv, env=env, stdout=self._out, stderr=self._err, **kw)
+
+    @staticmethod
+    def _read(file: Any) -> str:
+        fd = file.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", errors="replace")
+
+    def out(self) -> str:
+        return self._read(self._out)
+
+    def err(self) -> str:
+        return self._read(self._err)
+
+    def communicate(self, input: Any = None, timeout: float | None = None) -> tuple[str, str]:
+        """Wait for the exit; on timeout kill it and fail with what it wrote to stderr."""
+        try:
+            self.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            self.wait()
+            raise AssertionError(f"{self.args} did not exit within {timeout} s; stderr:\n{self.err()}") from None
+        return self.out(), self.err()
+
+
+def cli_process(*args: str, env: dict[str, str] | None = None, **kw: Any) -> CliProcess:
     """The CLI in its own process, as cron would start it."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "batchfuse.cli", *[str(a) for a in args]],
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kw,
+    return CliProcess(
+        [sys.executable, "-m", "batchfuse.cli", *[str(a) for a in args]], env={**os.environ, **(env or {})}, **kw
     )
+
+
+def wait_for(
+    predicate: Callable[[], Any], what: str, timeout: float = 60.0, proc: CliProcess | None = None
+) -> Any:
+    """Poll ``predicate`` until it returns something true and return that; never a fixed sleep.
+
+    An exception from the predicate counts as "not yet" (the database may not exist yet) and
+    is shown if time runs out.  With ``proc``, fail at once if it exits first.  Failures say
+    ``what`` was awaited and carry the process's stderr.
+    """
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # reported below if the condition never comes
+            last_error = exc
+        exited = proc is not None and proc.poll() is not None
+        if exited or time.monotonic() > deadline:
+            why = f"exited with {proc.returncode}" if exited and proc else f"not within {timeout} s"
+            detail = f"; last error: {last_error!r}" if last_error else ""
+            stderr = f"\nstderr of the process:\n{proc.err()}" if proc is not None else ""
+            raise AssertionError(f"waiting for {what}: {why}{detail}{stderr}")
+        time.sleep(0.02)  # the poll interval, not a wait for anything
 
 
 def generation_requests(server: Any) -> list[dict[str, Any]]:
@@ -177,13 +327,13 @@ def generation_requests(server: Any) -> list[dict[str, Any]]:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def db_url(request, tmp_path: Path) -> Any:
-    """A fresh, empty database on each backend; PostgreSQL tests skip (with the reason shown)
-    when BATCHFUSE_TEST_POSTGRES_URL is not set."""
+    """A fresh, empty database on each backend; PostgreSQL tests skip (with how to get a
+    server) when none is reachable."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'store.db'}"
         return
     if not POSTGRES_URL:
-        pytest.skip("PostgreSQL not configured: set BATCHFUSE_TEST_POSTGRES_URL (.ci/run does)")
+        pytest.skip(POSTGRES_HOW)
     yield from fresh_postgres_database()
 
 
@@ -203,3 +353,48 @@ def fresh_postgres_database() -> Any:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+class VirtualClockLoop(asyncio.SelectorEventLoop):
+    """An event loop on a patched clock: time stands still while anything is ready to run, and
+    jumps to the next timer when nothing is.  ``asyncio.sleep(5)`` takes no real time, and every
+    time read from the clock is exact, so limiter and breaker tests assert schedules, not luck.
+    ``advance(s)`` moves the clock by hand (a wake-up that comes late)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 1000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def _run_once(self) -> None:
+        if not self._ready:  # type: ignore[attr-defined]
+            timers = [h.when() for h in self._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
+            if timers:
+                self.now = max(self.now, min(timers))
+        super()._run_once()  # type: ignore[misc]
+
+
+@pytest.fixture
+def virtual_clock(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A :class:`VirtualClockLoop` whose clock the rate limiter, the breaker and the throttler
+    underneath read as ``time.monotonic``; run coroutines with ``loop.run_until_complete``."""
+    import types
+
+    import asyncio_throttle.throttler
+
+    import batchfuse.breaker
+    import batchfuse.ratelimit
+
+    loop = VirtualClockLoop()
+    clock = types.SimpleNamespace(monotonic=loop.time, time=loop.time)
+    for module in (batchfuse.ratelimit, batchfuse.breaker, asyncio_throttle.throttler):
+        monkeypatch.setattr(module, "time", clock)
+    try:
+        yield loop
+    finally:
+        loop.close()

@@ -462,7 +462,7 @@ def _jpeg() -> bytes:
 
 
 def test_openai_url_reply_n3_and_expiry() -> None:
-    with MockServerThread(MockConfig(image_scale=SCALE, url_ttl_s=0.5)) as srv:
+    with MockServerThread(MockConfig(image_scale=SCALE)) as srv:
         reply = openai(srv, {"model": PRO, "prompt": "three of them", "n": 3, "size": "1x1"})
         urls = [item["url"] for item in reply.json()["data"]]
         assert len(set(urls)) == 3
@@ -472,7 +472,10 @@ def test_openai_url_reply_n3_and_expiry() -> None:
             assert got.status == 200
             assert got.headers["Content-Type"] == "image/png"
             assert decode_png(got.body).size == (64, 64)
-        time.sleep(0.6)
+        srv.configure(url_ttl_s=0)  # a result made now has already expired
+        instant = openai(srv, {"model": PRO, "prompt": "gone at once", "size": "1x1"}).json()["data"][0]["url"]
+        assert http("GET", instant).status == 404
+        srv.faults(expire_results=True)  # and the test can expire all results when it likes
         expired = http("GET", urls[0])
         assert expired.status == 403  # as a signed link answers once it has expired
         assert b"<Message>Request has expired</Message>" in expired.body
@@ -480,6 +483,8 @@ def test_openai_url_reply_n3_and_expiry() -> None:
             "openai",
             "download",
             "download",
+            "download",
+            "openai",
             "download",
             "download",
         ]
@@ -595,6 +600,35 @@ def test_log_records_requests_and_never_the_key() -> None:
     assert len(srv.requests("/v1/images")) == 1
 
 
+def test_fault_windows_are_counted_in_requests_or_opened_and_closed(mock: MockServerThread) -> None:
+    faults = f"{mock.url}/_mock/faults"
+    assert http("POST", faults, body={"outage": 2}).json()["outage"] == 2
+    assert [gemini(mock).status for _ in range(3)] == [503, 503, 200]  # exactly two requests
+    assert http("POST", faults, body={"outage": "open"}).status == 200
+    assert [gemini(mock).status for _ in range(3)] == [503, 503, 503]  # until the test closes it
+    assert http("POST", faults, body={"outage": "closed"}).json() == {"outage": "closed", "hold": False, "held": 0}
+    assert gemini(mock).status == 200
+    for bad in ({"outage": "soon"}, {"outage": -1}, {"hold": 1}, {"hold_after": True}, {"latency": 1}, [1]):
+        reply = http("POST", faults, body=bad)
+        assert reply.status == 400 and reply.json()["error"], bad
+
+
+def test_held_requests_wait_at_the_mock_until_released(mock: MockServerThread) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.conftest import wait_for
+
+    mock.faults(hold_after=1)  # one passes, the rest wait
+    assert gemini(mock).status == 200
+    with ThreadPoolExecutor(3) as pool:
+        replies = [pool.submit(gemini, mock) for _ in range(3)]
+        wait_for(lambda: mock.faults()["held"] == 3, "three requests held at the mock")
+        assert not any(r.done() for r in replies)
+        assert mock.faults(hold=False)["held"] == 3  # released now, still counted as they leave
+        assert [r.result().status for r in replies] == [200, 200, 200]
+    assert mock.faults()["held"] == 0
+
+
 def test_admin_config_and_reset(mock: MockServerThread) -> None:
     changed = http("POST", f"{mock.url}/_mock/config", body={"rate_503": 1.0, "latency_ms": 1})
     assert changed.status == 200
@@ -637,19 +671,38 @@ def test_python_dash_m_mock_server_serves_until_sigterm() -> None:
     command = [sys.executable, "-m", "batchfuse.mock", "--port", "0", "--image-scale", str(SCALE)]
     command += ["--image-mode", "solid", "--api-key-env", "MOCK_TEST_KEY"]
     with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     ) as process:
         try:
             assert process.stdout is not None
             line = process.stdout.readline()
             match = re.fullmatch(r"mock API listening on (http://127\.0\.0\.1:(\d+))\n", line)
-            assert match, line
+            if not match:
+                process.kill()
+                pytest.fail(f"unexpected first line {line!r}; stderr: {process.communicate()[1]}")
             assert int(match.group(2)) > 0
             url = f"{match.group(1)}/v1beta/models/{PRO}:generateContent"
             assert http("POST", url, body=gemini_body(), headers={"x-goog-api-key": "cli-key"}).status == 200
             assert http("POST", url, body=gemini_body(), headers={"x-goog-api-key": "other"}).status == 403
             process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=10) == 0
+            _, err = process.communicate(timeout=30)
+            assert process.returncode == 0, err
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+def test_a_cjk_prompt_is_written_in_a_cjk_font_or_as_its_digest_never_as_boxes(monkeypatch, mock) -> None:
+    from batchfuse.mock import images
+
+    prompt = "让第二张图的计算器在第一张图中吃饭"
+    monkeypatch.setattr(images, "CJK_FONTS", ("/nonexistent/font.ttc",))  # no CJK font here
+    text, _, _ = images.caption(prompt, 12)
+    assert text.startswith("prompt sha256 ") and images._latin(text)
+    assert images.caption("a museum poster", 12)[0] == "a museum poster"
+    assert gemini(mock, gemini_body(prompt)).status == 200  # the image is drawn all the same
+    font_file = next(Path("/usr/share/fonts").rglob("*.tt[fc]"), None)
+    if font_file is not None:  # a font file stands in for a CJK one: the prompt itself is written
+        monkeypatch.setattr(images, "CJK_FONTS", ("/nonexistent/font.ttc", str(font_file)))
+        text, font, em = images.caption(prompt, 12)
+        assert text == prompt and font.path == str(font_file) and em == 1.0

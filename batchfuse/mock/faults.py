@@ -169,3 +169,92 @@ async def hang(stopping: asyncio.Event, seconds: float) -> bool:
     except asyncio.TimeoutError:
         return False
     return True
+
+
+class FaultWindows:
+    """Fault windows a test opens and closes, or counts in requests — never in seconds.
+
+    - ``outage``: ``"open"`` answers every generation request 503 until ``"closed"``; a whole
+      number ``N`` answers the next N generation requests 503.
+    - ``hold``: ``True`` keeps every admitted generation request waiting (no answer) until
+      ``False``; ``hold_after=N`` lets the next N through first, then holds.  ``held`` is how
+      many are waiting now, so a test can wait for "4 requests in flight" instead of sleeping.
+
+    Set through ``POST /_mock/faults`` (or ``MockServerThread.faults``); each answer reports
+    :meth:`snapshot`.
+    """
+
+    def __init__(self) -> None:
+        self.outage_open = False
+        self.outage_left = 0
+        self.holding = False
+        self.pass_before_hold = 0
+        self.held = 0
+        self._released = asyncio.Event()
+        self._released.set()
+
+    def apply(self, changes: dict[str, object]) -> dict[str, object]:
+        """Validate every change first, then apply them; return :meth:`snapshot`."""
+        known = {"outage", "hold", "hold_after"}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(f"unknown fault window {unknown[0]!r}; known: {', '.join(sorted(known))}")
+        outage = changes.get("outage")
+        if "outage" in changes and outage not in ("open", "closed") and not _count(outage):
+            raise ValueError(f'outage must be "open", "closed" or a whole number of requests, got {outage!r}')
+        if "hold" in changes and not isinstance(changes["hold"], bool):
+            raise ValueError(f"hold must be true or false, got {changes['hold']!r}")
+        if "hold_after" in changes and not _count(changes["hold_after"]):
+            raise ValueError(f"hold_after must be a whole number of requests, got {changes['hold_after']!r}")
+        if "outage" in changes:
+            self.outage_open = outage == "open"
+            self.outage_left = outage if isinstance(outage, int) else 0
+        if "hold_after" in changes:
+            self.holding, self.pass_before_hold = True, int(changes["hold_after"])  # type: ignore[call-overload]
+            self._released.clear()
+        if "hold" in changes:
+            self.holding, self.pass_before_hold = bool(changes["hold"]), 0
+            if self.holding:
+                self._released.clear()
+            else:
+                self._released.set()
+        return self.snapshot()
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "outage": "open" if self.outage_open else self.outage_left or "closed",
+            "hold": self.holding,
+            "held": self.held,
+        }
+
+    def outage(self) -> bool:
+        """Whether this generation request falls in an outage window (counting it if counted)."""
+        if self.outage_open:
+            return True
+        if self.outage_left > 0:
+            self.outage_left -= 1
+            return True
+        return False
+
+    async def wait_if_held(self, stopping: asyncio.Event) -> None:
+        """Wait while requests are held (or until the server stops); a cancelled client frees it."""
+        if not self.holding:
+            return
+        if self.pass_before_hold > 0:
+            self.pass_before_hold -= 1
+            return
+        self.held += 1
+        try:
+            released, stop = asyncio.ensure_future(self._released.wait()), asyncio.ensure_future(stopping.wait())
+            try:
+                await asyncio.wait({released, stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                released.cancel()
+                stop.cancel()
+        finally:
+            self.held -= 1
+
+
+def _count(value: object) -> bool:
+    """A whole number of requests (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

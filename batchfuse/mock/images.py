@@ -19,6 +19,7 @@ import binascii
 import hashlib
 import io
 import math
+import os
 import textwrap
 import threading
 from collections import OrderedDict
@@ -262,13 +263,12 @@ def _collage(size: tuple[int, int], prompt: str, refs: list[Reference], variant:
     _draw_tiles(img, draw, refs, (margin, margin, width - margin, height - band - margin), font_px)
     if band:
         draw.rectangle((0, height - band, width, height), fill=(20, 20, 20))
-        chars = max(4, int(width / (font_px * 0.6)))
-        lines = textwrap.wrap(prompt, chars)[:3] or [""]
-        if len(textwrap.wrap(prompt, chars)) > 3:
+        text, font, em = caption(prompt, font_px)
+        chars = max(4, int(width / (font_px * em)))
+        lines = textwrap.wrap(text, chars)[:3] or [""]
+        if len(textwrap.wrap(text, chars)) > 3:
             lines[-1] = lines[-1][: max(1, chars - 1)] + "…"
-        draw.multiline_text(
-            (margin, height - band + margin // 2), "\n".join(lines), fill=(240, 240, 240), font=_font(font_px)
-        )
+        draw.multiline_text((margin, height - band + margin // 2), "\n".join(lines), fill=(240, 240, 240), font=font)
     if variant:
         draw.text((margin, margin), variant, fill=(255, 255, 255), font=_font(font_px))
     return img
@@ -294,7 +294,8 @@ def _draw_tiles(
         y = top + (index // cols) * (tile_h + gap)
         if ref.thumb is None:
             draw.rectangle((x, y, x + tile_w - 1, y + tile_h - 1), fill=(90, 90, 90), outline=(200, 200, 200))
-            draw.text((x + 2, y + 2), ref.label, fill=(255, 255, 255), font=_font(max(8, font_px // 2)))
+            label, font, _ = caption(ref.label, max(8, font_px // 2))
+            draw.text((x + 2, y + 2), label, fill=(255, 255, 255), font=font)
             continue
         tile = ImageOps.contain(ref.thumb, (tile_w, tile_h))
         offset = (x + (tile_w - tile.width) // 2, y + (tile_h - tile.height) // 2)
@@ -303,15 +304,49 @@ def _draw_tiles(
 
 _fonts = threading.local()
 
+#: Fonts with CJK glyphs where Debian's packages put them (fonts-noto-cjk, fonts-wqy-microhei,
+#: fonts-wqy-zenhei, fonts-droid-fallback, fonts-arphic-uming); the first one present is used.
+CJK_FONTS: tuple[str, ...] = (
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
+    "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf",
+    "/usr/share/fonts/truetype/arphic/uming.ttc",
+)
 
-def _font(px: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """Pillow's bundled font at a pixel size, one instance per thread (FreeType is not thread-safe)."""
-    cache: dict[int, Any] = _fonts.__dict__.setdefault("by_size", {})
-    font = cache.get(px)
+
+def _latin(text: str) -> bool:
+    """Whether Pillow's bundled (Latin) font has glyphs for all of ``text``."""
+    return all(ord(c) < 0x250 or 0x2000 <= ord(c) < 0x2070 for c in text)
+
+
+def caption(text: str, px: int) -> tuple[str, Any, float]:
+    """What to write for ``text``, in which font, and the font's average width in em.
+
+    Latin text in Pillow's font; other scripts (the spec's example prompts are Chinese) in a
+    CJK-capable system font when there is one; without one, the text's digest, so an image
+    never shows a row of empty boxes."""
+    if _latin(text):
+        return text, _font(px), 0.6
+    path = next((p for p in CJK_FONTS if os.path.isfile(p)), None)
+    if path is not None:
+        return text, _font(px, path), 1.0
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return f"prompt sha256 {digest}… ({len(text)} characters, no CJK font here)", _font(px), 0.6
+
+
+def _font(px: int, path: str | None = None) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """A font (Pillow's bundled one, or the file at ``path``) at a pixel size, one instance per
+    thread (FreeType is not thread-safe)."""
+    cache: dict[tuple[int, str | None], Any] = _fonts.__dict__.setdefault("by_size", {})
+    font = cache.get((px, path))
     if font is None:
-        try:
-            font = ImageFont.load_default(size=px)
-        except TypeError:  # Pillow < 10.1 has no sized default font
-            font = ImageFont.load_default()
-        cache[px] = font
+        if path is not None:
+            font = ImageFont.truetype(path, px)
+        else:
+            try:
+                font = ImageFont.load_default(size=px)
+            except TypeError:  # Pillow < 10.1 has no sized default font
+                font = ImageFont.load_default()
+        cache[(px, path)] = font
     return font

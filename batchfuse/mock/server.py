@@ -41,6 +41,7 @@ def create_app(config: MockConfig | None = None) -> web.Application:
     app.router.add_get("/_mock/log", handle_admin_log)
     app.router.add_post("/_mock/config", handle_admin_config)
     app.router.add_post("/_mock/reset", handle_admin_reset)
+    app.router.add_post("/_mock/faults", handle_admin_faults)
 
     async def release_hangs(_app: web.Application) -> None:
         state.stopping.set()  # hanging handlers return at once instead of holding up shutdown
@@ -86,6 +87,27 @@ async def handle_admin_config(request: web.Request) -> web.Response:
     except ValueError as exc:
         return web.json_response({"error": str(exc)}, status=400)
     return web.json_response({"changed": changed, "config": public_config(state.config)})
+
+
+async def handle_admin_faults(request: web.Request) -> web.Response:
+    """``POST /_mock/faults``: open/close fault windows (see ``FaultWindows``); ``{}`` just reports.
+    ``"expire_results": true`` expires every result URL now (the next download answers 404)."""
+    state = state_of(request)
+    try:
+        changes = await request.json()
+        if not isinstance(changes, dict):
+            raise ValueError("body must be a JSON object")
+        return web.json_response(apply_fault_changes(state, changes))
+    except ValueError as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+
+
+def apply_fault_changes(state: MockState, changes: dict[str, Any]) -> dict[str, Any]:
+    """Fault windows, plus ``expire_results`` (the result store is not a window's business)."""
+    changes = dict(changes)
+    if changes.pop("expire_results", False) is True:
+        state.results.clear()
+    return state.windows.apply(changes)
 
 
 async def handle_admin_reset(request: web.Request) -> web.Response:
@@ -224,6 +246,19 @@ class MockServerThread:
             apply_changes(self.config, changes)
 
         asyncio.run_coroutine_threadsafe(apply(), loop).result()
+
+    def faults(self, **changes: Any) -> dict[str, Any]:
+        """Open/close fault windows from any thread (``outage=``, ``hold=``, ``hold_after=``,
+        ``expire_results=True``); returns what is in force now, with ``held``: the requests
+        waiting at the gate."""
+        state = self._server.app[STATE_KEY]
+
+        async def apply() -> dict[str, Any]:
+            return apply_fault_changes(state, changes)
+
+        if self._loop is None:
+            return asyncio.run(apply())
+        return asyncio.run_coroutine_threadsafe(apply(), self._loop).result()
 
     def requests(self, path_contains: str | None = None) -> list[dict[str, Any]]:
         """A copy of the request log, optionally only entries whose path contains a string."""

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from .config import MockConfig
-from .faults import FaultBook, Marker
+from .faults import FaultBook, FaultWindows, Marker
 from .images import ImageMaker, ReferenceDecoder, RenderedImage
 from .limits import DailyCounter, RateWindow
 
@@ -101,6 +101,7 @@ class MockState:
         self.config = config
         self.log = RequestLog()
         self.faults = FaultBook(config.seed)
+        self.windows = FaultWindows()
         self.rate_window = RateWindow()
         self.daily = DailyCounter()
         self.references = ReferenceDecoder()
@@ -169,7 +170,7 @@ class MockState:
     def admit(self, key_id: str, prompt: str, markers: list[Marker], arrival: float) -> Admission:
         """Outage, per-minute window, day quota, prompt markers, random rates — in that order."""
         config = self.config
-        if config.outage_until is not None and arrival < config.outage_until:
+        if (config.outage_until is not None and arrival < config.outage_until) or self.windows.outage():
             return Admission("outage")
         if config.rpm_limit is not None:
             self.rate_window.window_s = config.rpm_window_s
@@ -192,6 +193,7 @@ class MockState:
             self.rate_window.release(key_id, arrival)
 
     async def sleep_latency(self) -> None:
+        await self.windows.wait_if_held(self.stopping)
         delay = self.faults.latency_s(self.config)
         if delay > 0:
             await asyncio.sleep(delay)

@@ -4,33 +4,23 @@ is lost, nothing recorded as done is sent again, no partial file carries a final
 from __future__ import annotations
 
 import signal
-import sqlite3
-import time
 
-from tests.conftest import cli_process, generation_requests, manifest
+from tests.conftest import cli_process, generation_requests, items, manifest, wait_for
 
-
-def succeeded(db) -> int:
-    try:
-        with sqlite3.connect(db, timeout=5) as conn:
-            return conn.execute("SELECT count(*) FROM items WHERE state = 'succeeded'").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
+SUCCEEDED = "SELECT count(*) FROM items WHERE state = 'succeeded'"
 
 
 def test_sigkill_mid_run_then_rerun_completes_without_resending_done_items(job, mock):
-    mock.configure(latency_ms=80, jitter_ms=40)
+    mock.configure(latency_ms=20, jitter_ms=10)
+    mock.faults(hold_after=24)  # the first 24 requests are answered, the rest wait at the mock
     n = 60
-    job.write(manifest(mock.url, [{"id": f"item-{i:03d}", "prompt": f"prompt {i}"} for i in range(n)],
-                       limits={"concurrency": 8}))
+    job.write(manifest(mock.url, items(n, prefix="item-"), limits={"concurrency": 8, "timeout_s": 300}))
     proc = cli_process("run", job.manifest)
-    deadline = time.monotonic() + 30
-    while succeeded(job.db) < 15 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed"
+    wait_for(lambda: job.scalar(SUCCEEDED) >= 15, "15 items recorded as succeeded", proc=proc)
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
-    done_at_kill = succeeded(job.db)
+    proc.wait(timeout=30)
+    mock.faults(hold=False)
+    done_at_kill = job.scalar(SUCCEEDED)
     assert 15 <= done_at_kill < n
 
     rerun = cli_process("run", job.manifest)
@@ -57,5 +47,4 @@ def test_sigkill_mid_run_then_rerun_completes_without_resending_done_items(job, 
     # requests: at most one per item plus what was in hand at the kill (sent, or answered but
     # not yet written: twice the concurrency)
     assert len(generation_requests(mock)) <= n + 16
-    with sqlite3.connect(job.db) as conn:
-        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert job.integrity_ok()

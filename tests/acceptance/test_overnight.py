@@ -5,110 +5,90 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
-import time
 
-from tests.conftest import TEST_KEY, cli, cli_process, generation_requests, manifest
-
-
-def wait_for(predicate, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not reached in time")
-
-
-def count(db, query: str) -> int:
-    try:
-        with sqlite3.connect(db, timeout=5) as conn:
-            return conn.execute(query).fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-
-
-def items(n: int) -> list[dict]:
-    return [{"id": f"i{i:03d}", "prompt": f"p{i}"} for i in range(n)]
+from tests.conftest import TEST_KEY, cli, cli_process, generation_requests, items, manifest, wait_for
 
 
 def test_sigterm_lets_in_flight_requests_finish_then_exits_3_and_a_rerun_completes(job, mock):
-    mock.configure(latency_ms=400)
+    mock.faults(hold=True)  # requests reach the mock and wait there until released
     job.write(manifest(mock.url, items(30), limits={"concurrency": 4}))
     proc = cli_process("run", job.manifest)
-    wait_for(lambda: count(job.db, "SELECT count(*) FROM attempts") >= 4)
-    time.sleep(0.1)  # requests are in flight now
+    wait_for(lambda: mock.faults()["held"] == 4, "4 requests in flight at the mock", proc=proc)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=30)
+    wait_for(lambda: "SIGTERM: stopping" in proc.err(), "the run to acknowledge SIGTERM", proc=proc)
+    mock.faults(hold=False)  # the in-flight requests are answered after the stop began
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 3, err
     assert "interrupted by SIGTERM" in err
     sent = len(generation_requests(mock))
+    assert sent == 4, err  # nothing new started after the signal
     # every request the mock answered was recorded, none was cut short
-    assert count(job.db, "SELECT count(*) FROM attempts") == sent
-    assert count(job.db, "SELECT count(*) FROM attempts WHERE outcome = 'interrupted'") == 0
-    assert count(job.db, "SELECT count(*) FROM items WHERE state = 'running'") == 0
+    assert job.scalar("SELECT count(*) FROM attempts") == sent
+    assert job.scalar("SELECT count(*) FROM attempts WHERE outcome = 'interrupted'") == 0
+    assert job.scalar("SELECT count(*) FROM items WHERE state = 'running'") == 0
     rerun = cli("run", job.manifest)
-    assert rerun.exit_code == 0
+    assert rerun.exit_code == 0, rerun.stderr
     assert len(generation_requests(mock)) == 30
 
 
 def test_a_second_signal_cancels_in_flight_requests_as_interrupted(job, mock):
-    mock.configure(latency_ms=5000)
+    mock.faults(hold=True)
     job.write(manifest(mock.url, items(6), limits={"concurrency": 3, "timeout_s": 30}))
     proc = cli_process("run", job.manifest)
-    wait_for(lambda: count(job.db, "SELECT count(*) FROM runs") >= 1)
-    time.sleep(0.8)
+    wait_for(lambda: mock.faults()["held"] == 3, "3 requests in flight at the mock", proc=proc)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.3)
+    wait_for(lambda: "SIGINT: stopping" in proc.err(), "the run to acknowledge the first SIGINT", proc=proc)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=20)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 3, err
-    assert count(job.db, "SELECT count(*) FROM attempts WHERE outcome = 'interrupted'") == 3
-    assert count(job.db, "SELECT count(*) FROM items WHERE state = 'pending' AND attempts = 0") == 6
-    mock.configure(latency_ms=0)
-    assert cli("run", job.manifest).exit_code == 0
+    assert job.scalar("SELECT count(*) FROM attempts WHERE outcome = 'interrupted'") == 3, err
+    assert job.scalar("SELECT count(*) FROM items WHERE state = 'pending' AND attempts = 0") == 6, err
+    mock.faults(hold=False)
+    rerun = cli("run", job.manifest)
+    assert rerun.exit_code == 0, rerun.stderr
 
 
 def test_the_grace_period_bounds_how_long_a_stop_waits(job, mock):
-    mock.configure(latency_ms=8000)
-    job.write(manifest(mock.url, items(2), limits={"concurrency": 2, "timeout_s": 30}))
+    # the held requests never come back on their own: only the grace period can end the run
+    mock.faults(hold=True)
+    job.write(manifest(mock.url, items(2), limits={"concurrency": 2, "timeout_s": 300}))
     proc = cli_process("run", job.manifest, "--grace", "0.5s")
-    wait_for(lambda: count(job.db, "SELECT count(*) FROM runs") >= 1)
-    time.sleep(0.8)
-    started = time.monotonic()
+    wait_for(lambda: mock.faults()["held"] == 2, "2 requests in flight at the mock", proc=proc)
     proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=20)
-    assert proc.returncode == 3
-    assert time.monotonic() - started < 5
-    assert count(job.db, "SELECT count(*) FROM attempts WHERE outcome = 'interrupted'") == 2
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    assert job.scalar("SELECT count(*) FROM attempts WHERE outcome = 'interrupted'") == 2, err
 
 
 def test_no_request_starts_after_the_deadline(job, mock):
+    # ~20 items/s (latency 100 ms, 2 at a time): far more items than the run can reach
     mock.configure(latency_ms=100)
-    job.write(manifest(mock.url, items(200), limits={"concurrency": 2}))
-    started = time.time()
-    proc = cli_process("run", job.manifest, "--max-runtime", "1.5s")
-    _, err = proc.communicate(timeout=30)
+    job.write(manifest(mock.url, items(1000), limits={"concurrency": 2}))
+    proc = cli_process("run", job.manifest, "--max-runtime", "4s")
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 3, err
     assert "deadline reached at" in err
     assert "pending" in err  # says what is left
-    last_start = count(job.db, "SELECT max(started_at) FROM attempts")
-    assert last_start <= started + 1.5 + 2.0  # the deadline counts from after start-up (imports)
-    done = count(job.db, "SELECT count(*) FROM items WHERE state = 'succeeded'")
-    assert 0 < done < 200
+    # the deadline was fixed when the command started, before its run began: no attempt may
+    # start later than 4 s after the run's own start (both times recorded by the run itself)
+    last_start = job.scalar("SELECT max(started_at) FROM attempts")
+    run_start = job.scalar("SELECT started_at FROM runs")
+    assert last_start <= run_start + 4.0, err
+    done = job.scalar("SELECT count(*) FROM items WHERE state = 'succeeded'")
+    assert 0 < done < 1000, err
 
 
 def test_a_second_runner_of_the_same_job_is_refused_and_a_dead_ones_lock_is_not(job, mock):
-    mock.configure(latency_ms=300)
+    mock.faults(hold=True)
     job.write(manifest(mock.url, items(40), limits={"concurrency": 2}))
     first = cli_process("run", job.manifest)
-    wait_for(lambda: count(job.db, "SELECT count(*) FROM attempts") >= 1)
+    wait_for(lambda: mock.faults()["held"] == 2, "the first runner's requests at the mock", proc=first)
     second = cli("run", job.manifest)
-    assert second.exit_code == 2  # the caller's mistake: nothing was sent
+    assert second.exit_code == 2, second.stderr  # the caller's mistake: nothing was sent
     assert f"being run by process {first.pid}" in second.stderr
     first.send_signal(signal.SIGKILL)
-    first.wait(timeout=10)
-    mock.configure(latency_ms=0)
+    first.wait(timeout=30)
+    mock.faults(hold=False)
     third = cli("run", job.manifest)
     assert third.exit_code == 0, third.stderr
 
@@ -120,7 +100,7 @@ def test_adaptive_rate_finishes_a_run_whose_configured_rate_is_too_high(job, moc
                                                     "max_attempts": 10}))
     log_file = job.root / "run.jsonl"
     proc = cli_process("run", job.manifest, "--log-file", log_file, "--log-format", "json")
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     events = [json.loads(line) for line in log_file.read_text().splitlines()]
     cuts = [e for e in events if e["event"] == "rate"]
@@ -132,20 +112,23 @@ def test_adaptive_rate_finishes_a_run_whose_configured_rate_is_too_high(job, moc
 
 
 def test_the_outage_breaker_pauses_instead_of_spending_attempts(job, mock):
-    mock.configure(outage_s=1.5)
-    job.write(manifest(mock.url, items(20), limits={"concurrency": 4, "max_attempts": 3,
+    # the outage lasts until the run has paused for it: without a breaker it would never end
+    mock.faults(outage="open")
+    job.write(manifest(mock.url, items(20), limits={"concurrency": 4, "max_attempts": 6,
                                                     "outage_threshold": 5, "outage_pause_s": 0.5}))
     log_file = job.root / "run.log"
     proc = cli_process("run", job.manifest, "--log-file", log_file)
+    wait_for(lambda: "pausing" in proc.err(), "the breaker to pause the run", proc=proc)
+    mock.faults(outage="closed")
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert count(job.db, "SELECT count(*) FROM items WHERE state = 'succeeded'") == 20
+    assert job.scalar("SELECT count(*) FROM items WHERE state = 'succeeded'") == 20, err
     text = log_file.read_text()
     assert "pausing" in text and "API answers again" in text
     assert "API failing" in err  # said on the terminal too
-    # far fewer requests than 20 items × 3 attempts burnt during the outage
+    # far fewer requests than 20 items × 6 attempts burnt during the outage
     failures = [r for r in generation_requests(mock) if r["status"] == 503]
-    assert len(failures) < 20
+    assert len(failures) < 20, err
 
 
 def test_json_log_lines_parse_and_never_contain_the_key(job, mock):
@@ -154,8 +137,8 @@ def test_json_log_lines_parse_and_never_contain_the_key(job, mock):
                                   {"id": "c", "prompt": "[[mock:safety*always]] z"}]))
     log_file = job.root / "logs" / "run.jsonl"
     proc = cli_process("run", job.manifest, "--log-file", log_file, "--log-format", "json")
-    proc.communicate(timeout=30)
-    assert proc.returncode == 1
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
     text = log_file.read_text()
     assert TEST_KEY not in text
     events = [json.loads(line) for line in text.splitlines()]

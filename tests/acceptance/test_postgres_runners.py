@@ -6,23 +6,22 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import time
 
 import pytest
 from sqlalchemy import create_engine, text
 
 from tests.conftest import (
-    POSTGRES_URL,
     cli,
     cli_process,
     fresh_postgres_database,
     generation_requests,
+    items,
     manifest,
+    needs_postgres,
+    wait_for,
 )
 
-pytestmark = pytest.mark.skipif(
-    not POSTGRES_URL, reason="PostgreSQL not configured: set BATCHFUSE_TEST_POSTGRES_URL (.ci/run does)"
-)
+pytestmark = needs_postgres
 
 
 @pytest.fixture
@@ -42,10 +41,6 @@ def query(url: str, sql: str) -> list[tuple]:
         engine.dispose()
 
 
-def items(n: int) -> list[dict]:
-    return [{"id": f"r{i:03d}", "prompt": f"runner item {i}"} for i in range(n)]
-
-
 def max_in_window(times: list[float], window: float) -> int:
     times = sorted(times)
     best, start = 0, 0
@@ -62,14 +57,14 @@ def test_three_runners_share_one_job_and_one_rate_limit(job, mock, pg):
     job.write(manifest(mock.url, items(n), limits={"concurrency": 6, "requests_per_minute": rpm}))
     # all three start together on an empty database: they migrate and plan at the same time
     procs = [cli_process("run", job.manifest) for _ in range(3)]
-    live: list[dict] = []
-    deadline = time.monotonic() + 30
-    while len(live) < 3 and time.monotonic() < deadline:  # status sees all three while they work
-        time.sleep(0.2)
+
+    def live_runs() -> int:
         shown = cli("status", job.manifest, "--json")
-        if shown.exit_code == 0:
-            live = [r for r in json.loads(shown.stdout)["runs"] if r["live"]]
-    assert len(live) == 3
+        assert shown.exit_code == 0, shown.stderr
+        return len([r for r in json.loads(shown.stdout)["runs"] if r["live"]])
+
+    # status sees all three while they work
+    wait_for(lambda: live_runs() == 3, "status to show three live runs", proc=procs[0])
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [e for _, e in outs]
 
@@ -89,20 +84,24 @@ def test_three_runners_share_one_job_and_one_rate_limit(job, mock, pg):
 
 
 def test_a_killed_runners_items_are_finished_by_the_others_after_its_leases_expire(job, mock, pg):
-    mock.configure(latency_ms=300, image_mode="solid", record_bodies=False)
+    mock.configure(image_mode="solid", record_bodies=False)
+    mock.faults(hold=True)  # both runners' requests wait at the mock until the victim is dead
     n = 150
-    job.write(manifest(mock.url, items(n), limits={"concurrency": 8, "requests_per_minute": None}))
+    job.write(manifest(mock.url, items(n), limits={"concurrency": 8, "requests_per_minute": None,
+                                                   "timeout_s": 300}))
     victim = cli_process("run", job.manifest)
-    time.sleep(1.5)
-    survivor = cli_process("run", job.manifest)
-    time.sleep(1.0)
+    wait_for(lambda: mock.faults()["held"] == 8, "the victim's 8 requests at the mock", proc=victim)
     held = query(pg, "SELECT count(*) FROM items i JOIN runs r ON r.runner_id = i.lease_owner "
                      f"WHERE i.state = 'running' AND r.pid = {victim.pid}")[0][0]
+    survivor = cli_process("run", job.manifest)
+    # the survivor shares the job's concurrency with the victim: some of its requests are out too
+    wait_for(lambda: mock.faults()["held"] > 8, "the survivor's requests at the mock", proc=survivor)
     victim.send_signal(signal.SIGKILL)
-    victim.wait(timeout=10)
-    _, err = survivor.communicate(timeout=90)
+    victim.wait(timeout=30)
+    mock.faults(hold=False)
+    _, err = survivor.communicate(timeout=120)
     assert survivor.returncode == 0, err
-    assert held > 0
+    assert held >= 8  # its claimed batch, beyond the 8 in flight
     assert query(pg, "SELECT state, count(*) FROM items GROUP BY state") == [("succeeded", n)]
     per_item = query(pg, "SELECT item_id, count(*) FROM attempts WHERE outcome = 'succeeded' GROUP BY item_id")
     assert {c for _, c in per_item} == {1}
@@ -112,17 +111,21 @@ def test_a_killed_runners_items_are_finished_by_the_others_after_its_leases_expi
 
 
 def test_a_runner_with_another_output_folder_is_refused(job, mock, pg, tmp_path_factory):
-    mock.configure(latency_ms=300, image_mode="solid", record_bodies=False)
-    job.write(manifest(mock.url, items(40), limits={"concurrency": 2, "requests_per_minute": None}))
+    mock.configure(image_mode="solid", record_bodies=False)
+    mock.faults(hold=True)  # the first runner stays in the middle of its job
+    job.write(manifest(mock.url, items(40), limits={"concurrency": 2, "requests_per_minute": None,
+                                                    "timeout_s": 300}))
     first = cli_process("run", job.manifest)
-    time.sleep(1.5)
+    wait_for(lambda: mock.faults()["held"] == 2, "the first runner to plan and send", proc=first)
     elsewhere = tmp_path_factory.mktemp("other-machine")
     shutil.copytree(job.root / "images", elsewhere / "images")
     shutil.copy(job.manifest, elsewhere / "job.yaml")
     refused = cli("run", elsewhere / "job.yaml")
     first.send_signal(signal.SIGTERM)
-    first.communicate(timeout=30)
-    assert refused.exit_code == 2
+    mock.faults(hold=False)
+    _, err = first.communicate(timeout=60)
+    assert first.returncode == 3, err
+    assert refused.exit_code == 2, refused.stderr
     assert "is not the one the other runners" in refused.stderr and "marker is missing" in refused.stderr
 
 

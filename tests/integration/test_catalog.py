@@ -11,7 +11,7 @@ import shutil
 
 from PIL import Image
 
-from tests.conftest import ROOT, cli, generation_requests, manifest
+from tests.conftest import ROOT, cli, generation_requests, items, manifest
 
 
 def write_catalog(job, rows: list[dict], name: str = "catalog.csv") -> None:
@@ -138,10 +138,10 @@ def test_reference_images_are_normalized_before_sending(job, mock):
 
 def test_max_images_stops_at_the_exact_cap_under_concurrency_and_the_next_run_continues(job, mock):
     mock.configure(latency_ms=50)
-    job.write(manifest(mock.url, [{"id": f"i{i:02d}", "prompt": f"p{i}"} for i in range(12)],
+    job.write(manifest(mock.url, items(12),
                        limits={"concurrency": 4, "max_images": 5}))
     result = cli("run", job.manifest)
-    assert result.exit_code == 3
+    assert result.exit_code == 3, result.stderr
     assert "budget reached" in result.stderr
     assert len(generation_requests(mock)) == 5
     assert list(job.state_of().values()).count("succeeded") == 5
@@ -153,7 +153,7 @@ def test_max_images_stops_at_the_exact_cap_under_concurrency_and_the_next_run_co
 
 def test_max_cost_counts_n_images_per_request(job, mock, monkeypatch):
     monkeypatch.setenv("RELAY_KEY", "k")
-    data = manifest(mock.url, [{"id": f"i{i}", "prompt": f"p{i}"} for i in range(6)],
+    data = manifest(mock.url, items(6),
                     limits={"concurrency": 3, "max_cost": 2.0}, network={"allow_private": True})
     data["provider"] = {"kind": "openai_images", "base_url": mock.url, "model": "gemini-3-pro-image-preview",
                         "api_key_env": "RELAY_KEY"}
@@ -169,14 +169,17 @@ def test_max_cost_counts_n_images_per_request(job, mock, monkeypatch):
 
 
 def test_sample_runs_items_spread_across_the_plan_then_only_runs_chosen_ones(job, mock):
-    job.write(manifest(mock.url, [{"id": f"i{i}", "prompt": f"p{i}"} for i in range(10)]))
-    assert cli("run", job.manifest, "--sample", "3").exit_code == 0
+    job.write(manifest(mock.url, items(10)))
+    sampled = cli("run", job.manifest, "--sample", "3")
+    assert sampled.exit_code == 0, sampled.stderr
     done = {k for k, s in job.state_of().items() if s == "succeeded"}
-    assert done == {"i0", "i4", "i9"} or done == {"i0", "i5", "i9"}
-    assert cli("run", job.manifest, "--only", "i1", "--only", "i2").exit_code == 0
+    assert done == {"i000", "i004", "i009"} or done == {"i000", "i005", "i009"}
+    chosen = cli("run", job.manifest, "--only", "i001", "--only", "i002")
+    assert chosen.exit_code == 0, chosen.stderr
     done = {k for k, s in job.state_of().items() if s == "succeeded"}
-    assert {"i1", "i2"} <= done and len(done) == 5
-    assert cli("run", job.manifest).exit_code == 0
+    assert {"i001", "i002"} <= done and len(done) == 5
+    rest = cli("run", job.manifest)
+    assert rest.exit_code == 0, rest.stderr
     assert len(generation_requests(mock)) == 10
 
 

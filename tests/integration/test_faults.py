@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from tests.conftest import cli, generation_requests, manifest
+from tests.conftest import cli, generation_requests, items, manifest
 
 
 @pytest.mark.parametrize("fault", ["500", "503", "reset", "truncate", "text_only", "no_image"])
@@ -77,9 +77,9 @@ def test_transient_failures_use_up_max_attempts_then_fail(job, mock):
 
 def test_a_bad_key_stops_the_job_fast_and_leaves_items_pending(job, mock):
     mock.configure(api_key="the-right-key")
-    job.write(manifest(mock.url, [{"id": f"i{i}", "prompt": f"p{i}"} for i in range(40)], limits={"concurrency": 2}))
+    job.write(manifest(mock.url, items(40), limits={"concurrency": 2}))
     result = cli("run", job.manifest)
-    assert result.exit_code == 3
+    assert result.exit_code == 3, result.stderr
     assert "refused the key" in result.stderr
     assert len(generation_requests(mock)) <= 4
     states = job.state_of()

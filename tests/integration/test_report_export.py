@@ -17,41 +17,17 @@ from PIL import Image
 
 from batchfuse.export import write_export
 from batchfuse.report import TEXT_LIMIT, THUMB_EXT, THUMB_SIDE, write_report
-from tests.conftest import TEST_KEY, JobDir, cli, manifest
-
-XSS_PROMPT = 'fuse </script><script>window.__pwned = 1</script> <img src=x onerror="window.__pwned = 2"> & done'
-URL_REF = "https://example.com/refs/scene.png?size=large&v=1"
-
-
-def review_items() -> list[dict[str, Any]]:
-    """Two succeeded (one with reference images and a hostile prompt), one failed, two pending."""
-    return [
-        {"id": "fused", "prompt": XSS_PROMPT, "images": ["images/scene.png", "images/calculator.jpg"]},
-        {"id": "poster", "prompt": "a museum poster", "aspect_ratio": "16:9"},
-        {"id": "unsafe", "prompt": "[[mock:safety*always]] blocked"},
-        {"id": "later", "prompt": "not run yet", "images": ["images/logo.png"]},
-        {"id": "remote", "prompt": "by URL", "images": [URL_REF]},
-    ]
-
-
-def run_review_job(job: JobDir, mock: Any, *extra: str) -> None:
-    """Run everything but the two pending items; the failed item makes the run exit 1."""
-    job.write(manifest(mock.url, review_items()))
-    only = ["--only", "fused", "--only", "poster", "--only", "unsafe"]
-    result = cli("run", job.manifest, *only, *extra)
-    assert result.exit_code == 1, result.stderr
-
-
-def db_counts(job: JobDir) -> dict[str, int]:
-    counts = dict.fromkeys(("succeeded", "failed", "pending", "running"), 0)
-    counts.update(dict(job.sql("SELECT state, count(*) FROM items WHERE in_plan GROUP BY state")))
-    counts["total"] = sum(counts.values())
-    return counts
-
-
-def page_items(html: str) -> dict[str, dict[str, Any]]:
-    (data,) = re.findall(r'<script type="application/json" id="bf-items">(.*?)</script>', html, re.S)
-    return {item["key"]: item for item in json.loads(data)}
+from tests.conftest import (
+    TEST_KEY,
+    URL_REF,
+    XSS_PROMPT,
+    JobDir,
+    cli,
+    db_counts,
+    manifest,
+    page_items,
+    run_review_job,
+)
 
 
 def page_counts(html: str) -> dict[str, int]:

@@ -13,31 +13,33 @@ from batchfuse.cli import ClockTime, Duration
 from batchfuse.ratelimit import AdaptiveLimits, Gate, RateLimiter
 
 
-def test_breaker_opens_after_failures_across_items_and_probes_once():
+def test_breaker_opens_after_failures_across_items_and_probes_once(virtual_clock):
     changes: list[str] = []
-    b = Breaker(threshold=4, min_items=2, first_delay=0.05, on_change=changes.append)
+    b = Breaker(threshold=4, min_items=2, first_delay=5.0, on_change=changes.append)
     for _ in range(4):
         b.record(ok=False, item="same")
     assert not b.is_open  # one item failing is that item's problem, not an outage
     b.record(ok=False, item="other")
-    assert b.is_open and "pausing" in changes[-1]
+    assert b.is_open and "pausing 5 s" in changes[-1]
+    loop = virtual_clock
 
-    async def probe_then_second() -> tuple[float, bool]:
-        t0 = time.monotonic()
-        await b.wait()  # the probe goes after the pause
-        waited = time.monotonic() - t0
+    async def probe_then_second() -> None:
+        t0 = loop.time()
+        await b.wait()  # the probe goes after the pause, not before
+        assert loop.time() - t0 == pytest.approx(5.0, abs=1e-9)
         second = asyncio.create_task(b.wait())
-        await asyncio.sleep(0.1)
-        blocked = not second.done()  # only one probe at a time
+        await asyncio.sleep(30)
+        assert not second.done()  # only one probe at a time, however long the first takes
+        t1 = loop.time()
         b.record(ok=False, item="x")  # probe failed: open again, twice as long
-        assert b.delay == pytest.approx(0.1)
+        assert b.delay == 10.0 and "pausing 10 s" in changes[-1]
         await second
+        assert loop.time() - t1 == pytest.approx(10.0, abs=1e-9)
         b.record(ok=True, item="y")
-        return waited, blocked
 
-    waited, blocked = asyncio.run(probe_then_second())
-    assert waited >= 0.04 and blocked
-    assert not b.is_open and "resuming" in changes[-1]
+    loop.run_until_complete(probe_then_second())
+    assert not b.is_open and "resuming after 2 pause(s)" in changes[-1]
+    assert b.delay == 5.0  # a success resets the pause
 
 
 def test_adaptive_limits_cut_once_per_round_trip_and_climb_back():
@@ -79,24 +81,55 @@ def test_until_is_the_next_time_the_clock_shows_it():
         ClockTime().convert("25:00", None, None)
 
 
-def test_the_limiter_keeps_its_schedule_and_holds_everyone_after_a_429():
-    async def scenario() -> tuple[float, float, float]:
+def test_the_limiter_keeps_its_schedule_and_holds_everyone_after_a_429(virtual_clock):
+    loop = virtual_clock
+    interval = 60 / (6000 * 0.98)
+
+    async def scenario() -> None:
         limiter = RateLimiter(6000)  # one slot every ~10 ms
-        t0 = time.monotonic()
-        for _ in range(50):
+        t0 = loop.time()
+        starts = []
+        for i in range(50):
             await limiter.acquire()
-        paced = time.monotonic() - t0
+            starts.append(loop.time() - t0)
+            if i == 10:
+                loop.advance(interval * 1.7)  # this caller came back late, past its next slot ...
+        assert starts[:11] == pytest.approx([i * interval for i in range(11)])
+        assert starts[11] == pytest.approx(11.7 * interval)  # ... goes at once (no credit piled up),
+        assert 12.2 * interval <= starts[12] <= 12.2 * interval + 0.002  # the next keeps half a slot away,
+        assert starts[13:] == pytest.approx([i * interval for i in range(13, 50)])  # the rest on the old marks
+        assert all(b - a >= interval / 2 - 1e-9 for a, b in zip(starts, starts[1:], strict=False))
         limiter.hold(0.2)
-        t1 = time.monotonic()
+        t1 = loop.time()
         await limiter.acquire()
-        held = time.monotonic() - t1
+        assert loop.time() - t1 == pytest.approx(0.2)
         unlimited = RateLimiter(None)
         unlimited.hold(0.1)
-        t2 = time.monotonic()
+        t2 = loop.time()
         await unlimited.acquire()
-        return paced, held, time.monotonic() - t2
+        assert loop.time() - t2 == pytest.approx(0.1)
+        await unlimited.acquire()  # the hold is over: no wait at all
+        assert loop.time() - t2 == pytest.approx(0.1)
 
-    paced, held, unlimited_held = asyncio.run(scenario())
-    interval = 60 / (6000 * 0.98)
-    assert 49 * interval * 0.98 <= paced <= 49 * interval * 1.1  # late wake-ups do not add up
-    assert held >= 0.19 and unlimited_held >= 0.09
+    loop.run_until_complete(scenario())
+
+
+def test_many_callers_share_the_schedule(virtual_clock):
+    loop = virtual_clock
+    limiter = RateLimiter(600)
+
+    async def caller(starts: list[float]) -> None:
+        for _ in range(5):
+            await limiter.acquire()
+            starts.append(loop.time())
+
+    async def scenario() -> list[float]:
+        starts: list[float] = []
+        await asyncio.gather(*(caller(starts) for _ in range(8)))
+        return starts
+
+    starts = sorted(loop.run_until_complete(scenario()))
+    interval = 60 / (600 * 0.98)
+    assert len(starts) == 40
+    assert starts[-1] - starts[0] == pytest.approx(39 * interval)
+    assert min(b - a for a, b in zip(starts, starts[1:], strict=False)) == pytest.approx(interval)
