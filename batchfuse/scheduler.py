@@ -10,6 +10,12 @@ once, so an item sleeping before its retry does not hold a request slot.
 Around them: the outage breaker (pause while the API is down), the per-run budget, the
 deadline and the grace period of a stop.  Finished attempts go to the
 :class:`~batchfuse.recorder.Recorder`; each item waits for its own commit.
+
+Stopping (signal, deadline, budget, fatal error, an output or internal failure): from that
+moment no request leaves.  An attempt that has not reached the wire (:mod:`batchfuse.wire`)
+— waiting for the breaker, a slot, the rate limiter, a connection or its reference images —
+is taken back and its claim returned untouched; only requests already sent finish, within
+the grace.  An exception nothing expected stops the run as an internal error, never silently.
 """
 
 from __future__ import annotations
@@ -19,9 +25,10 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from batchfuse import faultpoints
 from batchfuse.breaker import Breaker
 from batchfuse.budget import Budget
 from batchfuse.errors import (
@@ -39,7 +46,8 @@ from batchfuse.providers.base import Provider, Reply
 from batchfuse.ratelimit import AdaptiveLimits, Gate, RateLimiter
 from batchfuse.recorder import Database, Recorder
 from batchfuse.retry import RetryPolicy, decide
-from batchfuse.store.records import AttemptRecord, ClaimedItem, ItemState, Job, OutputRecord
+from batchfuse.store.records import AttemptRecord, ClaimedItem, ItemState, Job, SpooledImage
+from batchfuse.wire import CURRENT, NotSent, Wire
 
 log = logging.getLogger("batchfuse.run")
 #: Replies up to this size are checked on the event loop (a thread hop costs more).
@@ -78,6 +86,14 @@ class RunStats:
     retries: int = 0
     requests: int = 0
     in_flight: int = 0
+    #: Items whose outputs were found on disk and adopted instead of sent.
+    adopted: int = 0
+    #: Paid results kept in the spool because their outputs could not be written.
+    spooled: int = 0
+    #: Claims handed back untouched because the run stopped before they were sent.
+    returned: int = 0
+    #: Requests on the wire when the stop began (they finish within the grace).
+    in_flight_at_stop: int = 0
     started: float = field(default_factory=time.monotonic)
     status: str = "running"
 
@@ -123,6 +139,9 @@ class SchedulerConfig:
     #: Other runners may work on the same job (PostgreSQL): the rate and concurrency are the
     #: job's, split among the live runners, and leases are confirmed before outputs are renamed.
     shared: bool = False
+    #: The provider's session hands out connections through a :class:`~batchfuse.wire.WireConnector`,
+    #: which marks the moment a request is sent; without it, calling the provider counts as sending.
+    wire_checked: bool = False
 
 
 class Scheduler:
@@ -160,7 +179,13 @@ class Scheduler:
         self.stop_reason: str | None = None
         self.stop_error: BatchfuseError | None = None
         self._stopping = asyncio.Event()
+        #: An exception nothing expected ended an item: the run ends as an internal error.
+        self.internal_error = False
+        #: An item was re-planned while its request was in flight: claim once more at the end.
+        self._claim_again = False
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Attempts on their way to the wire, by task: a stop takes them back.
+        self._waiting: dict[asyncio.Task[Any], Wire] = {}
         self._resume: dict[int, dict[str, Any] | None] = {}
         self._rng = random.Random()
 
@@ -171,14 +196,50 @@ class Scheduler:
         return self._stopping.is_set()
 
     def stop(self, reason: str, error: BatchfuseError | None = None) -> None:
-        """Stop launching requests; in-flight ones finish and are recorded."""
-        if not self.stopping:
-            self.stop_reason, self.stop_error = reason, error
-            self.stats.status = f"stopping: {reason}"
-            log.warning("run stopping: %s", reason, extra={"event": "stopping", "reason": reason})
-            self._stopping.set()
-            if self._tasks:
-                self._grace = asyncio.get_running_loop().call_later(self.config.grace_s, self._grace_over)
+        """Send nothing more: attempts not yet on the wire give their claims back; requests
+        in flight finish (within the grace) and are recorded."""
+        if self.stopping:
+            return
+        self.stop_reason, self.stop_error = reason, error
+        self._stopping.set()
+        me = asyncio.current_task()
+        for task, wire in list(self._waiting.items()):
+            if not wire.sent and not wire.withdrawn:
+                wire.withdrawn = True
+                if task is not me:  # the current task sees ``withdrawn`` itself
+                    task.cancel()
+        self.stats.in_flight_at_stop = self.stats.in_flight
+        self._show_stop()
+        log.warning(
+            "run stopping: %s; nothing more is sent, %d request(s) in flight finish within %gs",
+            reason, self.stats.in_flight, self.config.grace_s,
+            extra={"event": "stopping", "reason": reason, "in_flight": self.stats.in_flight, "at": time.time()},
+        )
+        if self._tasks:
+            self._grace = asyncio.get_running_loop().call_later(self.config.grace_s, self._grace_over)
+
+    def _show_stop(self) -> None:
+        self.stats.status = (
+            f"stopping: {self.stop_reason} ({self.stats.in_flight} in flight, {self.stats.returned} claims returned)"
+        )
+
+    def _may_send(self) -> bool:
+        """Asked at the last moment before a request leaves."""
+        deadline = self.config.deadline
+        if deadline is not None and not self.stopping and time.time() >= deadline:
+            self._deadline_passed(deadline)
+        return not self.stopping
+
+    def _sent(self) -> None:
+        self.stats.requests += 1
+        self.stats.in_flight += 1
+
+    async def _give_back(self, item_ids: list[int]) -> None:
+        """Hand claimed items back untouched (not an attempt): the run is stopping."""
+        if item_ids:
+            await self.db.call(self.db.store.release, self.runner_id, item_ids)
+            self.stats.returned += len(item_ids)
+            self._show_stop()
 
     def _grace_over(self) -> None:
         if self._tasks:
@@ -206,9 +267,18 @@ class Scheduler:
         if self.config.deadline is not None:
             helpers.append(asyncio.create_task(self._deadline(self.config.deadline), name="batchfuse-deadline"))
         try:
-            await self._feed()
-            while self._tasks:
-                await asyncio.wait(set(self._tasks))
+            while True:
+                try:
+                    await self._feed()
+                except BatchfuseError as exc:  # the store failed while claiming: stop, finish what is out
+                    self.stop(exc.message, exc)
+                except Exception as exc:
+                    self._internal(exc, "while claiming items")
+                while self._tasks:
+                    await asyncio.wait(set(self._tasks))
+                if self.stopping or not self._claim_again:
+                    break
+                self._claim_again = False  # results were dropped as superseded: their items run again
         finally:
             if self._grace is not None:
                 self._grace.cancel()
@@ -216,9 +286,25 @@ class Scheduler:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
             await self.recorder.close()
+        if self.stopping:
+            log.warning(
+                "stopped: %d request(s) were in flight at the stop and finished; %d claims returned untouched "
+                "(not attempts; they run next time)", self.stats.in_flight_at_stop, self.stats.returned,
+                extra={"event": "stopped", "in_flight": self.stats.in_flight_at_stop, "returned": self.stats.returned},
+            )
+
+    def _internal(self, exc: BaseException, where: str) -> None:
+        """An exception nothing expected: stop the run as an internal error (one line; the
+        traceback with BATCHFUSE_DEBUG=1)."""
+        self.internal_error = True
+        log.debug("internal error %s", where, exc_info=exc)
+        self.stop(f"internal error {where}: {type(exc).__name__}: {exc}")
 
     async def _deadline(self, when: float) -> None:
         await asyncio.sleep(max(0.0, when - time.time()))
+        self._deadline_passed(when)
+
+    def _deadline_passed(self, when: float) -> None:
         self.stop(f"deadline reached at {time.strftime('%H:%M:%S', time.localtime(when))}")
 
     async def _feed(self) -> None:
@@ -251,11 +337,16 @@ class Scheduler:
                 await in_hand.acquire()
                 if self.stopping:
                     in_hand.release()
-                    await self.db.call(self.db.store.release, self.runner_id, [it.id for it in batch[i:]])
+                    await self._give_back([it.id for it in batch[i:]])
                     return
                 task = asyncio.create_task(self._process(item), name=f"item-{item.key}")
                 self._tasks.add(task)
-                task.add_done_callback(lambda t: (self._tasks.discard(t), in_hand.release()))
+                task.add_done_callback(lambda t: (self._tasks.discard(t), in_hand.release(), self._observed(t)))
+
+    def _observed(self, task: asyncio.Task[None]) -> None:
+        """No item task's exception goes unobserved (``_process`` catches them; this is the net)."""
+        if not task.cancelled() and task.exception() is not None:
+            self._internal(task.exception(), f"in {task.get_name()}")  # type: ignore[arg-type]
 
     async def _sleep_unless_stopped(self, seconds: float) -> None:
         try:
@@ -275,6 +366,9 @@ class Scheduler:
                     await self._take_share()
             except StoreError as exc:
                 log.warning("heartbeat failed: %s", exc)
+            except Exception as exc:
+                self._internal(exc, "in the heartbeat")
+                return
 
     async def _take_share(self) -> None:
         """This runner's share of the job's rate and concurrency: 1/N of each for N live runners."""
@@ -302,7 +396,7 @@ class Scheduler:
         try:
             while True:
                 if self.stopping:
-                    await self.db.call(self.db.store.release, self.runner_id, [item.id])
+                    await self._give_back([item.id])
                     return
                 attempts_used += 1
                 retry_in = await self._attempt(item, attempts_used)
@@ -314,6 +408,8 @@ class Scheduler:
             self.stop(exc.message, exc)
         except asyncio.CancelledError:
             pass
+        except Exception as exc:  # a bug: stop the run, never end "completed" with the item untouched
+            self._internal(exc, f"while processing item {item.key}")
         finally:
             self._resume.pop(item.id, None)
 
@@ -321,9 +417,12 @@ class Scheduler:
         """Record outputs a dead run wrote but did not record, instead of sending again."""
         values = {**item.spec.get("vars", {}), **item.spec["params"]}
         template = self.config.output_template
-        found = await asyncio.to_thread(
-            self.outputs.adoptable, lambda n, count: output_name(template, values, n, count), item.spec_hash
-        )
+        try:
+            found = await asyncio.to_thread(
+                self.outputs.adoptable, lambda n, count: output_name(template, values, n, count), item.spec_hash
+            )
+        except OSError as exc:  # the folder cannot even be looked at (name too long, gone, no access)
+            raise OutputError(f"cannot read outputs in {self.outputs.root}: {exc.strerror or exc}") from None
         if not found:
             return False
         record = _attempt_record(
@@ -332,32 +431,40 @@ class Scheduler:
             outputs=tuple(found),
         )
         _log_attempt(item.key, record.number, None, "adopted", 0.0, outputs=[o.path for o in found])
-        kept, _ = await self.recorder.submit(record)
-        if kept:
+        dropped, _ = await self.recorder.submit(record)
+        if dropped is None:
             self.stats.succeeded += 1
+            self.stats.adopted += 1
+        return True
+
+    async def _unspool(self, item: ClaimedItem, number: int) -> bool:
+        """Write the paid result an earlier attempt could not write, instead of paying again."""
+        images = await self.db.call(self.db.store.spooled, item.id, item.spec_hash)
+        if not images:
+            return False
+        reply = Reply(
+            images=[i.data for i in images],
+            source_urls=[i.source_url for i in images],
+            source_at=images[0].source_at,
+        )
+        await self._finish(item, number, time.time(), 0.0, reply, await self._prepare(item, reply), spooled=True)
         return True
 
     async def _attempt(self, item: ClaimedItem, number: int) -> float | None:
         """Send ``item`` once; returns the delay before a retry, or None when done with it."""
-        if number == item.attempts + 1 and self._may_adopt and await self._adopt(item):
+        faultpoints.hit("item.attempt")
+        if number == item.attempts + 1:
+            if item.spooled and await self._unspool(item, number):
+                return None
+            if self._may_adopt and await self._adopt(item):
+                return None
+        images = self.config.images_per_item(item.spec["params"])
+        sent = await self._send(item, number, images)
+        if sent is None:  # the run stopped before it left: the claim goes back untouched
+            await self._give_back([item.id])
             return None
-        reserved = self.config.images_per_item(item.spec["params"])
+        started, latency_ms, reply, error = sent
         made = 0
-        await self.breaker.wait(self._stopping)
-        async with self.gate:
-            if self.stopping:
-                await self.db.call(self.db.store.release, self.runner_id, [item.id])
-                return None
-            over = self.budget.reserve(reserved)
-            if over:
-                self.stop(over)
-                await self.db.call(self.db.store.release, self.runner_id, [item.id])
-                return None
-            try:
-                started, latency_ms, reply, error = await self._request(item, number)
-            except BaseException:
-                self.budget.settle(reserved, 0)
-                raise
         try:
             pending: PendingOutputs | None = None
             if reply is not None:
@@ -369,43 +476,84 @@ class Scheduler:
                     )
             if error is None:
                 assert reply is not None and pending is not None
-                try:
-                    kept, outputs = await self._finish(item, number, started, latency_ms, reply, pending)
-                except OutputError as exc:  # recorded as interrupted; the item stays pending
-                    self.stop(exc.message, exc)
-                    return None
-                if kept:
-                    made = len(outputs)
-                    self.stats.succeeded += 1
-                else:
-                    log.warning("lost the lease on %s while it was in flight; its result is dropped", item.key)
+                made = await self._finish(item, number, started, latency_ms, reply, pending)
                 return None
             return await self._failed(item, number, started, latency_ms, error)
         finally:
-            self.budget.settle(reserved, made)
+            self.budget.settle(images, made)
 
-    async def _request(self, item: ClaimedItem, number: int) -> tuple[float, float, Reply | None, ProviderError | None]:
-        """The HTTP request under the rate limit: (start time, latency ms, reply or error)."""
-        await self.limiter.acquire()
+    async def _send(
+        self, item: ClaimedItem, number: int, images: int
+    ) -> tuple[float, float, Reply | None, ProviderError | None] | None:
+        """Wait for the breaker, a request slot, the budget and the rate limiter, then send.
+
+        None when the run began stopping before the request reached the wire (nothing was
+        sent, nothing reserved).  Once sent, the budget reservation is the caller's to settle.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        wire = Wire(self._may_send, self._sent)
+        self._waiting[task] = wire
+        reserved = False
+        result = None
+        try:
+            await self.breaker.wait(self._stopping)
+            async with self.gate:
+                if not self._may_send():
+                    return None
+                over = self.budget.reserve(images)
+                if over:
+                    del self._waiting[task]
+                    self.stop(over)
+                    return None
+                reserved = True
+                await self.limiter.acquire()
+                if not self.config.wire_checked:
+                    wire.commit()
+                result = await self._request(item, number, wire)
+                return result
+        except NotSent:
+            return None
+        except asyncio.CancelledError:
+            if wire.sent or not wire.withdrawn:
+                raise
+            if hasattr(task, "uncancel"):
+                task.uncancel()  # the stop's cancel, consumed: this task goes on to give its claim back
+            return None
+        finally:
+            self._waiting.pop(task, None)
+            if reserved and result is None:
+                self.budget.settle(images, 0)
+
+    async def _request(
+        self, item: ClaimedItem, number: int, wire: Wire
+    ) -> tuple[float, float, Reply | None, ProviderError | None]:
+        """The HTTP request: (start time, latency ms, reply or error).  The wire marks the
+        moment it is sent; until then a stop can still take it back."""
         seq = self.adaptive.sent()
         started = time.time()
         t0 = time.monotonic()
-        self.stats.requests += 1
-        self.stats.in_flight += 1
         reply: Reply | None = None
         error: ProviderError | None = None
+        token = CURRENT.set(wire)
         try:
             reply = await self.provider.generate(item.spec, self._resume.get(item.id))
         except ProviderError as exc:
             error = exc
         except asyncio.CancelledError:
-            await self._record_interrupted(item, number, started)
+            if wire.sent:
+                await self._record_interrupted(item, number, started)
             raise
-        except Exception as exc:  # a bug must not take the whole run down silently
-            log.exception("unexpected error while sending %s", item.key)
-            error = TransientError(f"internal error: {type(exc).__name__}: {exc}", code="internal")
+        except NotSent:
+            raise
+        except Exception:  # a bug: record what was paid for, then stop the run (see _process)
+            if wire.sent:
+                await self._record_interrupted(item, number, started, internal=True)
+            raise
         finally:
-            self.stats.in_flight -= 1
+            CURRENT.reset(token)
+            if wire.sent:
+                self.stats.in_flight -= 1
         await self._observe(item, error, seq)
         return started, (time.monotonic() - t0) * 1000, reply, error
 
@@ -463,38 +611,83 @@ class Scheduler:
         return decision.delay_s if decision.retry else None
 
     async def _finish(
-        self, item: ClaimedItem, number: int, started: float, latency_ms: float, reply: Reply, pending: PendingOutputs
-    ) -> tuple[bool, tuple[OutputRecord, ...]]:
-        """Write and record a successful attempt; (lease still held, outputs written)."""
+        self, item: ClaimedItem, number: int, started: float, latency_ms: float, reply: Reply,
+        pending: PendingOutputs, *, spooled: bool = False,
+    ) -> int:
+        """Write and record a successful attempt (or a spooled result); returns the images made.
+
+        When the outputs cannot be written the run stops; a fresh result goes into the spool
+        with its attempt, so the next run writes it without paying again.  Either way the
+        output failure counts as an attempt: a folder that stays broken ends the item as
+        failed after ``max_attempts`` instead of looping.
+        """
         record = _attempt_record(
             item,
             number,
             started,
-            outcome="succeeded",
+            outcome="unspooled" if spooled else "succeeded",
             item_state=ItemState.succeeded,
-            counts=True,
-            http_status=reply.http_status,
-            latency_ms=latency_ms,
+            counts=not spooled,
+            http_status=None if spooled else reply.http_status,
+            latency_ms=None if spooled else latency_ms,
             prompt_tokens=reply.prompt_tokens,
             output_tokens=reply.output_tokens,
             total_tokens=reply.total_tokens,
             finish_reason=reply.finish_reason,
             text="\n".join(reply.texts) or None,
         )
-        kept, outputs = await self.recorder.submit(record, pending)
-        _log_attempt(item.key, number, reply.http_status, "ok", latency_ms, outputs=[o.path for o in outputs])
-        return kept, outputs
+        last = number >= self.config.policy.max_attempts
+        kept = "kept in the spool" if not spooled else "still in the spool"
+        unwritten = replace(
+            record,
+            outcome="output_error" if spooled else "spooled",
+            item_state=ItemState.failed if last else ItemState.pending,
+            counts=True,
+            error_class="output",
+            error_message=(
+                f"; the image is {kept}: `run --retry-failed` writes it without paying again once the folder is fixed"
+                if last else f"; the image is {kept} and the next run writes it without paying again"
+            ),
+            spool=() if spooled else tuple(
+                SpooledImage(i, data, url, reply.source_at)
+                for i, (data, url) in enumerate(
+                    zip(reply.images, reply.source_urls or [None] * len(reply.images), strict=False), start=1
+                )
+            ),
+        )
+        try:
+            dropped, outputs = await self.recorder.submit(record, pending, unwritten)
+        except OutputError as exc:
+            if not spooled:
+                self.stats.spooled += 1
+            if last:
+                self.stats.failed += 1
+            _log_attempt(item.key, number, record.http_status, "output", latency_ms, error=exc.message)
+            self.stop(f"{exc.message}{unwritten.error_message}", exc)
+            return 0 if spooled else len(pending.images)  # paid for, all the same
+        _log_attempt(
+            item.key, number, record.http_status, "unspooled" if spooled else "ok", latency_ms,
+            outputs=[o.path for o in outputs],
+        )
+        if dropped is not None:
+            self._claim_again = self._claim_again or dropped == "superseded"
+            why = "its spec changed" if dropped == "superseded" else "another runner took it over"
+            log.warning("result of %s dropped: %s while it was in flight; it runs again", item.key, why)
+            return 0
+        self.stats.succeeded += 1
+        return len(outputs)
 
-    async def _record_interrupted(self, item: ClaimedItem, number: int, started: float) -> None:
+    async def _record_interrupted(self, item: ClaimedItem, number: int, started: float, internal: bool = False) -> None:
         record = _attempt_record(
             item,
             number,
             started,
             outcome=ErrorClass.interrupted.value,
             item_state=ItemState.pending,
-            counts=False,
-            error_class=ErrorClass.interrupted.value,
-            error_message="cancelled while in flight (the run was stopped)",
+            counts=internal,
+            error_class="internal" if internal else ErrorClass.interrupted.value,
+            error_message="an internal error ended the attempt" if internal
+            else "cancelled while in flight (the run was stopped)",
         )
         try:
             await asyncio.shield(self.recorder.submit(record))
