@@ -181,6 +181,8 @@ class Scheduler:
         self._stopping = asyncio.Event()
         #: An exception nothing expected ended an item: the run ends as an internal error.
         self.internal_error = False
+        #: Why the budget allows no more requests (the run stops when those in hand are done).
+        self._budget_spent: str | None = None
         #: An item was re-planned while its request was in flight: claim once more at the end.
         self._claim_again = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -311,7 +313,7 @@ class Scheduler:
         in_hand = asyncio.Semaphore(self.config.concurrency * 2)
         page = max(8, min(256, self.config.concurrency * 2))
         cursor = -1
-        while not self.stopping:
+        while not self.stopping and not self._budget_spent:
             batch = await self.db.call(
                 self.db.store.claim,
                 self.job,
@@ -335,7 +337,7 @@ class Scheduler:
             cursor = batch[-1].ordinal
             for i, item in enumerate(batch):
                 await in_hand.acquire()
-                if self.stopping:
+                if self.stopping or self._budget_spent:
                     in_hand.release()
                     await self._give_back([it.id for it in batch[i:]])
                     return
@@ -480,7 +482,12 @@ class Scheduler:
                 return None
             return await self._failed(item, number, started, latency_ms, error)
         finally:
-            self.budget.settle(images, made)
+            self._settle(images, made)
+
+    def _settle(self, reserved: int, made: int) -> None:
+        self.budget.settle(reserved, made)
+        if self._budget_spent and not self.budget.reserved:
+            self.stop(self._budget_spent)
 
     async def _send(
         self, item: ClaimedItem, number: int, images: int
@@ -502,9 +509,10 @@ class Scheduler:
                 if not self._may_send():
                     return None
                 over = self.budget.reserve(images)
-                if over:
-                    del self._waiting[task]
-                    self.stop(over)
+                if over:  # the stop begins once the requests that fit the budget are done
+                    self._budget_spent = over
+                    if not self.budget.reserved:
+                        self.stop(over)
                     return None
                 reserved = True
                 await self.limiter.acquire()
@@ -523,7 +531,7 @@ class Scheduler:
         finally:
             self._waiting.pop(task, None)
             if reserved and result is None:
-                self.budget.settle(images, 0)
+                self._settle(images, 0)
 
     async def _request(
         self, item: ClaimedItem, number: int, wire: Wire
