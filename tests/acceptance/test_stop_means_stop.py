@@ -11,16 +11,8 @@ import signal
 import time
 from pathlib import Path
 
+from tests.acceptance.test_overnight import wait_for
 from tests.conftest import cli, cli_process, generation_requests, manifest
-
-
-def wait_for(predicate, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not reached in time")
 
 
 def events(log: Path) -> list[dict]:
@@ -68,7 +60,7 @@ def test_no_request_leaves_after_sigint(job, mock):
     slow_job(job, mock)
     log = job.root / "run.jsonl"
     proc = cli_process("run", job.manifest, "--log-file", log, "--log-format", "json")
-    wait_for(lambda: len(generation_requests(mock)) >= 2)
+    wait_for(lambda: len(generation_requests(mock)) >= 2, timeout=60)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 3, err

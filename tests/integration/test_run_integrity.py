@@ -4,7 +4,6 @@ an unexpected exception never ends in "completed", and ``--only`` names items th
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -13,19 +12,12 @@ from sqlalchemy import create_engine, inspect, text
 from batchfuse.job import load
 from batchfuse.outputs import read_png_text
 from batchfuse.store.queries import Store
+from tests.acceptance.test_overnight import wait_for
 from tests.conftest import cli, cli_process, generation_requests, manifest
 
 #: Columns a live runner's heartbeat rewrites while it waits on the API.
 VOLATILE = {("runs", "heartbeat_at"), ("items", "lease_expires_at")}
 
-
-def wait_for(predicate: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 def snapshot(url: str) -> dict[str, list[dict[str, Any]]]:
@@ -68,7 +60,7 @@ def test_a_refused_run_changes_nothing_and_the_live_run_keeps_its_spec(job, mock
     job.write(two_items(mock.url, "old"))
     first = cli_process("run", job.manifest)
     try:
-        wait_for(lambda: states(job) == {"a": "running", "b": "running"})
+        wait_for(lambda: states(job) == {"a": "running", "b": "running"}, timeout=60)
         before = snapshot(job.url)
         job.write(two_items(mock.url, "new"))  # the prompt is edited while the first run is live
         refused = cli("run", job.manifest)
@@ -92,7 +84,7 @@ def test_a_result_counts_only_for_the_spec_it_was_made_from(job, mock):
     job.write(two_items(mock.url, "old"))
     runner = cli_process("run", job.manifest)
     try:
-        wait_for(lambda: states(job) == {"a": "running", "b": "running"})
+        wait_for(lambda: states(job) == {"a": "running", "b": "running"}, timeout=60)
         # re-planned while the old requests are in flight, as another runner sharing the job does
         job.write(two_items(mock.url, "new"))
         loaded = load(job.manifest)
@@ -139,7 +131,7 @@ def test_a_result_that_cannot_be_written_is_spooled_and_written_later_without_pa
 
     # the folder is still broken the next night: one clear stop, nothing paid again; the
     # output failure counts, so the item cannot loop forever
-    again = cli_process("run", job.manifest, env=full)
+    again = cli_process("run", job.manifest, "--only", key, env=full)
     _, err = again.communicate(timeout=60)
     assert again.returncode == 3, err
     assert "cannot write outputs" in err and "Traceback" not in err
