@@ -2,11 +2,13 @@
 
 ``BATCHFUSE_FAULTPOINT=NAME:N:ACTION`` makes the N-th time the code passes ``hit(NAME)`` do
 ACTION: ``kill`` (SIGKILL this process), ``enospc`` / ``eio`` / ``erofs`` (raise that
-OSError), or ``sleep=SECONDS``.  Unset (always, outside tests) a hit costs one comparison.
+OSError), ``boom`` (raise :class:`FaultPointBoom`, an exception nothing expects: a bug), or
+``sleep=SECONDS``.  Unset (always, outside tests) a hit costs one comparison.
 
 Points: ``output.write`` (a temp file written, before fsync), ``output.fsync``,
 ``output.rename`` (before a temp file takes its final name), ``db.record`` (inside the
-transaction that records finished attempts, before its commit).
+transaction that records finished attempts, before its commit), ``item.attempt`` (an item's
+task, before each attempt).
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ _hits = 0
 _ERRORS = {"enospc": errno.ENOSPC, "eio": errno.EIO, "erofs": errno.EROFS}
 
 
+class FaultPointBoom(Exception):
+    """An unexpected exception injected by a fault point (stands for a bug)."""
+
+
 def hit(name: str) -> None:
     """Pass fault point ``name``; does the configured action on its N-th pass."""
     global _hits
@@ -40,5 +46,7 @@ def hit(name: str) -> None:
     elif _ACTION in _ERRORS:
         code = _ERRORS[_ACTION]
         raise OSError(code, os.strerror(code))
+    elif _ACTION == "boom":
+        raise FaultPointBoom(f"fault point {name}: boom")
     elif _ACTION.startswith("sleep="):
         time.sleep(float(_ACTION.split("=", 1)[1]))

@@ -24,9 +24,10 @@ from typing import Any
 import aiohttp
 
 from batchfuse.breaker import Breaker
+from batchfuse.catalog import raw_items
 from batchfuse.errors import InputError, ManifestError, register_secret
 from batchfuse.images import EncodedImageCache
-from batchfuse.manifest import Manifest, load_manifest
+from batchfuse.manifest import Manifest, did_you_mean, load_manifest
 from batchfuse.outputs import OutputFolder
 from batchfuse.plan import Planner
 from batchfuse.providers.base import ProviderContext
@@ -37,6 +38,7 @@ from batchfuse.scheduler import RunStats, Scheduler, SchedulerConfig
 from batchfuse.store.engine import missing_sqlite_file, resolve_db_url
 from batchfuse.store.queries import EmptyDatabase, Store
 from batchfuse.store.records import Job, PlanSummary
+from batchfuse.wire import WireConnector
 
 log = logging.getLogger("batchfuse.run")
 
@@ -44,8 +46,9 @@ log = logging.getLogger("batchfuse.run")
 MOCK_DEFAULTS: dict[str, Any] = {"latency_ms": 150, "jitter_ms": 100, "image_scale": 0.5}
 MOCK_KEY = "mock-key"
 
-#: Exit codes, as documented in README (2, bad input, comes from InputError.exit_code).
-EXIT_OK, EXIT_FAILED_ITEMS, EXIT_STOPPED = 0, 1, 3
+#: Exit codes, as documented in README (2, bad input, comes from InputError.exit_code);
+#: 4: the run was stopped by an internal error (a bug), never reported as completed.
+EXIT_OK, EXIT_FAILED_ITEMS, EXIT_STOPPED, EXIT_INTERNAL = 0, 1, 3, 4
 
 
 @dataclass
@@ -155,13 +158,15 @@ def open_store(loaded: Loaded, db: str | None) -> Store:
     return Store.open(resolve_db_url(db, loaded.path))
 
 
-def sync(store: Store, loaded: Loaded, *, dry_run: bool = False) -> tuple[Job, PlanSummary]:
+def sync(store: Store, loaded: Loaded, *, dry_run: bool = False, job: Job | None = None) -> tuple[Job, PlanSummary]:
+    """Plan the manifest into the store (``job``, if given, is the job row already taken)."""
     m = loaded.manifest
-    job = (
-        store.find_job(m.job)
-        if dry_run
-        else store.ensure_job(m.job, m.provider.kind, m.provider.model, str(loaded.path.resolve()))
-    )
+    if job is None:
+        job = (
+            store.find_job(m.job)
+            if dry_run
+            else store.ensure_job(m.job, m.provider.kind, m.provider.model, str(loaded.path.resolve()))
+        )
     if job is None:  # dry run of a job never planned: everything is new
         return Job(-1, m.job, m.provider.kind, m.provider.model, ""), PlanSummary(new=loaded.items)
     problems: list[ManifestError] = []
@@ -224,6 +229,36 @@ def scheduler_config(loaded: Loaded, options: RunOptions, only: list[str] | None
     )
 
 
+def check_only(loaded: Loaded, only: list[str] | None) -> None:
+    """``--only`` keys must name items of the manifest (InputError naming the others)."""
+    if not only:
+        return
+    keys = [r.key for r in raw_items(loaded.manifest, loaded.path) if not isinstance(r, ManifestError)]
+    known = set(keys)
+    unknown = [k for k in dict.fromkeys(only) if k not in known]
+    if unknown:
+        hint = did_you_mean(unknown[0], keys)
+        raise InputError(
+            f"{loaded.path}: --only: job {loaded.manifest.job!r} has no item "
+            f"{', '.join(repr(k) for k in unknown)}{hint} (keys are the items' ids, case-sensitive)"
+        )
+
+
+async def _take_job(store: Store, db: Database, loaded: Loaded, options: RunOptions) -> tuple[Job, int, str]:
+    """Register this runner on the job, before planning writes anything.
+
+    Alone on SQLite, the job lock (a live runner refuses the start) is taken first, in one
+    transaction with the job row: a refused run leaves the database as it was.  Runners that
+    share a job (PostgreSQL) first check that they see the shared output folder.
+    """
+    m = loaded.manifest
+    args = (m.job, m.provider.kind, m.provider.model, str(loaded.path.resolve()))
+    if not store.is_sqlite:
+        job = await db.call(store.ensure_job, *args)
+        await db.call(check_output_folder, store, job, loaded.planner.output_dir, options.lease_s)
+    return await db.call(store.open_run, *args, exclusive=store.is_sqlite)
+
+
 async def run_job(
     path: Path,
     options: RunOptions | None = None,
@@ -235,34 +270,33 @@ async def run_job(
     control = control or RunControl()
     loaded = await asyncio.to_thread(load, path)
     key = api_key(loaded)
+    await asyncio.to_thread(check_only, loaded, options.only)
     m = loaded.manifest
     store = await asyncio.to_thread(open_store, loaded, options.db)
     db = Database(store)
     try:
-        job, summary = await db.call(sync, store, loaded)
-        if options.retry_failed:
-            await db.call(store.retry_failed, job)
         shared = not store.is_sqlite
-        if shared:
-            await db.call(check_output_folder, store, job, loaded.planner.output_dir, options.lease_s)
-        run_id, runner_id = await db.call(store.start_run, job, exclusive=not shared)
-        outputs = OutputFolder(loaded.planner.output_dir, runner_id)
-        if not shared:  # alone on the job: whatever is in the temp folder is a dead run's
-            await asyncio.to_thread(outputs.clean_temp)
-        only = options.only
-        if options.sample:
-            keys = await db.call(store.runnable_keys, job, m.limits.max_attempts)
-            only = spread(keys, options.sample)
-        counts = await db.call(store.counts, job)
-        control.stats.to_do = len(only) if only is not None else counts["pending"] + counts["running"]
-        if on_planned:
-            on_planned(summary, counts, control.stats.to_do)
-        control.stats.planned = True
-        reason, error = "completed", None
+        job, run_id, runner_id = await _take_job(store, db, loaded, options)
+        reason, error, internal = "completed", None, False
         image_cache = EncodedImageCache(max_side=m.images_config.max_side)
+        outputs = OutputFolder(loaded.planner.output_dir, runner_id)
         try:
+            job, summary = await db.call(sync, store, loaded, job=job)
+            if options.retry_failed:
+                await db.call(store.retry_failed, job)
+            if not shared:  # alone on the job: whatever is in the temp folder is a dead run's
+                await asyncio.to_thread(outputs.clean_temp)
+            only = options.only
+            if options.sample:
+                keys = await db.call(store.runnable_keys, job, m.limits.max_attempts)
+                only = spread(keys, options.sample)
+            counts = await db.call(store.counts, job)
+            control.stats.to_do = len(only) if only is not None else counts["pending"] + counts["running"]
+            if on_planned:
+                on_planned(summary, counts, control.stats.to_do)
+            control.stats.planned = True
             async with _endpoint(loaded) as base_url, aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=m.limits.concurrency * 2, limit_per_host=0),
+                connector=WireConnector(limit=m.limits.concurrency * 2, limit_per_host=0),
                 trust_env=False,
             ) as session, _fetcher(loaded, base_url) as fetcher:
                 provider = loaded.planner.provider(
@@ -276,16 +310,9 @@ async def run_job(
                         fetcher=fetcher,
                     )
                 )
-                scheduler = Scheduler(
-                    scheduler_config(loaded, options, only, shared),
-                    db,
-                    job,
-                    run_id,
-                    runner_id,
-                    provider,
-                    outputs,
-                    control.stats,
-                )
+                config = scheduler_config(loaded, options, only, shared)
+                config.wire_checked = True  # the session's WireConnector marks when a request leaves
+                scheduler = Scheduler(config, db, job, run_id, runner_id, provider, outputs, control.stats)
                 control.scheduler = scheduler
                 if control._pending_stop:
                     scheduler.stop(control._pending_stop)
@@ -296,6 +323,10 @@ async def run_job(
                 await scheduler.run()
                 if scheduler.stop_reason:
                     reason, error = scheduler.stop_reason, scheduler.stop_error
+                internal = scheduler.internal_error
+        except BaseException as exc:
+            reason = f"ended by {type(exc).__name__}: {exc}"
+            raise
         finally:
             await asyncio.to_thread(outputs.clean_temp, True)
             stats = control.stats
@@ -303,17 +334,22 @@ async def run_job(
                 store.end_run, run_id, runner_id, reason, stats.succeeded, stats.failed, stats.requests
             )
         counts = await db.call(store.counts, job)
+        stats = control.stats
         log.info(
             "run ended: %s; %d succeeded, %d failed, %d requests; job: %d/%d done, %d pending",
-            reason, control.stats.succeeded, control.stats.failed, control.stats.requests,
+            reason, stats.succeeded, stats.failed, stats.requests,
             counts["succeeded"], counts["total"], counts["pending"] + counts["running"],
-            extra={"event": "run_end", "reason": reason, "succeeded": control.stats.succeeded,
-                   "failed": control.stats.failed, "requests": control.stats.requests, "counts": counts},
+            extra={"event": "run_end", "reason": reason, "succeeded": stats.succeeded,
+                   "failed": stats.failed, "requests": stats.requests, "counts": counts,
+                   "adopted": stats.adopted, "spooled": stats.spooled,
+                   "in_flight": stats.in_flight_at_stop, "returned": stats.returned},
         )
-        code = EXIT_STOPPED if error is not None or reason != "completed" else (
-            EXIT_FAILED_ITEMS if counts["failed"] else EXIT_OK
-        )
-        stats = control.stats
+        if internal:
+            code = EXIT_INTERNAL
+        elif error is not None or reason != "completed":
+            code = EXIT_STOPPED
+        else:
+            code = EXIT_FAILED_ITEMS if counts["failed"] else EXIT_OK
         return RunResult(
             code, reason, stats.succeeded, stats.failed, stats.requests, counts, summary,
             image_reads=image_cache.reads, image_encodes=image_cache.encodes,

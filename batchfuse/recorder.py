@@ -38,11 +38,18 @@ class Database:
         self._pool.shutdown(wait=True)
 
 
+#: What a submitted attempt came to: None when it was recorded as it was, else why its
+#: result was dropped (``lease_lost``, ``superseded``); and the outputs written.
+Recorded = tuple[str | None, tuple[OutputRecord, ...]]
+
+
 @dataclass
 class _Entry:
     record: AttemptRecord
     pending: PendingOutputs | None
-    future: asyncio.Future[tuple[bool, tuple[OutputRecord, ...]]]
+    #: What to record instead when ``pending`` cannot be written (None: as interrupted).
+    unwritten: AttemptRecord | None
+    future: asyncio.Future[Recorded]
 
 
 class Recorder:
@@ -79,15 +86,16 @@ class Recorder:
         self._task = asyncio.create_task(self._loop(), name="batchfuse-recorder")
 
     async def submit(
-        self, record: AttemptRecord, pending: PendingOutputs | None = None
-    ) -> tuple[bool, tuple[OutputRecord, ...]]:
-        """Write ``pending`` and record ``record``; returns (the item's lease was still held,
-        the outputs written).  Raises OutputError when the files could not be written (the
-        attempt is then recorded as interrupted and the item stays pending)."""
+        self, record: AttemptRecord, pending: PendingOutputs | None = None, unwritten: AttemptRecord | None = None
+    ) -> Recorded:
+        """Write ``pending`` and record ``record``; returns (None, or why the result was dropped;
+        the outputs written).  Raises OutputError when the files could not be written: the
+        attempt is then recorded as ``unwritten`` (with the error's message; it carries the
+        reply's images for the spool), or as interrupted when that is None."""
         if self._closed:
             raise StoreError("the run's recorder is closed")
-        fut: asyncio.Future[tuple[bool, tuple[OutputRecord, ...]]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Entry(record, pending, fut))
+        fut: asyncio.Future[Recorded] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Entry(record, pending, unwritten, fut))
         self._wake.set()
         return await asyncio.shield(fut)
 
@@ -120,35 +128,48 @@ class Recorder:
                 else:
                     entry.future.set_result(result)
 
-    def _commit(self, batch: list[_Entry]) -> list[tuple[bool, tuple[OutputRecord, ...]] | OutputError]:
-        """In the database thread: write the group's files, then record the group."""
+    def _commit(self, batch: list[_Entry]) -> list[Recorded | OutputError]:
+        """In the database thread: write the group's files, then record the group.
+
+        Files are written only for items this runner still holds under the spec the result
+        was made from; the store checks both again in the transaction that records them.
+        """
         store = self.db.store
         to_write = [e.record.item_id for e in batch if e.pending is not None]
-        held = (
-            store.confirm_leases(to_write, self.runner_id, self.lease_s) if self.shared and to_write else set(to_write)
-        )
+        current = store.held_specs(to_write, self.runner_id, self.lease_s, extend=self.shared) if to_write else {}
         records: list[AttemptRecord] = []
         errors: dict[int, OutputError] = {}
         dirs: set[Path] = set()
         for i, entry in enumerate(batch):
             rec = entry.record
-            if entry.pending is not None and rec.item_id in held:
+            if entry.pending is not None and current.get(rec.item_id) == rec.spec_hash:
                 try:
                     rec = replace(rec, outputs=tuple(self.outputs.write(entry.pending, dirs)))
                 except OutputError as exc:
                     errors[i] = exc
-                    rec = replace(
-                        rec, outcome=ErrorClass.interrupted.value, item_state=ItemState.pending, counts=False,
-                        error_class=ErrorClass.interrupted.value, error_message=exc.message,
-                    )
+                    rec = _unwritten(entry, exc)
             records.append(rec)
-        fsync_dirs(dirs)
-        lost = set(store.record(self.run_id, self.runner_id, records, self.lease_s))
-        return [
-            errors.get(i, (rec.item_id not in lost, rec.outputs)) for i, rec in enumerate(records)
-        ]
+        try:
+            fsync_dirs(dirs)
+        except OutputError as exc:  # the renames may not survive a crash: keep the images too
+            for i, entry in enumerate(batch):
+                if entry.pending is not None and records[i].outputs and i not in errors:
+                    errors[i] = exc
+                    records[i] = _unwritten(entry, exc)
+        dropped = store.record(self.run_id, self.runner_id, records, self.lease_s)
+        return [errors.get(i, (dropped.get(rec.item_id), rec.outputs)) for i, rec in enumerate(records)]
 
     async def close(self) -> None:
         self._closed = True
         self._wake.set()
         await self._task
+
+
+def _unwritten(entry: _Entry, exc: OutputError) -> AttemptRecord:
+    """What is recorded for an attempt whose outputs could not be written."""
+    if entry.unwritten is not None:
+        return replace(entry.unwritten, error_message=f"{exc.message}{entry.unwritten.error_message or ''}")
+    return replace(
+        entry.record, outcome=ErrorClass.interrupted.value, item_state=ItemState.pending, counts=False,
+        error_class=ErrorClass.interrupted.value, error_message=exc.message,
+    )

@@ -10,6 +10,12 @@ once, so an item sleeping before its retry does not hold a request slot.
 Around them: the outage breaker (pause while the API is down), the per-run budget, the
 deadline and the grace period of a stop.  Finished attempts go to the
 :class:`~batchfuse.recorder.Recorder`; each item waits for its own commit.
+
+Stopping (signal, deadline, budget, fatal error, an output or internal failure): from that
+moment no request leaves.  An attempt that has not reached the wire (:mod:`batchfuse.wire`)
+— waiting for the breaker, a slot, the rate limiter, a connection or its reference images —
+is taken back and its claim returned untouched; only requests already sent finish, within
+the grace.  An exception nothing expected stops the run as an internal error, never silently.
 """
 
 from __future__ import annotations
@@ -22,48 +28,27 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from batchfuse import faultpoints
 from batchfuse.breaker import Breaker
 from batchfuse.budget import Budget
 from batchfuse.errors import (
     BatchfuseError,
     ErrorClass,
-    NoImageError,
-    OutputError,
     ProviderError,
     StoreError,
     TransientError,
 )
 from batchfuse.images import ImageProblem
-from batchfuse.outputs import OutputFolder, PendingOutputs, output_name, prepare
+from batchfuse.outcomes import Outcomes
+from batchfuse.outputs import OutputFolder, PendingOutputs
 from batchfuse.providers.base import Provider, Reply
 from batchfuse.ratelimit import AdaptiveLimits, Gate, RateLimiter
 from batchfuse.recorder import Database, Recorder
-from batchfuse.retry import RetryPolicy, decide
-from batchfuse.store.records import AttemptRecord, ClaimedItem, ItemState, Job, OutputRecord
+from batchfuse.retry import RetryPolicy
+from batchfuse.store.records import ClaimedItem, Job
+from batchfuse.wire import CURRENT, NotSent, Wire
 
 log = logging.getLogger("batchfuse.run")
-#: Replies up to this size are checked on the event loop (a thread hop costs more).
-PREPARE_INLINE_BYTES = 256 * 1024
-
-
-def _attempt_record(item: ClaimedItem, number: int, started: float, **fields: Any) -> AttemptRecord:
-    """An attempt of ``item`` that ends now."""
-    return AttemptRecord(
-        item_id=item.id, number=number, spec_hash=item.spec_hash, started_at=started, ended_at=time.time(), **fields
-    )
-
-
-def _log_attempt(
-    item: str, number: int, status: int | None, cls: str, latency_ms: float,
-    outputs: list[str] | None = None, error: str | None = None,
-) -> None:
-    """One log line per attempt; the fields go into JSON logs as they are."""
-    detail = f"outputs={','.join(outputs)}" if outputs else f"error={error}" if error else ""
-    log.info(
-        "attempt item=%s n=%d status=%s class=%s latency_ms=%.0f %s", item, number, status, cls, latency_ms, detail,
-        extra={"event": "attempt", "item": item, "attempt": number, "status": status, "class": cls,
-               "latency_ms": round(latency_ms, 1), "outputs": outputs or [], "error": error},
-    )
 
 
 @dataclass
@@ -80,6 +65,12 @@ class RunStats:
     retries: int = 0
     requests: int = 0
     in_flight: int = 0
+    #: Paid results kept in the spool because their outputs could not be written.
+    spooled: int = 0
+    #: Claims handed back untouched because the run stopped before they were sent.
+    returned: int = 0
+    #: Requests on the wire when the stop began (they finish within the grace).
+    in_flight_at_stop: int = 0
     started: float = field(default_factory=time.monotonic)
     status: str = "running"
 
@@ -125,9 +116,12 @@ class SchedulerConfig:
     #: Other runners may work on the same job (PostgreSQL): the rate and concurrency are the
     #: job's, split among the live runners, and leases are confirmed before outputs are renamed.
     shared: bool = False
+    #: The provider's session hands out connections through a :class:`~batchfuse.wire.WireConnector`,
+    #: which marks the moment a request is sent; without it, calling the provider counts as sending.
+    wire_checked: bool = False
 
 
-class Scheduler:
+class Scheduler(Outcomes):
     """Runs the claimable items of one job until none are left or the run is stopped."""
 
     def __init__(
@@ -162,7 +156,15 @@ class Scheduler:
         self.stop_reason: str | None = None
         self.stop_error: BatchfuseError | None = None
         self._stopping = asyncio.Event()
+        #: An exception nothing expected ended an item: the run ends as an internal error.
+        self.internal_error = False
+        #: Why the budget allows no more requests (the run stops when those in hand are done).
+        self._budget_spent: str | None = None
+        #: An item was re-planned while its request was in flight: claim once more at the end.
+        self._claim_again = False
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Attempts on their way to the wire, by task: a stop takes them back.
+        self._waiting: dict[asyncio.Task[Any], Wire] = {}
         self._resume: dict[int, dict[str, Any] | None] = {}
         self._rng = random.Random()
 
@@ -173,14 +175,50 @@ class Scheduler:
         return self._stopping.is_set()
 
     def stop(self, reason: str, error: BatchfuseError | None = None) -> None:
-        """Stop launching requests; in-flight ones finish and are recorded."""
-        if not self.stopping:
-            self.stop_reason, self.stop_error = reason, error
-            self.stats.status = f"stopping: {reason}"
-            log.warning("run stopping: %s", reason, extra={"event": "stopping", "reason": reason})
-            self._stopping.set()
-            if self._tasks:
-                self._grace = asyncio.get_running_loop().call_later(self.config.grace_s, self._grace_over)
+        """Send nothing more: attempts not yet on the wire give their claims back; requests
+        in flight finish (within the grace) and are recorded."""
+        if self.stopping:
+            return
+        self.stop_reason, self.stop_error = reason, error
+        self._stopping.set()
+        me = asyncio.current_task()
+        for task, wire in list(self._waiting.items()):
+            if not wire.sent and not wire.withdrawn:
+                wire.withdrawn = True
+                if task is not me:  # the current task sees ``withdrawn`` itself
+                    task.cancel()
+        self.stats.in_flight_at_stop = self.stats.in_flight
+        self._show_stop()
+        log.warning(
+            "run stopping: %s; nothing more is sent, %d request(s) in flight finish within %gs",
+            reason, self.stats.in_flight, self.config.grace_s,
+            extra={"event": "stopping", "reason": reason, "in_flight": self.stats.in_flight, "at": time.time()},
+        )
+        if self._tasks:
+            self._grace = asyncio.get_running_loop().call_later(self.config.grace_s, self._grace_over)
+
+    def _show_stop(self) -> None:
+        self.stats.status = (
+            f"stopping: {self.stop_reason} ({self.stats.in_flight} in flight, {self.stats.returned} claims returned)"
+        )
+
+    def _may_send(self) -> bool:
+        """Asked at the last moment before a request leaves."""
+        deadline = self.config.deadline
+        if deadline is not None and not self.stopping and time.time() >= deadline:
+            self._deadline_passed(deadline)
+        return not self.stopping
+
+    def _sent(self) -> None:
+        self.stats.requests += 1
+        self.stats.in_flight += 1
+
+    async def _give_back(self, item_ids: list[int]) -> None:
+        """Hand claimed items back untouched (not an attempt): the run is stopping."""
+        if item_ids:
+            await self.db.call(self.db.store.release, self.runner_id, item_ids)
+            self.stats.returned += len(item_ids)
+            self._show_stop()
 
     def _grace_over(self) -> None:
         if self._tasks:
@@ -208,9 +246,18 @@ class Scheduler:
         if self.config.deadline is not None:
             helpers.append(asyncio.create_task(self._deadline(self.config.deadline), name="batchfuse-deadline"))
         try:
-            await self._feed()
-            while self._tasks:
-                await asyncio.wait(set(self._tasks))
+            while True:
+                try:
+                    await self._feed()
+                except BatchfuseError as exc:  # the store failed while claiming: stop, finish what is out
+                    self.stop(exc.message, exc)
+                except Exception as exc:
+                    self._internal(exc, "while claiming items")
+                while self._tasks:
+                    await asyncio.wait(set(self._tasks))
+                if self.stopping or not self._claim_again:
+                    break
+                self._claim_again = False  # results were dropped as superseded: their items run again
         finally:
             if self._grace is not None:
                 self._grace.cancel()
@@ -218,16 +265,32 @@ class Scheduler:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
             await self.recorder.close()
+        if self.stopping:
+            log.warning(
+                "stopped: %d request(s) were in flight at the stop and finished; %d claims returned untouched "
+                "(not attempts; they run next time)", self.stats.in_flight_at_stop, self.stats.returned,
+                extra={"event": "stopped", "in_flight": self.stats.in_flight_at_stop, "returned": self.stats.returned},
+            )
+
+    def _internal(self, exc: BaseException, where: str) -> None:
+        """An exception nothing expected: stop the run as an internal error (one line; the
+        traceback with BATCHFUSE_DEBUG=1)."""
+        self.internal_error = True
+        log.debug("internal error %s", where, exc_info=exc)
+        self.stop(f"internal error {where}: {type(exc).__name__}: {exc}")
 
     async def _deadline(self, when: float) -> None:
         await asyncio.sleep(max(0.0, when - time.time()))
+        self._deadline_passed(when)
+
+    def _deadline_passed(self, when: float) -> None:
         self.stop(f"deadline reached at {time.strftime('%H:%M:%S', time.localtime(when))}")
 
     async def _feed(self) -> None:
         in_hand = asyncio.Semaphore(self.config.concurrency * 2)
         page = max(8, min(256, self.config.concurrency * 2))
         cursor = -1
-        while not self.stopping:
+        while not self.stopping and not self._budget_spent:
             batch = await self.db.call(
                 self.db.store.claim,
                 self.job,
@@ -251,13 +314,18 @@ class Scheduler:
             cursor = batch[-1].ordinal
             for i, item in enumerate(batch):
                 await in_hand.acquire()
-                if self.stopping:
+                if self.stopping or self._budget_spent:
                     in_hand.release()
-                    await self.db.call(self.db.store.release, self.runner_id, [it.id for it in batch[i:]])
+                    await self._give_back([it.id for it in batch[i:]])
                     return
                 task = asyncio.create_task(self._process(item), name=f"item-{item.key}")
                 self._tasks.add(task)
-                task.add_done_callback(lambda t: (self._tasks.discard(t), in_hand.release()))
+                task.add_done_callback(lambda t: (self._tasks.discard(t), in_hand.release(), self._observed(t)))
+
+    def _observed(self, task: asyncio.Task[None]) -> None:
+        """No item task's exception goes unobserved (``_process`` catches them; this is the net)."""
+        if not task.cancelled() and task.exception() is not None:
+            self._internal(task.exception(), f"in {task.get_name()}")  # type: ignore[arg-type]
 
     async def _sleep_unless_stopped(self, seconds: float) -> None:
         try:
@@ -277,6 +345,9 @@ class Scheduler:
                     await self._take_share()
             except StoreError as exc:
                 log.warning("heartbeat failed: %s", exc)
+            except Exception as exc:
+                self._internal(exc, "in the heartbeat")
+                return
 
     async def _take_share(self) -> None:
         """This runner's share of the job's rate and concurrency: 1/N of each for N live runners."""
@@ -304,7 +375,7 @@ class Scheduler:
         try:
             while True:
                 if self.stopping:
-                    await self.db.call(self.db.store.release, self.runner_id, [item.id])
+                    await self._give_back([item.id])
                     return
                 attempts_used += 1
                 retry_in = await self._attempt(item, attempts_used)
@@ -316,51 +387,26 @@ class Scheduler:
             self.stop(exc.message, exc)
         except asyncio.CancelledError:
             pass
+        except Exception as exc:  # a bug: stop the run, never end "completed" with the item untouched
+            self._internal(exc, f"while processing item {item.key}")
         finally:
             self._resume.pop(item.id, None)
 
-    async def _adopt(self, item: ClaimedItem) -> bool:
-        """Record outputs a dead run wrote but did not record, instead of sending again."""
-        values = {**item.spec.get("vars", {}), **item.spec["params"]}
-        template = self.config.output_template
-        found = await asyncio.to_thread(
-            self.outputs.adoptable, lambda n, count: output_name(template, values, n, count), item.spec_hash
-        )
-        if not found:
-            return False
-        record = _attempt_record(
-            item, item.attempts + 1, time.time(), outcome="adopted", item_state=ItemState.succeeded, counts=False,
-            error_message="outputs already on disk from an unrecorded attempt; not sent again",
-            outputs=tuple(found),
-        )
-        _log_attempt(item.key, record.number, None, "adopted", 0.0, outputs=[o.path for o in found])
-        kept, _ = await self.recorder.submit(record)
-        if kept:
-            self.stats.succeeded += 1
-            self.stats.adopted += 1
-        return True
-
     async def _attempt(self, item: ClaimedItem, number: int) -> float | None:
         """Send ``item`` once; returns the delay before a retry, or None when done with it."""
-        if number == item.attempts + 1 and self._may_adopt and await self._adopt(item):
+        faultpoints.hit("item.attempt")
+        if number == item.attempts + 1:
+            if item.spooled and await self._unspool(item, number):
+                return None
+            if self._may_adopt and await self._adopt(item):
+                return None
+        images = self.config.images_per_item(item.spec["params"])
+        sent = await self._send(item, number, images)
+        if sent is None:  # the run stopped before it left: the claim goes back untouched
+            await self._give_back([item.id])
             return None
-        reserved = self.config.images_per_item(item.spec["params"])
+        started, latency_ms, reply, error = sent
         made = 0
-        await self.breaker.wait(self._stopping)
-        async with self.gate:
-            if self.stopping:
-                await self.db.call(self.db.store.release, self.runner_id, [item.id])
-                return None
-            over = self.budget.reserve(reserved)
-            if over:
-                self.stop(over)
-                await self.db.call(self.db.store.release, self.runner_id, [item.id])
-                return None
-            try:
-                started, latency_ms, reply, error = await self._request(item, number)
-            except BaseException:
-                self.budget.settle(reserved, 0)
-                raise
         try:
             pending: PendingOutputs | None = None
             if reply is not None:
@@ -372,43 +418,90 @@ class Scheduler:
                     )
             if error is None:
                 assert reply is not None and pending is not None
-                try:
-                    kept, outputs = await self._finish(item, number, started, latency_ms, reply, pending)
-                except OutputError as exc:  # recorded as interrupted; the item stays pending
-                    self.stop(exc.message, exc)
-                    return None
-                if kept:
-                    made = len(outputs)
-                    self.stats.succeeded += 1
-                else:
-                    log.warning("lost the lease on %s while it was in flight; its result is dropped", item.key)
+                made = await self._finish(item, number, started, latency_ms, reply, pending)
                 return None
             return await self._failed(item, number, started, latency_ms, error)
         finally:
-            self.budget.settle(reserved, made)
+            self._settle(images, made)
 
-    async def _request(self, item: ClaimedItem, number: int) -> tuple[float, float, Reply | None, ProviderError | None]:
-        """The HTTP request under the rate limit: (start time, latency ms, reply or error)."""
-        await self.limiter.acquire()
+    def _settle(self, reserved: int, made: int) -> None:
+        self.budget.settle(reserved, made)
+        if self._budget_spent and not self.budget.reserved:
+            self.stop(self._budget_spent)
+
+    async def _send(
+        self, item: ClaimedItem, number: int, images: int
+    ) -> tuple[float, float, Reply | None, ProviderError | None] | None:
+        """Wait for the breaker, a request slot, the budget and the rate limiter, then send.
+
+        None when the run began stopping before the request reached the wire (nothing was
+        sent, nothing reserved).  Once sent, the budget reservation is the caller's to settle.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        wire = Wire(self._may_send, self._sent)
+        self._waiting[task] = wire
+        reserved = False
+        result = None
+        try:
+            await self.breaker.wait(self._stopping)
+            async with self.gate:
+                if not self._may_send():
+                    return None
+                over = self.budget.reserve(images)
+                if over:  # the stop begins once the requests that fit the budget are done
+                    self._budget_spent = over
+                    if not self.budget.reserved:
+                        self.stop(over)
+                    return None
+                reserved = True
+                await self.limiter.acquire()
+                if not self.config.wire_checked:
+                    wire.commit()
+                result = await self._request(item, number, wire)
+                return result
+        except NotSent:
+            return None
+        except asyncio.CancelledError:
+            if wire.sent or not wire.withdrawn:
+                raise
+            if hasattr(task, "uncancel"):
+                task.uncancel()  # the stop's cancel, consumed: this task goes on to give its claim back
+            return None
+        finally:
+            self._waiting.pop(task, None)
+            if reserved and result is None:
+                self._settle(images, 0)
+
+    async def _request(
+        self, item: ClaimedItem, number: int, wire: Wire
+    ) -> tuple[float, float, Reply | None, ProviderError | None]:
+        """The HTTP request: (start time, latency ms, reply or error).  The wire marks the
+        moment it is sent; until then a stop can still take it back."""
         seq = self.adaptive.sent()
         started = time.time()
         t0 = time.monotonic()
-        self.stats.requests += 1
-        self.stats.in_flight += 1
         reply: Reply | None = None
         error: ProviderError | None = None
+        token = CURRENT.set(wire)
         try:
             reply = await self.provider.generate(item.spec, self._resume.get(item.id))
         except ProviderError as exc:
             error = exc
         except asyncio.CancelledError:
-            await self._record_interrupted(item, number, started)
+            if wire.sent:
+                await self._record_interrupted(item, number, started)
             raise
-        except Exception as exc:  # a bug must not take the whole run down silently
-            log.exception("unexpected error while sending %s", item.key)
-            error = TransientError(f"internal error: {type(exc).__name__}: {exc}", code="internal")
+        except NotSent:
+            raise
+        except Exception:  # a bug: record what was paid for, then stop the run (see _process)
+            if wire.sent:
+                await self._record_interrupted(item, number, started, internal=True)
+            raise
         finally:
-            self.stats.in_flight -= 1
+            CURRENT.reset(token)
+            if wire.sent:
+                self.stats.in_flight -= 1
         await self._observe(item, error, seq)
         return started, (time.monotonic() - t0) * 1000, reply, error
 
@@ -430,100 +523,3 @@ class Scheduler:
                 )
         elif error is None:
             await self.adaptive.succeeded()
-
-    async def _failed(
-        self, item: ClaimedItem, number: int, started: float, latency_ms: float, error: ProviderError
-    ) -> float | None:
-        decision = decide(
-            self.config.policy,
-            error.error_class,
-            number,
-            retry_after_s=error.retry_after,
-            no_image=isinstance(error, NoImageError),
-            rng=self._rng,
-        )
-        record = _attempt_record(
-            item,
-            number,
-            started,
-            outcome=error.error_class.value,
-            item_state=decision.item_state,
-            counts=decision.counts,
-            http_status=error.status,
-            error_class=decision.final_class or error.error_class.value,
-            error_message=error.message,
-            latency_ms=latency_ms,
-            resume=error.resume,
-        )
-        self._resume[item.id] = error.resume
-        _log_attempt(item.key, number, error.status, error.error_class.value, latency_ms, error=error.message)
-        await self.recorder.submit(record)
-        if error.error_class is ErrorClass.fatal:
-            self.stop(error.message, error)
-            return None
-        if decision.item_state == ItemState.failed:
-            self.stats.failed += 1
-        return decision.delay_s if decision.retry else None
-
-    async def _finish(
-        self, item: ClaimedItem, number: int, started: float, latency_ms: float, reply: Reply, pending: PendingOutputs
-    ) -> tuple[bool, tuple[OutputRecord, ...]]:
-        """Write and record a successful attempt; (lease still held, outputs written)."""
-        record = _attempt_record(
-            item,
-            number,
-            started,
-            outcome="succeeded",
-            item_state=ItemState.succeeded,
-            counts=True,
-            http_status=reply.http_status,
-            latency_ms=latency_ms,
-            prompt_tokens=reply.prompt_tokens,
-            output_tokens=reply.output_tokens,
-            total_tokens=reply.total_tokens,
-            finish_reason=reply.finish_reason,
-            text="\n".join(reply.texts) or None,
-        )
-        kept, outputs = await self.recorder.submit(record, pending)
-        _log_attempt(item.key, number, reply.http_status, "ok", latency_ms, outputs=[o.path for o in outputs])
-        return kept, outputs
-
-    async def _record_interrupted(self, item: ClaimedItem, number: int, started: float) -> None:
-        record = _attempt_record(
-            item,
-            number,
-            started,
-            outcome=ErrorClass.interrupted.value,
-            item_state=ItemState.pending,
-            counts=False,
-            error_class=ErrorClass.interrupted.value,
-            error_message="cancelled while in flight (the run was stopped)",
-        )
-        try:
-            await asyncio.shield(self.recorder.submit(record))
-        except StoreError as exc:
-            log.warning("could not record interrupted attempt of %s: %s", item.key, exc)
-
-    async def _prepare(self, item: ClaimedItem, reply: Reply) -> PendingOutputs:
-        """Check every image of a reply with Pillow and give it its name and metadata; in a
-        worker thread when the images are large enough to block the event loop."""
-        if sum(len(data) for data in reply.images) > PREPARE_INLINE_BYTES:
-            return await asyncio.to_thread(self._prepare_now, item, reply)
-        return self._prepare_now(item, reply)
-
-    def _prepare_now(self, item: ClaimedItem, reply: Reply) -> PendingOutputs:
-        values = {**item.spec.get("vars", {}), **item.spec["params"]}
-        count = len(reply.images)
-        names = [output_name(self.config.output_template, values, n, count) for n in range(1, count + 1)]
-        text = {
-            "prompt": item.spec["prompt"],
-            "model": self.config.model,
-            "batchfuse:job": self.config.job_name,
-            "batchfuse:item": item.key,
-            "batchfuse:spec": item.spec_hash,
-        }
-        images = [
-            prepare(data, name, {**text, "batchfuse:image": f"{n}/{count}"})
-            for n, (data, name) in enumerate(zip(reply.images, names, strict=True), start=1)
-        ]
-        return PendingOutputs(names, images, reply.source_urls, reply.source_at)

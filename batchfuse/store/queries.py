@@ -16,7 +16,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, insert, or_, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 
 from batchfuse import faultpoints
 from batchfuse.errors import InputError, JobLockedError
@@ -29,8 +42,16 @@ from batchfuse.store.engine import (
     upgrade,
 )
 from batchfuse.store.reads import STALE_RUNNER_S, StoreReads, runner_alive
-from batchfuse.store.records import AttemptRecord, ClaimedItem, ItemState, Job, PlanSummary
-from batchfuse.store.schema import attempts, items, jobs, outputs, runs
+from batchfuse.store.records import (
+    NO_REQUEST_OUTCOMES,
+    AttemptRecord,
+    ClaimedItem,
+    ItemState,
+    Job,
+    PlanSummary,
+    SpooledImage,
+)
+from batchfuse.store.schema import attempts, items, jobs, outputs, runs, spool
 
 PLAN_BATCH = 1000
 
@@ -88,7 +109,7 @@ def _item_row(rec: AttemptRecord, runner_id: str, now: float, lease_s: float) ->
     )
 
 
-def _attempt_row(rec: AttemptRecord, run_id: int, held: bool) -> dict[str, Any]:
+def _attempt_row(rec: AttemptRecord, run_id: int, dropped: str | None) -> dict[str, Any]:
     return dict(
         item_id=rec.item_id,
         run_id=run_id,
@@ -96,7 +117,7 @@ def _attempt_row(rec: AttemptRecord, run_id: int, held: bool) -> dict[str, Any]:
         spec_hash=rec.spec_hash,
         started_at=rec.started_at,
         ended_at=rec.ended_at,
-        outcome=rec.outcome if held else "lease_lost",
+        outcome=dropped or rec.outcome,
         http_status=rec.http_status,
         error_class=rec.error_class,
         error_message=rec.error_message,
@@ -190,24 +211,30 @@ class Store(StoreReads):
     def ensure_job(self, name: str, provider: str, model: str, manifest_path: str) -> Job:
         with self._write() as conn:
             self._lock_job(conn, name)
-            row = conn.execute(select(jobs).where(jobs.c.name == name)).first()
-            if row is None:
-                job_id = conn.execute(
-                    insert(jobs).values(
-                        name=name,
-                        provider=provider,
-                        model=model,
-                        manifest_path=manifest_path,
-                        created_at=time.time(),
-                    )
-                ).inserted_primary_key[0]
-            else:
-                job_id = row.id
-                conn.execute(
-                    update(jobs)
-                    .where(jobs.c.id == job_id)
-                    .values(provider=provider, model=model, manifest_path=manifest_path)
+            return self._ensure_job(conn, name, provider, model, manifest_path)
+
+    @staticmethod
+    def _ensure_job(conn: Connection, name: str, provider: str, model: str, manifest_path: str) -> Job:
+        row = conn.execute(select(jobs).where(jobs.c.name == name)).first()
+        if row is None:
+            job_id = conn.execute(
+                insert(jobs).values(
+                    name=name,
+                    provider=provider,
+                    model=model,
+                    manifest_path=manifest_path,
+                    created_at=time.time(),
                 )
+            ).inserted_primary_key[0]
+        elif (row.provider, row.model, row.manifest_path) != (provider, model, manifest_path):
+            job_id = row.id
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(provider=provider, model=model, manifest_path=manifest_path)
+            )
+        else:
+            job_id = row.id
         return Job(job_id, name, provider, model, manifest_path)
 
     # ---------------------------------------------------------------- planning
@@ -298,25 +325,38 @@ class Store(StoreReads):
     # ---------------------------------------------------------------- runs and leases
 
     def start_run(self, job: Job, *, exclusive: bool) -> tuple[int, str]:
-        """Register a runner for ``job``; returns (run id, runner id).
+        """Register a runner for ``job``; returns (run id, runner id).  See :meth:`open_run`."""
+        _, run_id, runner_id = self.open_run(job.name, job.provider, job.model, job.manifest_path, exclusive=exclusive)
+        return run_id, runner_id
+
+    def open_run(
+        self, name: str, provider: str, model: str, manifest_path: str, *, exclusive: bool
+    ) -> tuple[Job, int, str]:
+        """Take the job (creating it if new) and register a runner; returns (job, run id, runner id).
 
         With ``exclusive`` (SQLite) a live runner of the same job refuses the start with
-        :class:`JobLockedError`; runs whose process is gone are closed and their leases freed.
+        :class:`JobLockedError` *before anything is written*: the lock check, the job row and
+        the run row are one transaction, so a refused run leaves the database as it was.
+        Runs whose process is gone are closed and their leases freed.
         """
         host, pid, now = socket.gethostname(), os.getpid(), time.time()
         runner_id = f"{host}:{pid}:{os.urandom(4).hex()}"
         with self._write() as conn:
+            self._lock_job(conn, name)
+            job_id = conn.execute(select(jobs.c.id).where(jobs.c.name == name)).scalar()
             open_runs = conn.execute(
-                select(runs).where(runs.c.job_id == job.id, runs.c.ended_at.is_(None))
-            ).all()
+                select(runs).where(runs.c.job_id == job_id, runs.c.ended_at.is_(None))
+            ).all() if job_id is not None else []
+            for r in open_runs:
+                if exclusive and runner_alive(r.host, r.pid, r.heartbeat_at, now):
+                    raise JobLockedError(
+                        f"job {name!r} is being run by process {r.pid} on {r.host} "
+                        f"(started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r.started_at))}); "
+                        "wait for it to finish or stop it first"
+                    )
+            job = self._ensure_job(conn, name, provider, model, manifest_path)
             for r in open_runs:
                 if runner_alive(r.host, r.pid, r.heartbeat_at, now):
-                    if exclusive:
-                        raise JobLockedError(
-                            f"job {job.name!r} is being run by process {r.pid} on {r.host} "
-                            f"(started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r.started_at))}); "
-                            "wait for it to finish or stop it first"
-                        )
                     continue
                 conn.execute(
                     update(runs)
@@ -337,7 +377,7 @@ class Store(StoreReads):
                     requests=0,
                 )
             ).inserted_primary_key[0]
-        return run_id, runner_id
+        return job, run_id, runner_id
 
     @staticmethod
     def _release_leases(conn: Connection, runner_id: str) -> int:
@@ -412,6 +452,9 @@ class Store(StoreReads):
                     items.c.spec,
                     items.c.attempts,
                     items.c.resume_token,
+                    exists()
+                    .where(spool.c.item_id == items.c.id, spool.c.spec_hash == items.c.spec_hash)
+                    .label("spooled"),
                 )
                 .where(cond)
                 .order_by(items.c.ordinal)
@@ -431,22 +474,30 @@ class Store(StoreReads):
                 )
         return [ClaimedItem.from_row(r) for r in rows]
 
-    def confirm_leases(self, item_ids: list[int], runner_id: str, lease_s: float) -> set[int]:
-        """The items of ``item_ids`` this runner still holds, their leases extended (one statement).
+    def held_specs(self, item_ids: list[int], runner_id: str, lease_s: float, *, extend: bool) -> dict[int, str]:
+        """The items of ``item_ids`` this runner still holds, with their current spec hash.
 
-        Called before a group's outputs take their final names, so a runner that stalled past
-        its lease (and whose item another runner took over) never overwrites that runner's
-        outputs.
+        Called before a group's outputs take their final names: a runner that stalled past its
+        lease (and whose item another runner took over) never overwrites that runner's outputs,
+        and a result made from a spec the item no longer has is not written.  With ``extend``
+        (runners sharing the job) the leases are extended in the same statement.
         """
+        if not extend:
+            with self._read() as conn:
+                rows = conn.execute(
+                    select(items.c.id, items.c.spec_hash).where(
+                        items.c.id.in_(item_ids), items.c.lease_owner == runner_id
+                    )
+                ).all()
+            return {r.id: r.spec_hash for r in rows}
         with self._write() as conn:
-            return set(
-                conn.execute(
-                    update(items)
-                    .where(items.c.id.in_(item_ids), items.c.lease_owner == runner_id)
-                    .values(lease_expires_at=time.time() + lease_s)
-                    .returning(items.c.id)
-                ).scalars()
-            )
+            rows = conn.execute(
+                update(items)
+                .where(items.c.id.in_(item_ids), items.c.lease_owner == runner_id)
+                .values(lease_expires_at=time.time() + lease_s)
+                .returning(items.c.id, items.c.spec_hash)
+            ).all()
+        return {r.id: r.spec_hash for r in rows}
 
     def live_runners(self, job: Job, stale_s: float = STALE_RUNNER_S) -> int:
         """How many runners of ``job`` are alive: open runs with a heartbeat in ``stale_s``."""
@@ -490,31 +541,58 @@ class Store(StoreReads):
                 .values(state=ItemState.pending.value, lease_owner=None, lease_expires_at=None)
             )
 
+    def spooled(self, item_id: int, spec_hash: str) -> list[SpooledImage]:
+        """The spooled images of ``item_id``'s current spec, in reply order."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(spool.c.idx, spool.c.data, spool.c.source_url, spool.c.source_at)
+                .where(spool.c.item_id == item_id, spool.c.spec_hash == spec_hash)
+                .order_by(spool.c.attempt_id.desc(), spool.c.idx)
+            ).all()
+        latest: dict[int, SpooledImage] = {}
+        for r in rows:  # the newest spooled attempt's images only
+            latest.setdefault(r.idx, SpooledImage(r.idx, bytes(r.data), r.source_url, r.source_at))
+        return [latest[i] for i in sorted(latest)]
+
     # ---------------------------------------------------------------- recording
 
-    def record(self, run_id: int, runner_id: str, records: list[AttemptRecord], lease_s: float = 60.0) -> list[int]:
-        """Record finished attempts in one transaction; returns the ids of items whose lease was lost.
+    def record(
+        self, run_id: int, runner_id: str, records: list[AttemptRecord], lease_s: float = 60.0
+    ) -> dict[int, str]:
+        """Record finished attempts in one transaction; returns the items whose result was
+        dropped, each with why: ``lease_lost`` or ``superseded``.
 
-        An item's state only changes while this runner still holds its lease; a runner that
-        lost it (it stalled past the expiry and another runner took over) records its attempt
-        for the history but changes nothing else.  A group costs the same handful of
+        An item's state only changes while this runner still holds its lease *and* the item's
+        spec is still the one the attempt was made from, both read in this same transaction.
+        A runner that lost the lease (it stalled past the expiry and another runner took
+        over), or whose item was re-planned while the request was in flight, records its
+        attempt for the history (as ``lease_lost`` / ``superseded``) and changes nothing else:
+        the item runs again under its current spec.  A group costs the same handful of
         statements however many attempts it holds (executemany), which is what keeps a busy
         run's database work small.
         """
         now = time.time()
         ids = [r.item_id for r in records]
         with self._write() as conn:
-            held = set(
-                conn.execute(select(items.c.id).where(items.c.id.in_(ids), items.c.lease_owner == runner_id)).scalars()
+            current = dict(
+                conn.execute(
+                    select(items.c.id, items.c.spec_hash).where(items.c.id.in_(ids), items.c.lease_owner == runner_id)
+                ).all()
             )
+            dropped: dict[int, str] = {}
+            for r in records:
+                if r.item_id not in current:
+                    dropped[r.item_id] = "lease_lost"
+                elif current[r.item_id] != r.spec_hash:
+                    dropped[r.item_id] = "superseded"
             attempt_ids = conn.execute(
                 insert(attempts).returning(attempts.c.id, sort_by_parameter_order=True),
-                [_attempt_row(r, run_id, r.item_id in held) for r in records],
+                [_attempt_row(r, run_id, dropped.get(r.item_id)) for r in records],
             ).scalars().all()
-            kept = [r for r in records if r.item_id in held]
+            kept = [(r, a) for r, a in zip(records, attempt_ids, strict=True) if r.item_id not in dropped]
             if kept:
-                conn.execute(_ITEM_AFTER_ATTEMPT, [_item_row(r, runner_id, now, lease_s) for r in kept])
-            with_outputs = [(r, a) for r, a in zip(records, attempt_ids, strict=True) if r.item_id in held and r.outputs]
+                conn.execute(_ITEM_AFTER_ATTEMPT, [_item_row(r, runner_id, now, lease_s) for r, _ in kept])
+            with_outputs = [(r, a) for r, a in kept if r.outputs]
             if with_outputs:
                 conn.execute(delete(outputs).where(outputs.c.item_id.in_([r.item_id for r, _ in with_outputs])))
                 conn.execute(
@@ -525,16 +603,28 @@ class Store(StoreReads):
                         for o in r.outputs
                     ],
                 )
+            done = [r.item_id for r, _ in kept if r.item_state == ItemState.succeeded]
+            if done:  # whatever was spooled for these items is on disk now, or stale
+                conn.execute(delete(spool).where(spool.c.item_id.in_(done)))
+            spooled = [
+                dict(item_id=r.item_id, attempt_id=a, spec_hash=r.spec_hash, idx=img.idx, data=img.data,
+                     source_url=img.source_url, source_at=img.source_at, created_at=now)
+                for r, a in kept
+                for img in r.spool
+            ]
+            if spooled:
+                conn.execute(insert(spool), spooled)
             faultpoints.hit("db.record")
+            states = [r.item_state for r, _ in kept]
             conn.execute(
                 update(runs)
                 .where(runs.c.id == run_id)
                 .values(
                     heartbeat_at=now,
-                    succeeded=runs.c.succeeded + sum(1 for r in kept if r.item_state == ItemState.succeeded),
-                    failed=runs.c.failed + sum(1 for r in kept if r.item_state == ItemState.failed),
-                    requests=runs.c.requests + sum(1 for r in records if r.outcome != "adopted"),
+                    succeeded=runs.c.succeeded + states.count(ItemState.succeeded),
+                    failed=runs.c.failed + states.count(ItemState.failed),
+                    requests=runs.c.requests + sum(1 for r in records if r.outcome not in NO_REQUEST_OUTCOMES),
                 )
             )
-        return [i for i in ids if i not in held]
+        return dropped
 

@@ -41,11 +41,16 @@ class ClaimedItem:
     spec: dict[str, Any]
     attempts: int
     resume: dict[str, Any] | None = None
+    #: A paid result of this spec waits in the spool: write it instead of sending again.
+    spooled: bool = False
 
     @classmethod
     def from_row(cls, row: Any) -> ClaimedItem:
         resume = json.loads(row.resume_token) if row.resume_token else None
-        return cls(row.id, row.key, row.ordinal, row.spec_hash, json.loads(row.spec), row.attempts, resume)
+        return cls(
+            row.id, row.key, row.ordinal, row.spec_hash, json.loads(row.spec), row.attempts, resume,
+            bool(getattr(row, "spooled", False)),
+        )
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,20 @@ class OutputRecord:
     bytes: int
     source_url: str | None = None
     source_at: float | None = None
+
+
+@dataclass(frozen=True)
+class SpooledImage:
+    """One image of a paid reply whose outputs could not be written, kept in the store."""
+
+    idx: int
+    data: bytes
+    source_url: str | None = None
+    source_at: float | None = None
+
+
+#: Outcomes of attempts that sent no request (they are not counted as the run's requests).
+NO_REQUEST_OUTCOMES = frozenset({"adopted", "unspooled", "output_error"})
 
 
 @dataclass(frozen=True)
@@ -86,6 +105,8 @@ class AttemptRecord:
     outputs: tuple[OutputRecord, ...] = field(default_factory=tuple)
     #: The provider's resume note for the next attempt; None clears it.
     resume: dict[str, Any] | None = None
+    #: The reply's images, kept in the store because its outputs could not be written.
+    spool: tuple[SpooledImage, ...] = ()
 
 
 @dataclass(frozen=True)

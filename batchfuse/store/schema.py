@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -128,4 +129,22 @@ outputs = Table(
     Column("source_at", Float),
     Column("created_at", Float, nullable=False),
     Index("ix_outputs_item", "item_id"),
+)
+
+#: Images of paid replies whose outputs could not be written (disk full, folder gone): kept
+#: here, in the same transaction that records the attempt, so the next run — on any machine
+#: that shares the database — writes them instead of paying for them again.
+spool = Table(
+    "spool",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("item_id", Integer, ForeignKey("items.id", ondelete="CASCADE"), nullable=False),
+    Column("attempt_id", Integer, ForeignKey("attempts.id", ondelete="CASCADE"), nullable=False),
+    Column("spec_hash", String(64), nullable=False),
+    Column("idx", Integer, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("source_url", Text),
+    Column("source_at", Float),
+    Column("created_at", Float, nullable=False),
+    Index("ix_spool_item", "item_id"),
 )

@@ -1,0 +1,68 @@
+"""Once a stop begins (deadline, signal) no request leaves: items waiting for the rate limiter
+give their claims back untouched; only requests already on the wire finish.
+
+Requests are counted by their time at the mock and compared with the moment the run logged
+its "stopping" event; nothing else here depends on the clock."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+from tests.acceptance.test_overnight import wait_for
+from tests.conftest import cli, cli_process, generation_requests, manifest
+
+
+def events(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+
+
+def stop_time(log: Path) -> float:
+    """When the run began stopping, from its JSON log (millisecond timestamps, local time)."""
+    (stopping,) = [e for e in events(log) if e["event"] == "stopping"]
+    ts = stopping["ts"]
+    return time.mktime(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) + int(ts[20:23]) / 1000
+
+
+def slow_job(job, mock) -> None:
+    mock.configure(latency_ms=0)
+    items = [{"id": f"i{i:02d}", "prompt": f"p{i}"} for i in range(40)]
+    job.write(manifest(mock.url, items, limits={"concurrency": 8, "requests_per_minute": 30}))
+
+
+def check_nothing_left_after_the_stop(job, mock, log: Path) -> None:
+    stopped = stop_time(log)
+    sent = generation_requests(mock)
+    late = [r for r in sent if r["t"] > stopped]
+    assert sent and late == [], (stopped, [r["t"] for r in sent])
+    # every request is one recorded attempt; the claims came back untouched
+    assert job.sql("SELECT count(*) FROM attempts") == [(len(sent),)]
+    assert job.sql("SELECT count(*) FROM items WHERE state = 'running'") == [(0,)]
+    assert job.sql("SELECT count(*) FROM items WHERE state = 'pending' AND attempts > 0") == [(0,)]
+    end = [e for e in events(log) if e["event"] == "run_end"][-1]
+    assert end["returned"] >= 1 and "in_flight" in end
+    assert cli("status", job.manifest).exit_code == 0
+
+
+def test_no_request_leaves_after_the_deadline(job, mock):
+    slow_job(job, mock)
+    log = job.root / "run.jsonl"
+    proc = cli_process("run", job.manifest, "--max-runtime", "5s", "--log-file", log, "--log-format", "json")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    check_nothing_left_after_the_stop(job, mock, log)
+    assert "deadline reached" in err and "claims returned" in err, err
+
+
+def test_no_request_leaves_after_sigint(job, mock):
+    slow_job(job, mock)
+    log = job.root / "run.jsonl"
+    proc = cli_process("run", job.manifest, "--log-file", log, "--log-format", "json")
+    wait_for(lambda: len(generation_requests(mock)) >= 2, timeout=60)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    check_nothing_left_after_the_stop(job, mock, log)
+    assert "interrupted by SIGINT" in err and "claims returned" in err, err
