@@ -57,7 +57,7 @@ class RawItem:
     fields: dict[str, Any]
 
     def error(self, message: str, field: str | None = None) -> ManifestError:
-        label = self.key if self.key is not None else f"#{self.ordinal + 1}"
+        label = self.key if self.key is not None and self.key.strip() else f"#{self.ordinal + 1}"
         return ManifestError(self.file, message, item=label, field=field, row=self.row)
 
 
@@ -126,14 +126,15 @@ def _catalog(manifest: Manifest, manifest_path: Path) -> Iterator[RawItem | Mani
     assert spec is not None
     path = (manifest_path.parent / spec.file).resolve()
     shown = spec.file
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".jsonl", ".ndjson"):
-        yield ManifestError(str(manifest_path), "a catalog is a .csv or .jsonl file", field="items_from.file")
-        return
     try:
         f = open_regular(path, MAX_CATALOG_BYTES)
     except FileProblem as exc:
         yield ManifestError(str(manifest_path), f"catalog {shorten(shown)} {exc}", field="items_from.file")
+        return
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".jsonl", ".ndjson"):
+        f.close()
+        yield ManifestError(str(manifest_path), "a catalog is a .csv or .jsonl file", field="items_from.file")
         return
     with f:
         rows = csv_rows(f, shown) if suffix == ".csv" else jsonl_rows(f, shown)

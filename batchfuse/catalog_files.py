@@ -161,6 +161,13 @@ class _Refused(ValueError):
         self.field = field
 
 
+class _Bad:
+    """A value the JSON parser met that is not acceptable; found afterwards with its field."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     record: dict[str, Any] = {}
     for key, value in pairs:
@@ -170,39 +177,38 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return record
 
 
-def _int(text: str) -> int:
+def _int(text: str) -> int | _Bad:
     if len(text) > MAX_NUMBER_CHARS:
-        raise _Refused(f"a number of {len(text):,} characters is out of range; write it as a string if it is text")
+        return _Bad(f"a number of {len(text):,} characters is out of range; write it as a string if it is text")
     return int(text)
 
 
-def _float(text: str) -> float:
+def _float(text: str) -> float | _Bad:
     value = float(text) if len(text) <= MAX_NUMBER_CHARS else math.inf
-    if not math.isfinite(value):
-        raise _Refused(f"{shorten(text, 20)} is not a finite number (or out of range)")
-    return value
+    return value if math.isfinite(value) else _Bad(f"{shorten(text, 20)} is not a finite number (or out of range)")
 
 
-def _constant(text: str) -> Any:
-    raise _Refused(f"{text} is not a finite number")
+def _constant(text: str) -> _Bad:
+    return _Bad(f"{text} is not a finite number")
 
 
-def _surrogate(record: Any) -> tuple[str, str] | None:
-    """(field, escape) of the first string holding a lone UTF-16 surrogate, else None."""
-    stack: list[tuple[str, Any]] = [("", record)]
+def _bad_value(record: dict[str, Any]) -> tuple[str, str] | None:
+    """(field, problem) of the first unacceptable value: a :class:`_Bad` number, or a string
+    (or key) holding a lone UTF-16 surrogate; else None."""
+    stack: list[tuple[str, Any]] = [(k, v) for k, v in record.items()] + [(k, k) for k in record]
     while stack:
         field, value = stack.pop()
+        if isinstance(value, _Bad):
+            return field, value.message
         if isinstance(value, dict):
-            for k, v in value.items():
-                stack.append((field or k, k))
-                stack.append((field or k, v))
+            stack.extend((field, v) for pair in value.items() for v in pair)
         elif isinstance(value, list):
             stack.extend((field, v) for v in value)
         elif isinstance(value, str):
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError as exc:
-                return field, f"\\u{ord(value[exc.start]):04x}"
+                return field, f"contains a lone UTF-16 surrogate (\\u{ord(value[exc.start]):04x}), which is not text"
     return None
 
 
@@ -231,10 +237,8 @@ def jsonl_rows(f: BinaryIO, shown: str) -> Iterator[Row | ManifestError]:
         if not isinstance(record, dict):
             yield ManifestError(shown, "each line must be a JSON object", row=number)
             return
-        bad = _surrogate(record)
+        bad = _bad_value(record)
         if bad:
-            yield ManifestError(
-                shown, f"contains a lone UTF-16 surrogate ({bad[1]}), which is not text", field=shorten(bad[0], 60) or None, row=number
-            )
+            yield ManifestError(shown, bad[1], field=shorten(bad[0], 60), row=number)
             return
         yield number, {k: v for k, v in record.items() if v is not None}

@@ -192,6 +192,15 @@ def _describe(err: dict[str, Any], model: type[BaseModel] | None) -> str:
         return f"must be true or false{shown}"
     if kind in ("string_type",):
         return f"must be a string{shown}"
+    bounds = {"greater_than": "more than", "greater_than_equal": "at least", "less_than": "less than",
+              "less_than_equal": "at most"}
+    if kind in bounds:
+        limit = next(iter(err.get("ctx", {}).values()), None)
+        if not isinstance(limit, (int, float)):
+            return str(err["msg"])
+        return f"must be {bounds[kind]} {int(limit) if float(limit).is_integer() else limit:,}{shown}"
+    if kind == "finite_number":
+        return f"must be a finite number{shown}"
     if kind == "too_short" and err["loc"] == ("items",):
         return "must list at least one item"
     msg = err["msg"]
