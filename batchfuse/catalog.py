@@ -12,6 +12,7 @@ are printable text without spaces at either end, and a plan holds at most
 from __future__ import annotations
 
 import itertools
+import math
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -63,15 +64,18 @@ class RawItem:
 
 def raw_items(manifest: Manifest, manifest_path: Path) -> Iterator[RawItem | ManifestError]:
     """Every raw item of the manifest in plan order, crossed with its matrix if it has one."""
+    field = "items_from.file" if manifest.items_from else "matrix" if manifest.matrix else "items"
+    too_many = ManifestError(str(manifest_path), f"more than {MAX_ITEMS:,} items; split the job into several", field=field)
+    known = len(manifest.items or [None]) * math.prod(len(v) for v in (manifest.matrix or {}).values())
+    if manifest.items_from is None and known > MAX_ITEMS:
+        yield too_many
+        return
     count = 0
     for entry in _crossed(manifest, manifest_path):
         if isinstance(entry, RawItem):
             count += 1
             if count > MAX_ITEMS:
-                field = "items_from.file" if manifest.items_from else "matrix" if manifest.matrix else "items"
-                yield ManifestError(
-                    str(manifest_path), f"more than {MAX_ITEMS:,} items; split the job into several", field=field
-                )
+                yield too_many
                 return
             if entry.key is not None:
                 problem = key_problem(entry.key)
