@@ -128,14 +128,13 @@ def _base_items(manifest: Manifest, manifest_path: Path) -> Iterator[RawItem | M
 def _catalog(manifest: Manifest, manifest_path: Path) -> Iterator[RawItem | ManifestError]:
     spec = manifest.items_from
     assert spec is not None
-    path = (manifest_path.parent / spec.file).resolve()
     shown = spec.file
     try:
-        f = open_regular(path, MAX_CATALOG_BYTES)
+        f = open_regular(manifest_path.parent / spec.file, MAX_CATALOG_BYTES)
     except FileProblem as exc:
         yield ManifestError(str(manifest_path), f"catalog {shorten(shown)} {exc}", field="items_from.file")
         return
-    suffix = path.suffix.lower()
+    suffix = Path(spec.file).suffix.lower()
     if suffix not in (".csv", ".jsonl", ".ndjson"):
         f.close()
         yield ManifestError(str(manifest_path), "a catalog is a .csv or .jsonl file", field="items_from.file")

@@ -190,6 +190,10 @@ def _describe(err: dict[str, Any], model: type[BaseModel] | None) -> str:
         return f"must be a number{shown}"
     if kind in ("bool_parsing", "bool_type"):
         return f"must be true or false{shown}"
+    if kind == "dict_type":
+        return "must be a mapping (key: value, ...)"
+    if kind == "list_type":
+        return "must be a list"
     if kind in ("string_type",):
         return f"must be a string{shown}"
     bounds = {"greater_than": "more than", "greater_than_equal": "at least", "less_than": "less than",
@@ -227,9 +231,10 @@ def describe_errors(exc: ValidationError, model: type[BaseModel] | None, prefix:
     """(field, description) for each problem pydantic found."""
     found = []
     for err in exc.errors():
-        loc = [shorten(str(p), 60) for p in err["loc"]]
-        field = ".".join([prefix, *loc] if prefix else loc) if loc else prefix or None
-        found.append((field, _describe(err, model)))
+        field = prefix
+        for part in err["loc"]:
+            field += f"[{part}]" if isinstance(part, int) else f".{shorten(str(part), 60)}" if field else shorten(str(part), 60)
+        found.append((field or None, _describe(err, model)))
     return found
 
 
