@@ -29,6 +29,8 @@ __all__ = ["CSV_LIST_SEPARATOR", "MAX_ITEMS", "RawItem", "key_problem", "raw_ite
 
 #: Most items one manifest may plan (catalog rows times matrix combinations).
 MAX_ITEMS = 1_000_000
+#: Longest item key (it names files, log lines and database rows).
+MAX_KEY_CHARS = 500
 #: Invisible characters that reorder text on screen (a key would not read as it is).
 _BIDI = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f")
 
@@ -43,6 +45,8 @@ def key_problem(key: str) -> str | None:
             return f"contains the control character {shorten(repr(c))}; an id must be printable text"
     if key != key.strip():
         return "has spaces at its start or end"
+    if len(key) > MAX_KEY_CHARS:
+        return f"is {len(key):,} characters long; at most {MAX_KEY_CHARS} are allowed"
     return None
 
 
@@ -58,7 +62,7 @@ class RawItem:
     fields: dict[str, Any]
 
     def error(self, message: str, field: str | None = None) -> ManifestError:
-        label = self.key if self.key is not None and self.key.strip() else f"#{self.ordinal + 1}"
+        label = shorten(self.key, 60) if self.key is not None and self.key.strip() else f"#{self.ordinal + 1}"
         return ManifestError(self.file, message, item=label, field=field, row=self.row)
 
 

@@ -91,6 +91,7 @@ def csv_rows(f: BinaryIO, shown: str) -> Iterator[Row | ManifestError]:
     csv.field_size_limit(MAX_LINE_BYTES)
     reader = csv.reader(lines(), strict=True)
     header: list[str] | None = None
+    rows_seen = False
     while True:
         start = consumed + 1
         try:
@@ -119,14 +120,23 @@ def csv_rows(f: BinaryIO, shown: str) -> Iterator[Row | ManifestError]:
         images = fields.get("images")
         if isinstance(images, str):
             fields["images"] = [p.strip() for p in images.split(CSV_LIST_SEPARATOR) if p.strip()]
+        rows_seen = True
         yield start, fields
     if header is None:
         yield ManifestError(shown, "the catalog is empty (no header row)")
+    elif not rows_seen:
+        yield ManifestError(shown, "the catalog has a header but no rows")
 
 
 def _header_problem(cells: list[str], shown: str) -> ManifestError | None:
     if len(cells) > MAX_COLUMNS:
         return ManifestError(shown, f"the header names {len(cells):,} columns; at most {MAX_COLUMNS:,} are read", row=1)
+    if len(cells) == 1 and len(separators := [c for c in ";\t|" if c in cells[0]]) == 1:
+        return ManifestError(
+            shown, f"the header is one column {shorten(repr(cells[0]), 60)}; cells are separated by commas, "
+            f"not {'tabs' if separators[0] == chr(9) else repr(separators[0])}: save the file as comma-separated CSV",
+            row=1,
+        )
     first: dict[str, int] = {}
     for i, name in enumerate(c.strip() for c in cells):
         if not name:
@@ -214,6 +224,7 @@ def _bad_value(record: dict[str, Any]) -> tuple[str, str] | None:
 
 def jsonl_rows(f: BinaryIO, shown: str) -> Iterator[Row | ManifestError]:
     """``(row, fields)`` for each non-blank line of a JSONL catalog; nulls are left out."""
+    rows_seen = False
     for entry in _lines(f, shown):
         if isinstance(entry, ManifestError):
             yield entry
@@ -241,4 +252,7 @@ def jsonl_rows(f: BinaryIO, shown: str) -> Iterator[Row | ManifestError]:
         if bad:
             yield ManifestError(shown, bad[1], field=shorten(bad[0], 60), row=number)
             return
+        rows_seen = True
         yield number, {k: v for k, v in record.items() if v is not None}
+    if not rows_seen:
+        yield ManifestError(shown, "the catalog has no rows")

@@ -79,6 +79,8 @@ def test_messages_quote_short_printable_text():
         ("", "is empty"),
         ("   ", "is empty"),
         (" A1", "has spaces at its start or end"),
+        ("x" * 500, None),
+        ("x" * 501, "is 501 characters long; at most 500 are allowed"),
     ],
 )
 def test_item_keys_must_be_printable(key, problem):
@@ -172,6 +174,7 @@ def rows(reader, data: bytes) -> list:
         (b'id,t\na,"x\ny"\nb,z\n', [(2, {"id": "a", "t": "x\ny"}), (4, {"id": "b", "t": "z"})]),
         (b"id,images\na,p/a.png; p/b.png\n", [(2, {"id": "a", "images": ["p/a.png", "p/b.png"]})]),
         (b"", ["c: the catalog is empty (no header row)"]),
+        (b"id,t\n\n", ["c: the catalog has a header but no rows"]),
         (b"id,t\na,x,y\n", ["c: row 2: t: the row has 3 cells, the header 2 columns; 'y' follows this cell "
                            "(quote a cell that contains a comma)"]),
         (b"id,t,u\na\n", ["c: row 2: t: the row has 1 cells, the header 3 columns; no cell for t, u "
