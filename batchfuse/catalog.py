@@ -19,13 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batchfuse.catalog_files import CSV_LIST_SEPARATOR, csv_rows, jsonl_rows
+from batchfuse.catalog_files import csv_rows, jsonl_rows
 from batchfuse.errors import ManifestError
 from batchfuse.inputfiles import MAX_CATALOG_BYTES, FileProblem, open_regular
 from batchfuse.manifest import Manifest
 from batchfuse.templates import TemplateProblem, render, shorten
-
-__all__ = ["CSV_LIST_SEPARATOR", "MAX_ITEMS", "RawItem", "key_problem", "raw_items"]
 
 #: Most items one manifest may plan (catalog rows times matrix combinations).
 MAX_ITEMS = 1_000_000

@@ -105,7 +105,6 @@ class Pricing(Strict):
     per_million_tokens: float | None = Field(None, ge=0, le=1e9)
 
 
-Scalar = str | int | float | bool
 #: Most combinations a matrix may make (each crossed with every base item).
 MAX_MATRIX_COMBINATIONS = 100_000
 
@@ -176,7 +175,7 @@ def _describe(err: dict[str, Any], model: type[BaseModel] | None) -> str:
     if kind == "extra_forbidden":
         field = str(err["loc"][-1])
         known = _known_fields(model, err["loc"][:-1]) if model else []
-        return f"unknown key{did_you_mean(field, known)}"[:200]
+        return f"unknown key{did_you_mean(field, known)}"
     if kind == "missing":
         return "is required"
     got = err.get("input")
