@@ -1,7 +1,8 @@
 """Reference images: checked once at plan time, normalized and base64-encoded once per run.
 
 Pillow only opens the formats an image API can take (or that we convert), and its
-decompression-bomb warning is an error here, so a hostile file cannot eat the machine.
+decompression-bomb warning is an error here, so a hostile file cannot eat the machine; local
+files are read only when they are regular files of at most 64 MiB.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from batchfuse.inputfiles import MAX_IMAGE_BYTES, FileProblem, read_regular
 
 #: Formats Pillow may open for reference images.
 OPENABLE = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
@@ -71,15 +74,15 @@ def inspect_bytes(data: bytes) -> ImageInfo:
 
 
 def read_file(path: str) -> bytes:
+    """A local image's bytes: a regular file of at most :data:`MAX_IMAGE_BYTES` (a FIFO or
+    ``/dev/zero`` would otherwise be read forever)."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise ImageProblem("file not found") from None
-    except IsADirectoryError:
-        raise ImageProblem("is a folder, not an image") from None
-    except OSError as exc:
-        raise ImageProblem(f"cannot be read: {exc.strerror}") from None
+        return read_regular(path, MAX_IMAGE_BYTES)
+    except FileProblem as exc:
+        reason = str(exc)
+        raise ImageProblem(
+            "file not found" if reason == "not found" else "is a folder, not an image" if "folder" in reason else reason
+        ) from None
 
 
 class ImageInspector:
@@ -96,6 +99,10 @@ class ImageInspector:
             st = os.stat(path)
         except FileNotFoundError:
             raise ImageProblem("file not found") from None
+        except OSError as exc:
+            raise ImageProblem(f"cannot be read: {exc.strerror}") from None
+        except ValueError:
+            raise ImageProblem("the path contains a NUL byte") from None
         key = (path, st.st_size, st.st_mtime_ns)
         hit = self._cache.get(key)
         if hit is None:

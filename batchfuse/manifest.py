@@ -7,6 +7,7 @@ Every problem becomes one line naming the file, the item and the field, e.g.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -14,14 +15,18 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from batchfuse import manifest_yaml
 from batchfuse.errors import InputError, ManifestError
+from batchfuse.inputfiles import MAX_MANIFEST_BYTES, FileProblem, read_regular
+from batchfuse.templates import shorten
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 KEY_LIKE = re.compile(r"^(sk-|AIza|Bearer\s)|^[A-Za-z0-9_\-]{32,}$")
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Numbers must be finite: ``timeout_s: inf`` (even quoted) would wait forever.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ProviderConfig(Strict):
@@ -54,20 +59,20 @@ class ProviderConfig(Strict):
 
 class Limits(Strict):
     concurrency: int = Field(8, ge=1, le=1024)
-    requests_per_minute: float | None = Field(60, gt=0)
+    requests_per_minute: float | None = Field(60, gt=0, le=1_000_000)
     max_attempts: int = Field(4, ge=1, le=100)
-    timeout_s: float = Field(300, gt=0)
+    timeout_s: float = Field(300, gt=0, le=86_400)
     #: Lower rate and concurrency when 429s arrive at the configured rate, then climb back.
     adaptive_rate: bool = True
     #: Transient failures in a row (over several items) that mean "the API is down": pause.
-    outage_threshold: int = Field(10, ge=2)
+    outage_threshold: int = Field(10, ge=2, le=1_000_000)
     #: The first pause; each failed probe doubles it, up to 5 minutes.
-    outage_pause_s: float = Field(5.0, gt=0)
+    outage_pause_s: float = Field(5.0, gt=0, le=3_600)
     #: Exponential backoff: the n-th retry waits up to base × 2^(n-1) seconds (full jitter).
-    backoff_base_s: float = Field(1.0, ge=0)
-    backoff_max_s: float = Field(60.0, ge=0)
-    max_images: int | None = Field(None, ge=1)
-    max_cost: float | None = Field(None, gt=0)
+    backoff_base_s: float = Field(1.0, ge=0, le=3_600)
+    backoff_max_s: float = Field(60.0, ge=0, le=86_400)
+    max_images: int | None = Field(None, ge=1, le=1_000_000_000)
+    max_cost: float | None = Field(None, gt=0, le=1e12)
 
 
 class OutputConfig(Strict):
@@ -79,7 +84,7 @@ class NetworkConfig(Strict):
     #: Let URL downloads reach loopback and private addresses (off: only public ones).
     allow_private: bool = False
     #: Largest body a URL download may have.
-    max_download_mb: float = Field(40, gt=0)
+    max_download_mb: float = Field(40, gt=0, le=10_240)
 
 
 class ImagesConfig(Strict):
@@ -96,11 +101,12 @@ class ItemsFrom(Strict):
 class Pricing(Strict):
     """What an image costs, for the estimate and ``limits.max_cost``."""
 
-    per_image: float | None = Field(None, ge=0)
-    per_million_tokens: float | None = Field(None, ge=0)
+    per_image: float | None = Field(None, ge=0, le=1e6)
+    per_million_tokens: float | None = Field(None, ge=0, le=1e9)
 
 
-Scalar = str | int | float | bool
+#: Most combinations a matrix may make (each crossed with every base item).
+MAX_MATRIX_COMBINATIONS = 100_000
 
 
 class Manifest(Strict):
@@ -118,9 +124,26 @@ class Manifest(Strict):
     items: list[dict[str, Any]] | None = Field(None, min_length=1)
     items_from: ItemsFrom | None = None
     #: Each key's values are crossed with every item (a cartesian product).
-    matrix: dict[str, list[Scalar]] | None = None
+    matrix: dict[str, list[Any]] | None = None
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
+
+    @field_validator("matrix")
+    @classmethod
+    def _matrix(cls, v: dict[str, list[Any]] | None) -> dict[str, list[Any]] | None:
+        if v is None:
+            return v
+        for name, values in v.items():
+            for i, value in enumerate(values):
+                if not isinstance(value, (str, int, float)):  # bool is an int
+                    kind = "nothing" if value is None else f"a {'mapping' if isinstance(value, dict) else 'list'}"
+                    raise ValueError(f"{shorten(name)}[{i}] must be text, a number or true/false (got {kind})")
+        combinations = math.prod(len(values) for values in v.values())
+        if combinations > MAX_MATRIX_COMBINATIONS:
+            raise ValueError(
+                f"{combinations:,} combinations of its values; at most {MAX_MATRIX_COMBINATIONS:,} are allowed"
+            )
+        return v
 
     @model_validator(mode="after")
     def _sources(self) -> Manifest:
@@ -156,7 +179,7 @@ def _describe(err: dict[str, Any], model: type[BaseModel] | None) -> str:
     if kind == "missing":
         return "is required"
     got = err.get("input")
-    shown = f" (got {got!r})" if isinstance(got, (str, int, float)) and not isinstance(got, bool) else ""
+    shown = f" (got {shorten(repr(got))})" if isinstance(got, (str, int, float)) and not isinstance(got, bool) else ""
     if kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "").replace("'", "")
         return f"must be one of {expected.replace(' or ', ', ')}{shown}"
@@ -166,8 +189,21 @@ def _describe(err: dict[str, Any], model: type[BaseModel] | None) -> str:
         return f"must be a number{shown}"
     if kind in ("bool_parsing", "bool_type"):
         return f"must be true or false{shown}"
+    if kind == "dict_type":
+        return "must be a mapping (key: value, ...)"
+    if kind == "list_type":
+        return "must be a list"
     if kind in ("string_type",):
         return f"must be a string{shown}"
+    bounds = {"greater_than": "more than", "greater_than_equal": "at least", "less_than": "less than",
+              "less_than_equal": "at most"}
+    if kind in bounds:
+        limit = next(iter(err.get("ctx", {}).values()), None)
+        if not isinstance(limit, (int, float)):
+            return str(err["msg"])
+        return f"must be {bounds[kind]} {int(limit) if float(limit).is_integer() else limit:,}{shown}"
+    if kind == "finite_number":
+        return f"must be a finite number{shown}"
     if kind == "too_short" and err["loc"] == ("items",):
         return "must list at least one item"
     msg = err["msg"]
@@ -194,9 +230,10 @@ def describe_errors(exc: ValidationError, model: type[BaseModel] | None, prefix:
     """(field, description) for each problem pydantic found."""
     found = []
     for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
-        field = ".".join([prefix, *loc] if prefix else loc) if loc else prefix or None
-        found.append((field, _describe(err, model)))
+        field = prefix
+        for part in err["loc"]:
+            field += f"[{part}]" if isinstance(part, int) else f".{shorten(str(part), 60)}" if field else shorten(str(part), 60)
+        found.append((field or None, _describe(err, model)))
     return found
 
 
@@ -215,18 +252,29 @@ class ManifestProblems(InputError):
 
 
 def load_yaml(path: Path) -> Any:
-    """Parse ``path`` with the safe loader; syntax errors and Python tags name the line."""
+    """Parse ``path`` strictly (see :mod:`batchfuse.manifest_yaml`); every problem names the line."""
     shown = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{shown}: manifest not found") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{shown}: not UTF-8 text") from None
-    except OSError as exc:
-        raise InputError(f"{shown}: cannot read: {exc.strerror}") from None
+        data = read_regular(path, MAX_MANIFEST_BYTES)
+    except FileProblem as exc:
+        raise InputError(f"{shown}: manifest {exc}") from None
     try:
-        return yaml.safe_load(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        hint = " (it looks like UTF-16)" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise InputError(f"{shown}: line {line}: not UTF-8 text{hint}; save it as UTF-8") from None
+    try:
+        return manifest_yaml.parse(text)
+    except manifest_yaml.YamlProblem as exc:
+        line = f"line {exc.line}: " if exc.line else ""
+        field = f"{exc.path}: " if exc.path else ""
+        raise InputError(f"{shown}: {line}{field}{exc}") from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        raise InputError(
+            f"{shown}: line {line}: YAML error: control character {exc.character:#06x} is not allowed in YAML text"
+        ) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f"line {mark.line + 1}: " if mark else ""
@@ -235,9 +283,9 @@ def load_yaml(path: Path) -> Any:
             problem += f" ({exc.context} at line {exc.context_mark.line + 1})"
         if isinstance(exc, yaml.constructor.ConstructorError) and "tag" in problem:
             problem = f"{problem} (only plain YAML is accepted)"
-        raise InputError(f"{shown}: {line}YAML error: {problem}") from None
+        raise InputError(f"{shown}: {line}YAML error: {shorten(problem, 200)}") from None
     except yaml.YAMLError as exc:
-        raise InputError(f"{shown}: YAML error: {exc}") from None
+        raise InputError(f"{shown}: YAML error: {shorten(str(exc), 200)}") from None
 
 
 def load_manifest(path: Path) -> Manifest:

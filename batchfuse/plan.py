@@ -37,7 +37,7 @@ from batchfuse.providers import provider_class
 from batchfuse.providers.base import Provider
 from batchfuse.providers.fetch import url_problem
 from batchfuse.store.queries import PlannedRow
-from batchfuse.templates import TemplateProblem, render
+from batchfuse.templates import TemplateProblem, render, shorten
 
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 MAX_PROBLEMS = 50
@@ -228,7 +228,7 @@ class Planner:
                 continue
             ref = self._local_ref(src)
             if isinstance(ref, ImageProblem):
-                problem(fld, f"{src}: {ref}")
+                problem(fld, f"{shorten(src, 200)}: {ref}")
                 return None
             refs.append(ref[0])
             infos.append(ref[1])
