@@ -29,6 +29,7 @@ from batchfuse.errors import InputError, ManifestError, register_secret
 from batchfuse.images import EncodedImageCache
 from batchfuse.manifest import Manifest, load_manifest
 from batchfuse.outputs import OutputFolder
+from batchfuse.path_claims import check_other_jobs
 from batchfuse.plan import Planner
 from batchfuse.providers.base import ProviderContext
 from batchfuse.providers.fetch import Fetcher
@@ -231,6 +232,7 @@ async def run_job(
     store = await asyncio.to_thread(open_store, loaded, options.db)
     db = Database(store)
     try:
+        await db.call(check_other_jobs, store, loaded.planner)
         job, summary = await db.call(sync, store, loaded)
         if options.retry_failed:
             await db.call(store.retry_failed, job)
@@ -441,6 +443,7 @@ def plan_preview(path: Path, db: str | None = None) -> Preview:
     if missing_sqlite_file(url) is None:  # validate never creates a database
         store = Store.open(url)
         try:
+            check_other_jobs(store, loaded.planner)
             job, summary = sync(store, loaded, dry_run=True)
             settled = store.settled(job) if job.id >= 0 else {}
         finally:

@@ -11,7 +11,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -548,3 +548,39 @@ def _explain(exc: OperationalError) -> str:
     if "locked" in text or "busy" in text:
         return f"{text}: another process held it longer than the busy timeout; try again when it is done"
     return text
+
+
+@dataclass(frozen=True)
+class JobOutputs:
+    """Another job's output names as the database knows them (relative to its output folder)."""
+
+    name: str
+    manifest_path: str
+    #: (key, spec) of each item in its plan: the names it will write follow from them.
+    specs: list[tuple[str, dict[str, Any]]]
+    #: (key, path) of every output recorded for it.
+    recorded: list[tuple[str, str]]
+
+
+def other_jobs_outputs(store: Store, job_name: str, wanted: Callable[[str, str], bool]) -> Iterator[JobOutputs]:
+    """The outputs of every job but ``job_name`` for which ``wanted(name, manifest_path)`` is true
+    (it is asked first, so jobs writing elsewhere cost one row)."""
+    with store._read() as conn:
+        others = conn.execute(select(jobs.c.id, jobs.c.name, jobs.c.manifest_path).where(jobs.c.name != job_name)).all()
+    for other in others:
+        if not wanted(other.name, other.manifest_path):
+            continue
+        with store._read() as conn:
+            specs = [
+                (r.key, json.loads(r.spec))
+                for r in conn.execute(select(items.c.key, items.c.spec).where(items.c.job_id == other.id, items.c.in_plan))
+            ]
+            recorded = [
+                (r.key, r.path)
+                for r in conn.execute(
+                    select(items.c.key, outputs.c.path)
+                    .join_from(outputs, items, outputs.c.item_id == items.c.id)
+                    .where(items.c.job_id == other.id)
+                )
+            ]
+        yield JobOutputs(other.name, other.manifest_path, specs, recorded)

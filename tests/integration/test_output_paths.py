@@ -60,10 +60,9 @@ def test_duplicate_catalog_values_crossed_with_a_matrix_are_refused_naming_rows(
     (job.root / "catalog.csv").write_text("id,sku\nr1,S1\nr2,S1\n", encoding="utf-8")
     data = manifest(mock.url, [], output={"filename": "{sku}/{aspect_ratio}.png"})
     del data["items"]
-    data.update(items_from={"file": "catalog.csv"}, prompt="p", matrix={"aspect_ratio": ["1:1", "4:5"]})
+    data.update(items_from={"file": "catalog.csv"}, prompt="p", matrix={"aspect_ratio": ["4:5"]})
     job.write(data)
-    line = refused(job, mock, "row 3: output.filename:", "item r1~1:1 (row 2)", "S1/1_1.png")
-    assert "r2~1:1" in line
+    refused(job, mock, "catalog.csv: row 3: output.filename: item r2~4:5 writes 'S1/4_5.png'", "item r1~4:5 (row 2)")
 
 
 def test_a_matrix_whose_values_are_not_in_the_filename_is_refused(job, mock):
@@ -221,7 +220,7 @@ def test_two_manifests_in_one_folder_with_default_settings_cannot_share_an_outpu
     b = two_jobs(job, mock)
     assert cli("run", job.manifest).exit_code == 0
     summer = (job.out / "summer.png").read_bytes()
-    line = refused(job, mock, "item summer: output.filename:", "'job-a'", "job.yaml", manifest_path=b)
+    line = refused(job, mock, "item summer: output.filename:", "job 'job-a'", "job 'job-b'", manifest_path=b)
     assert "summer.png" in line
     assert (job.out / "summer.png").read_bytes() == summer
 
@@ -230,14 +229,15 @@ def test_a_path_another_job_has_planned_but_not_yet_written_is_refused(job, mock
     b = two_jobs(job, mock, [{"id": "winter", "prompt": "other"}])
     assert cli("run", job.manifest, "--only", "summer").exit_code == 0
     assert not (job.out / "winter.png").exists()
-    refused(job, mock, "item winter: output.filename:", "'job-a'", manifest_path=b)
+    refused(job, mock, "item winter: output.filename:", "'winter.png'", "job 'job-a'", "job.yaml", manifest_path=b)
 
 
 def test_another_job_in_an_enclosing_output_folder_is_seen(job, mock):
     b = two_jobs(job, mock, [{"id": "summer", "prompt": "other"}], dir="out/sub")
-    job.write(manifest(mock.url, [{"id": "sub/summer", "prompt": "p"}], job="job-a"))
-    assert cli("run", job.manifest).exit_code == 0
-    refused(job, mock, "item summer: output.filename:", "'job-a'", manifest_path=b)
+    job.write(manifest(mock.url, [{"id": "sub/summer", "prompt": "p"}, {"id": "x", "prompt": "x"}], job="job-a"))
+    assert cli("run", job.manifest, "--only", "x").exit_code == 0
+    refused(job, mock, "item summer: output.filename:", "out/sub/summer.png", "item sub/summer of job 'job-a'",
+            manifest_path=b)
 
 
 def test_jobs_with_their_own_output_folders_share_a_database(job, mock):
