@@ -448,6 +448,8 @@ def plan_preview(path: Path, db: str | None = None) -> Preview:
             settled = store.settled(job) if job.id >= 0 else {}
         finally:
             store.close()
+    else:
+        check_other_jobs(None, loaded.planner)
     first = next(iter(loaded.planner.rows([])), None)
     return Preview(loaded, summary, first.spec if first else None, estimate(loaded, settled))
 

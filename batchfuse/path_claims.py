@@ -4,7 +4,7 @@ file where another needs a folder, nothing on disk in the way, and no other job'
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,7 +13,7 @@ from batchfuse.errors import InputError, ManifestError, printable
 from batchfuse.manifest import ManifestProblems, load_manifest
 from batchfuse.output_paths import PathProblem, item_names, same_file_key, short
 from batchfuse.providers import provider_class
-from batchfuse.store.queries import Store, other_jobs_outputs
+from batchfuse.store.queries import Store, job_outputs
 
 if TYPE_CHECKING:
     from batchfuse.plan import Planner
@@ -65,6 +65,9 @@ class PathClaims:
         self.files: dict[str, tuple[Owner, str]] = {}
         #: same-file key of a folder some name needs -> (item, that name)
         self.folders: dict[str, tuple[Owner, str]] = {}
+        #: (item, name, path) of each existing PNG under a final name, for :meth:`foreign`
+        self.existing: list[tuple[Owner, str, str]] = []
+        self._owner: Owner = ("", None)
         self._listings: dict[str, dict[str, os.DirEntry[str]] | None] = {}
         self._folder_problems: dict[str, str | None] = {}
         self._root_bytes = len(str(root).encode("utf-8"))
@@ -100,6 +103,7 @@ class PathClaims:
         return f"item {printable(owner[0])} {problem}" if problem and owner[1] is not None else problem
 
     def _claim(self, names: list[str], owner: Owner) -> str | None:
+        self._owner = owner
         for name in names:
             key = same_file_key(name)
             other = self.files.get(key)
@@ -177,13 +181,22 @@ class PathClaims:
             return self._link_problem(entry, name, want_dir=False)
         if entry.is_dir(follow_symlinks=False):
             return f"{name!r} already exists as a folder in {self.root}"
-        owner = png_job(entry.path) if base.lower().endswith(".png") else None
-        if owner is not None and owner != self.job:
-            return (
-                f"{entry.path} is an output of job {owner!r}, not of job {self.job!r} (its PNG metadata says so); "
-                "give each job its own output.dir"
-            )
+        if base.lower().endswith(".png"):  # whose it is: asked once the database is open
+            self.existing.append((self._owner, name, entry.path))
         return None
+
+    def foreign(self, ours: set[str]) -> Iterator[tuple[Owner, str]]:
+        """For each existing PNG under a final name that is not a recorded output of this job
+        (``ours``: their same-file keys) whose metadata names another job: its item and why."""
+        for owner, name, path in self.existing:
+            if same_file_key(name) in ours:
+                continue
+            job = png_job(path)
+            if job is not None and job != self.job:
+                yield owner, (
+                    f"{path} is an output of job {job!r}, not of job {self.job!r} (its PNG metadata says so); "
+                    "give each job its own output.dir"
+                )
 
     # ------------------------------------------------------------ other jobs
 
@@ -238,16 +251,20 @@ def _other_job(manifest_path: str) -> _OtherJob | None:
     return _OtherJob(root, m.output.filename, provider.images_per_item)
 
 
-def check_other_jobs(store: Store, planner: Planner) -> None:
+def check_other_jobs(store: Store | None, planner: Planner) -> None:
     """Refuse the plan if a name it claims is an output, recorded or planned, of another job in
-    the same database (a job whose manifest is this one, renamed, does not count)."""
+    the database (a job whose manifest is this one, renamed, does not count), or an existing PNG
+    that is not this job's recorded output and whose metadata names another job."""
     claims = planner.claims
     if claims is None:
         return
     own = str(planner.manifest_path.resolve())
+    job = planner.manifest.job
     others: dict[str, tuple[_OtherJob, Callable[[str], str | None]]] = {}
 
     def wanted(name: str, manifest_path: str) -> bool:
+        if name == job:
+            return bool(claims.existing)
         other = _other_job(manifest_path) if manifest_path != own else None
         mapped = claims.relative(other.root) if other else None
         if other is None or mapped is None:
@@ -256,7 +273,18 @@ def check_other_jobs(store: Store, planner: Planner) -> None:
         return True
 
     problems: dict[str, ManifestError] = {}
-    for found in other_jobs_outputs(store, planner.manifest.job, wanted):
+
+    def add(owner: Owner, message: str) -> None:
+        if owner[0] not in problems:
+            problems[owner[0]] = ManifestError(planner.file, message, item=owner[0], field="output.filename")
+        if len(problems) >= MAX_PROBLEMS:
+            raise ManifestProblems(list(problems.values()))
+
+    ours: set[str] = set()
+    for found in job_outputs(store, job, wanted) if store is not None else ():
+        if found.name == job:
+            ours = {same_file_key(path) for _, path in found.recorded}
+            continue
         other, mapped = others[found.name]
         names = list(found.recorded)
         for key, spec in found.specs:
@@ -267,17 +295,10 @@ def check_other_jobs(store: Store, planner: Planner) -> None:
         for their_key, name in names:
             rel = mapped(name)
             hit = claims.clash(rel) if rel is not None else None
-            if hit is None or hit[0][0] in problems:
-                continue
-            (key, _), ours = hit
-            problems[key] = ManifestError(
-                planner.file,
-                f"{ours!r} clashes with {other.root / name}, an output of item {printable(their_key)} of job "
-                f"{found.name!r} ({found.manifest_path}) in the same database; give each job its own output.dir",
-                item=key,
-                field="output.filename",
-            )
-            if len(problems) >= MAX_PROBLEMS:
-                raise ManifestProblems(list(problems.values()))
+            if hit is not None:
+                add(hit[0], f"{hit[1]!r} of job {job!r} clashes with {other.root / name}, an output of item {printable(their_key)} "
+                    f"of job {found.name!r} ({found.manifest_path}) in the same database; give each job its own output.dir")
+    for owner, message in claims.foreign(ours):
+        add(owner, message)
     if problems:
         raise ManifestProblems(list(problems.values()))

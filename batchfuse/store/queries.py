@@ -552,35 +552,36 @@ def _explain(exc: OperationalError) -> str:
 
 @dataclass(frozen=True)
 class JobOutputs:
-    """Another job's output names as the database knows them (relative to its output folder)."""
+    """A job's output names as the database knows them (relative to its output folder)."""
 
     name: str
     manifest_path: str
-    #: (key, spec) of each item in its plan: the names it will write follow from them.
+    #: (key, spec) of each item in its plan, from which the names it will write follow
+    #: (left empty for the job that asks: it knows its own plan).
     specs: list[tuple[str, dict[str, Any]]]
     #: (key, path) of every output recorded for it.
     recorded: list[tuple[str, str]]
 
 
-def other_jobs_outputs(store: Store, job_name: str, wanted: Callable[[str, str], bool]) -> Iterator[JobOutputs]:
-    """The outputs of every job but ``job_name`` for which ``wanted(name, manifest_path)`` is true
-    (it is asked first, so jobs writing elsewhere cost one row)."""
+def job_outputs(store: Store, job_name: str, wanted: Callable[[str, str], bool]) -> Iterator[JobOutputs]:
+    """The outputs of each job for which ``wanted(name, manifest_path)`` is true (it is asked
+    first, so a job writing elsewhere costs one row); specs only for jobs other than ``job_name``."""
     with store._read() as conn:
-        others = conn.execute(select(jobs.c.id, jobs.c.name, jobs.c.manifest_path).where(jobs.c.name != job_name)).all()
-    for other in others:
-        if not wanted(other.name, other.manifest_path):
+        found = conn.execute(select(jobs.c.id, jobs.c.name, jobs.c.manifest_path)).all()
+    for job in found:
+        if not wanted(job.name, job.manifest_path):
             continue
         with store._read() as conn:
-            specs = [
+            specs = [] if job.name == job_name else [
                 (r.key, json.loads(r.spec))
-                for r in conn.execute(select(items.c.key, items.c.spec).where(items.c.job_id == other.id, items.c.in_plan))
+                for r in conn.execute(select(items.c.key, items.c.spec).where(items.c.job_id == job.id, items.c.in_plan))
             ]
             recorded = [
                 (r.key, r.path)
                 for r in conn.execute(
                     select(items.c.key, outputs.c.path)
                     .join_from(outputs, items, outputs.c.item_id == items.c.id)
-                    .where(items.c.job_id == other.id)
+                    .where(items.c.job_id == job.id)
                 )
             ]
-        yield JobOutputs(other.name, other.manifest_path, specs, recorded)
+        yield JobOutputs(job.name, job.manifest_path, specs, recorded)

@@ -220,7 +220,7 @@ def test_two_manifests_in_one_folder_with_default_settings_cannot_share_an_outpu
     b = two_jobs(job, mock)
     assert cli("run", job.manifest).exit_code == 0
     summer = (job.out / "summer.png").read_bytes()
-    line = refused(job, mock, "item summer: output.filename:", "job 'job-a'", "job 'job-b'", manifest_path=b)
+    line = refused(job, mock, "item summer: output.filename:", "job 'job-a'", "job 'job-b'", "job.yaml", manifest_path=b)
     assert "summer.png" in line
     assert (job.out / "summer.png").read_bytes() == summer
 
