@@ -4,6 +4,7 @@ file where another needs a folder, nothing on disk in the way, and no other job'
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 Owner = tuple[str, int | None]
 MAX_PROBLEMS = 50
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_RENAME = "; put {n} in output.filename or rename one of them"
+_NUMBERED = re.compile(r"^(.*)-[0-9]+(\.[^./]+)$")
 
 
 def describe(owner: Owner) -> str:
@@ -65,6 +68,10 @@ class PathClaims:
         self.files: dict[str, tuple[Owner, str]] = {}
         #: same-file key of a folder some name needs -> (item, that name)
         self.folders: dict[str, tuple[Owner, str]] = {}
+        #: same-file key of a name that may grow -1, -2, ... (several images in a reply) -> its item
+        self.families: dict[str, tuple[Owner, str]] = {}
+        #: same-file key of the name a numbered name (x-2.png) would have without its number -> item
+        self.numbered: dict[str, tuple[Owner, str]] = {}
         #: (item, name, path) of each existing PNG under a final name, for :meth:`foreign`
         self.existing: list[tuple[Owner, str, str]] = []
         self._owner: Owner = ("", None)
@@ -96,15 +103,31 @@ class PathClaims:
             pass
         return None
 
-    def claim(self, names: list[str], owner: Owner) -> str | None:
+    def claim(self, names: list[str], owner: Owner, extras: bool = False) -> str | None:
         """Claim ``names`` for ``owner``; a message saying why one cannot be written, or None
-        (it names the item itself when the error's place is a catalog row)."""
-        problem = self._claim(names, owner)
+        (it names the item itself when the error's place is a catalog row).  With ``extras``, a
+        reply may carry more images than asked for, written as ``name-1``, ``name-2``, ...: those
+        names are claimed too."""
+        problem = self._claim(names, owner, extras)
         return f"item {printable(owner[0])} {problem}" if problem and owner[1] is not None else problem
 
-    def _claim(self, names: list[str], owner: Owner) -> str | None:
+    def _claim(self, names: list[str], owner: Owner, extras: bool) -> str | None:
         self._owner = owner
+        if extras and len(names) == 1:
+            stem, ext = os.path.splitext(names[0])
+            family = same_file_key(names[0])
+            other = self.numbered.get(family)
+            if other is not None and other[0] != owner:
+                return f"{_extras(names[0])}, and {describe(other[0])} writes {other[1]!r}{_RENAME}"
+            self.families.setdefault(family, (owner, names[0]))
         for name in names:
+            numbered = _NUMBERED.match(name)
+            if numbered:
+                family = same_file_key(numbered[1] + numbered[2])
+                other = self.families.get(family)
+                if other is not None and other[0] != owner:
+                    return f"writes {name!r}, but {describe(other[0])} {_extras(other[1])}{_RENAME}"
+                self.numbered.setdefault(family, (owner, name))
             key = same_file_key(name)
             other = self.files.get(key)
             if other is not None:
@@ -224,6 +247,11 @@ class PathClaims:
             if hit is not None:
                 return hit
         return None
+
+
+def _extras(name: str) -> str:
+    stem, ext = os.path.splitext(name)
+    return f"writes {name!r}, or {stem}-1{ext}, {stem}-2{ext}, ... when a reply carries several images"
 
 
 def _spelled(other: str, name: str) -> str:

@@ -37,7 +37,7 @@ from batchfuse.path_claims import PathClaims
 from batchfuse.providers import provider_class
 from batchfuse.providers.base import Provider
 from batchfuse.store.queries import PlannedRow
-from batchfuse.templates import TemplateProblem, render
+from batchfuse.templates import TemplateProblem, fields_of, render
 
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 MAX_PROBLEMS = 50
@@ -106,6 +106,12 @@ class Planner:
                 validation_problems(exc, self.file, self.provider.Params, prefix="defaults")
             ) from None
         self.param_names = tuple(self.provider.Params.model_fields)
+        #: Whether a reply may carry more images than asked for, written as ``name-1``, ``name-2``.
+        try:
+            numbered = "n" in fields_of(self.manifest.output.filename)
+        except TemplateProblem:  # reported for each item
+            numbered = True
+        self._extras = getattr(self.provider, "MAY_ADD_IMAGES", False) and not numbered
         # Memos for large catalogs, where thousands of rows share images and parameters.
         self._refs: dict[str, tuple[dict[str, Any], ImageInfo] | ImageProblem] = {}
         self._params: dict[Any, BaseModel] = {}
@@ -171,7 +177,7 @@ class Planner:
                 duplicate_file = duplicate_file or raw.file
                 continue
             first_row[row.key] = raw.row
-            clash = claims.claim(names, (row.key, raw.row)) if claims is not None else None
+            clash = claims.claim(names, (row.key, raw.row), self._extras) if claims is not None else None
             if clash:
                 problems.append(raw.error(clash, "output.filename"))
                 continue

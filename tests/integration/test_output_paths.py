@@ -270,3 +270,22 @@ def test_a_rerun_of_the_same_job_is_not_refused_by_its_own_outputs_even_without_
     result = cli("run", job.manifest)
     assert result.exit_code == 0, result.stderr
     assert len(generation_requests(mock)) == 2  # adopted from disk, not paid again
+
+
+def test_an_item_named_like_the_numbered_images_of_another_is_refused_where_replies_may_carry_several(job, mock):
+    job.write(manifest(mock.url, [{"id": "shirt-2", "prompt": "p"}, {"id": "shirt", "prompt": "q"}]))
+    refused(job, mock, "item shirt: output.filename:", "shirt-1.png, shirt-2.png", "item shirt-2", "{n}")
+
+
+def test_extra_images_of_a_reply_never_overwrite_another_items_output(job, mock):
+    mock.configure(images_per_reply=2)
+    job.write(manifest(mock.url, [{"id": "shirt", "prompt": "p"}, {"id": "shirt-2", "prompt": "q"}],
+                       output={"filename": "{item}_{n}.png"}))
+    assert cli("run", job.manifest).exit_code == 0
+    paths = [p for (p,) in job.sql("SELECT path FROM outputs")]
+    assert sorted(paths) == ["shirt-2_1.png", "shirt-2_2.png", "shirt_1.png", "shirt_2.png"]
+
+
+def test_numbered_ids_are_fine_for_a_provider_that_makes_exactly_n_images(job, mock):
+    job.write(openai(mock.url, [{"id": "shirt-2", "prompt": "p"}, {"id": "shirt", "prompt": "q"}]))
+    assert cli("validate", job.manifest).exit_code == 0
