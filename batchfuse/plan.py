@@ -106,11 +106,11 @@ class Planner:
                 validation_problems(exc, self.file, self.provider.Params, prefix="defaults")
             ) from None
         self.param_names = tuple(self.provider.Params.model_fields)
-        #: Whether a reply may carry more images than asked for, written as ``name-1``, ``name-2``.
         try:
             numbered = "n" in fields_of(self.manifest.output.filename)
         except TemplateProblem:  # reported for each item
             numbered = True
+        #: Whether a reply may carry more images than asked for, written as ``name-1``, ``name-2``.
         self._extras = getattr(self.provider, "MAY_ADD_IMAGES", False) and not numbered
         # Memos for large catalogs, where thousands of rows share images and parameters.
         self._refs: dict[str, tuple[dict[str, Any], ImageInfo] | ImageProblem] = {}
