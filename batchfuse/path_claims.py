@@ -114,7 +114,6 @@ class PathClaims:
     def _claim(self, names: list[str], owner: Owner, extras: bool) -> str | None:
         self._owner = owner
         if extras and len(names) == 1:
-            stem, ext = os.path.splitext(names[0])
             family = same_file_key(names[0])
             other = self.numbered.get(family)
             if other is not None and other[0] != owner:
@@ -178,6 +177,8 @@ class PathClaims:
                     problem = self._link_problem(entry, folder, want_dir=True)
                 elif not entry.is_dir(follow_symlinks=False):
                     problem = f"needs the folder {folder!r}, but {entry.path} is a file"
+                elif not os.access(entry.path, os.W_OK | os.X_OK):
+                    problem = f"the folder {entry.path} cannot be written by this user"
         self._folder_problems[folder] = problem
         return problem
 
@@ -324,8 +325,11 @@ def check_other_jobs(store: Store | None, planner: Planner) -> None:
             rel = mapped(name)
             hit = claims.clash(rel) if rel is not None else None
             if hit is not None:
-                add(hit[0], f"{hit[1]!r} of job {job!r} clashes with {other.root / name}, an output of item {printable(their_key)} "
-                    f"of job {found.name!r} ({found.manifest_path}) in the same database; give each job its own output.dir")
+                add(hit[0], (
+                    f"{hit[1]!r} of job {job!r} clashes with {other.root / name}, an output of item "
+                    f"{printable(their_key)} of job {found.name!r} ({found.manifest_path}) in the same database; "
+                    "give each job its own output.dir"
+                ))
     for owner, message in claims.foreign(ours):
         add(owner, message)
     if problems:
