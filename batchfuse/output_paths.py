@@ -106,5 +106,6 @@ def same_file_key(name: str) -> str:
     """The key under which names are one file on a case-insensitive, normalization-insensitive
     filesystem (macOS, SMB shares): NFC, then case folded."""
     if name.isascii():
-        return name.lower()
+        lowered = name.lower()
+        return name if lowered == name else lowered  # one string, not two, per name kept
     return unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())

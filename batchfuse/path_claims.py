@@ -60,16 +60,17 @@ def png_job(path: str) -> str | None:
 class PathClaims:
     """Every name of a plan under its same-file key, checked against each other and the disk."""
 
-    def __init__(self, root: Path, job: str) -> None:
+    def __init__(self, root: Path, job: str, extras: bool = False) -> None:
         self.root = root
         self.job = job
+        #: A reply may carry more images than asked for, written as ``name-1``, ``name-2``, ...
+        #: (when the template has no ``{n}``): those names count as the item's too.
+        self.extras = extras
         self.root_key = same_file_key(str(root))
         #: same-file key -> (item, the name it writes)
         self.files: dict[str, tuple[Owner, str]] = {}
         #: same-file key of a folder some name needs -> (item, that name)
         self.folders: dict[str, tuple[Owner, str]] = {}
-        #: same-file key of a name that may grow -1, -2, ... (several images in a reply) -> its item
-        self.families: dict[str, tuple[Owner, str]] = {}
         #: same-file key of the name a numbered name (x-2.png) would have without its number -> item
         self.numbered: dict[str, tuple[Owner, str]] = {}
         #: (item, name, path) of each existing PNG under a final name, for :meth:`foreign`
@@ -103,27 +104,23 @@ class PathClaims:
             pass
         return None
 
-    def claim(self, names: list[str], owner: Owner, extras: bool = False) -> str | None:
+    def claim(self, names: list[str], owner: Owner) -> str | None:
         """Claim ``names`` for ``owner``; a message saying why one cannot be written, or None
-        (it names the item itself when the error's place is a catalog row).  With ``extras``, a
-        reply may carry more images than asked for, written as ``name-1``, ``name-2``, ...: those
-        names are claimed too."""
-        problem = self._claim(names, owner, extras)
+        (it names the item itself when the error's place is a catalog row)."""
+        problem = self._claim(names, owner)
         return f"item {printable(owner[0])} {problem}" if problem and owner[1] is not None else problem
 
-    def _claim(self, names: list[str], owner: Owner, extras: bool) -> str | None:
+    def _claim(self, names: list[str], owner: Owner) -> str | None:
         self._owner = owner
-        if extras and len(names) == 1:
-            family = same_file_key(names[0])
-            other = self.numbered.get(family)
+        if self.extras and len(names) == 1:  # its extra images would be name-1, name-2, ...
+            other = self.numbered.get(same_file_key(names[0]))
             if other is not None and other[0] != owner:
                 return f"{_extras(names[0])}, and {describe(other[0])} writes {other[1]!r}{_RENAME}"
-            self.families.setdefault(family, (owner, names[0]))
         for name in names:
-            numbered = _NUMBERED.match(name)
-            if numbered:
+            numbered = _NUMBERED.match(name) if self.extras else None
+            if numbered:  # an extra image of the item writing name-without-number?
                 family = same_file_key(numbered[1] + numbered[2])
-                other = self.families.get(family)
+                other = self.files.get(family)
                 if other is not None and other[0] != owner:
                     return f"writes {name!r}, but {describe(other[0])} {_extras(other[1])}{_RENAME}"
                 self.numbered.setdefault(family, (owner, name))
@@ -301,6 +298,7 @@ def check_other_jobs(store: Store | None, planner: Planner) -> None:
         others[name] = (other, mapped)
         return True
 
+    planner.claims = None  # checked once; a large plan's names need not stay in memory
     problems: dict[str, ManifestError] = {}
 
     def add(owner: Owner, message: str) -> None:

@@ -148,7 +148,7 @@ class Planner:
     def validate(self) -> int:
         """Check every item and every output path (unique, storable, writable on disk); raises
         :class:`ManifestProblems` listing the problems. Returns the count."""
-        claims = PathClaims(self.output_dir, self.manifest.job)
+        claims = PathClaims(self.output_dir, self.manifest.job, self._extras)
         problem = claims.root_problem()
         if problem:
             raise ManifestError(self.file, problem, field="output.dir")
@@ -177,7 +177,7 @@ class Planner:
                 duplicate_file = duplicate_file or raw.file
                 continue
             first_row[row.key] = raw.row
-            clash = claims.claim(names, (row.key, raw.row), self._extras) if claims is not None else None
+            clash = claims.claim(names, (row.key, raw.row)) if claims is not None else None
             if clash:
                 problems.append(raw.error(clash, "output.filename"))
                 continue
