@@ -73,8 +73,8 @@ class PathClaims:
         self.folders: dict[str, tuple[Owner, str]] = {}
         #: same-file key of the name a numbered name (x-2.png) would have without its number -> item
         self.numbered: dict[str, tuple[Owner, str]] = {}
-        #: (item, name, path) of each existing PNG under a final name, for :meth:`foreign`
-        self.existing: list[tuple[Owner, str, str]] = []
+        #: (item, name) of each existing PNG under a final name, for :meth:`foreign`
+        self.existing: list[tuple[Owner, str]] = []
         self._owner: Owner = ("", None)
         self._listings: dict[str, dict[str, os.DirEntry[str]] | None] = {}
         self._folder_problems: dict[str, str | None] = {}
@@ -203,16 +203,17 @@ class PathClaims:
         if entry.is_dir(follow_symlinks=False):
             return f"{name!r} already exists as a folder in {self.root}"
         if base.lower().endswith(".png"):  # whose it is: asked once the database is open
-            self.existing.append((self._owner, name, entry.path))
+            self.existing.append((self._owner, name))
         return None
 
     def foreign(self, ours: set[str]) -> Iterator[tuple[Owner, str]]:
         """For each existing PNG under a final name that is not a recorded output of this job
         (``ours``: their same-file keys) whose metadata names another job: its item and why."""
-        for owner, name, path in self.existing:
+        for owner, name in self.existing:
             if same_file_key(name) in ours:
                 continue
-            job = png_job(path)
+            path = self.root / name
+            job = png_job(str(path))
             if job is not None and job != self.job:
                 yield owner, (
                     f"{path} is an output of job {job!r}, not of job {self.job!r} (its PNG metadata says so); "
