@@ -141,7 +141,7 @@ class PathClaims:
             size = self._root_bytes + 1 + len(name.encode("utf-8"))
             if size >= self.path_max:
                 return f"output name {short(name)!r} makes a path {size} bytes long; this filesystem takes at most {self.path_max - 1}"
-            problem = self._on_disk(name)
+            problem = self._on_disk(name, key)
             if problem:
                 return problem
             self.files[key] = (owner, name)
@@ -189,13 +189,13 @@ class PathClaims:
             return f"{name!r} in the output folder is a link to the folder {target}"
         return None
 
-    def _on_disk(self, name: str) -> str | None:
+    def _on_disk(self, name: str, key: str) -> str | None:
         folder, _, base = name.rpartition("/")
         problem = self._folder_problem(folder)
         if problem:
             return problem
         listing = self._listing(folder)
-        entry = listing.get(same_file_key(base)) if listing else None
+        entry = listing.get(key.rpartition("/")[2]) if listing else None
         if entry is None:
             return None
         if entry.is_symlink():
