@@ -29,6 +29,7 @@ from batchfuse.errors import InputError, ManifestError, register_secret
 from batchfuse.images import EncodedImageCache
 from batchfuse.manifest import Manifest, did_you_mean, load_manifest
 from batchfuse.outputs import OutputFolder
+from batchfuse.path_claims import check_other_jobs
 from batchfuse.plan import Planner
 from batchfuse.providers.base import ProviderContext
 from batchfuse.providers.fetch import Fetcher, origin
@@ -275,6 +276,7 @@ async def run_job(
     store = await asyncio.to_thread(open_store, loaded, options.db)
     db = Database(store)
     try:
+        await db.call(check_other_jobs, store, loaded.planner)  # read-only: before anything is written
         shared = not store.is_sqlite
         job, run_id, runner_id = await _take_job(store, db, loaded, options)
         reason, error, internal = "completed", None, False
@@ -485,10 +487,13 @@ def plan_preview(path: Path, db: str | None = None) -> Preview:
     if missing_sqlite_file(url) is None:  # validate never creates a database
         store = Store.open(url)
         try:
+            check_other_jobs(store, loaded.planner)
             job, summary = sync(store, loaded, dry_run=True)
             settled = store.settled(job) if job.id >= 0 else {}
         finally:
             store.close()
+    else:
+        check_other_jobs(None, loaded.planner)
     first = next(iter(loaded.planner.rows([])), None)
     return Preview(loaded, summary, first.spec if first else None, estimate(loaded, settled))
 

@@ -1,6 +1,5 @@
-"""Output files: names from a template that can never leave the output folder, and
-atomic writes (temp file, fsync, rename, fsync of the folder) so that no partial file ever
-carries a final name.  PNG outputs carry the prompt, model and item key as iTXt chunks.
+"""Output files: atomic writes (temp file, fsync, rename, fsync of the folder) so that no
+partial file ever carries a final name (the names come from :mod:`batchfuse.output_paths`).  PNG outputs carry the prompt, model and item key as iTXt chunks.
 """
 
 from __future__ import annotations
@@ -15,57 +14,14 @@ import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from batchfuse import faultpoints
 from batchfuse.errors import OutputError
 from batchfuse.images import open_image
+from batchfuse.output_paths import FORMATS, TEMP_DIR, PathProblem, check_relative, output_name  # noqa: F401
 from batchfuse.store.records import OutputRecord
-from batchfuse.templates import TemplateProblem, fields_of, render
 
-TEMP_DIR = ".batchfuse-tmp"
-FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-class PathProblem(ValueError):
-    """An output name is not acceptable; the message says why."""
-
-
-def output_name(template: str, values: Mapping[str, Any], n: int, count: int) -> str:
-    """The relative output path for image ``n`` (1-based) of ``count`` from one attempt.
-
-    When the template has no ``{n}`` and a reply carries several images, ``-N`` is added
-    before the extension.  Raises :class:`PathProblem` for a name that would escape the
-    output folder (absolute, ``..``, NUL) or has an extension we cannot write.
-    """
-    try:
-        rendered = render(template, {**values, "n": n})
-    except TemplateProblem as exc:
-        raise PathProblem(str(exc)) from None
-    if count > 1 and "n" not in fields_of(template):
-        stem, dot, ext = rendered.rpartition(".")
-        rendered = f"{stem}-{n}.{ext}" if dot else f"{rendered}-{n}"
-    return check_relative(rendered)
-
-
-def check_relative(name: str) -> str:
-    """``name`` if it is a plain relative path inside the output folder (string checks only:
-    this runs for every item of a large catalog)."""
-    if not name or "\x00" in name:
-        raise PathProblem(f"output name {name!r} is empty or contains a NUL byte")
-    if "\\" in name:
-        raise PathProblem(f"output name {name!r} contains a backslash")
-    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-        raise PathProblem(f"output name {name!r} is absolute; it must stay inside the output folder")
-    parts = name.split("/")
-    if any(part in ("..", ".", "") for part in parts):
-        raise PathProblem(f"output name {name!r} leaves or skips through the output folder")
-    if any(part.startswith(TEMP_DIR) for part in parts):
-        raise PathProblem(f"output name {name!r} uses the reserved folder {TEMP_DIR}")
-    if os.path.splitext(parts[-1])[1].lower() not in FORMATS:
-        raise PathProblem(f"output name {name!r} must end in one of {', '.join(sorted(FORMATS))}")
-    return name
 
 
 def _png_itxt(keyword: str, text: str) -> bytes:

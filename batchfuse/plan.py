@@ -32,12 +32,13 @@ from batchfuse.manifest import (
     did_you_mean,
     validation_problems,
 )
-from batchfuse.outputs import PathProblem, output_name
+from batchfuse.output_paths import PathProblem, item_names
+from batchfuse.path_claims import PathClaims
 from batchfuse.providers import provider_class
 from batchfuse.providers.base import Provider
 from batchfuse.providers.fetch import url_problem
 from batchfuse.store.queries import PlannedRow
-from batchfuse.templates import TemplateProblem, render, shorten
+from batchfuse.templates import TemplateProblem, fields_of, render, shorten
 
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 MAX_PROBLEMS = 50
@@ -106,9 +107,17 @@ class Planner:
                 validation_problems(exc, self.file, self.provider.Params, prefix="defaults")
             ) from None
         self.param_names = tuple(self.provider.Params.model_fields)
+        try:
+            numbered = "n" in fields_of(self.manifest.output.filename)
+        except TemplateProblem:  # reported for each item
+            numbered = True
+        #: Whether a reply may carry more images than asked for, written as ``name-1``, ``name-2``.
+        self._extras = getattr(self.provider, "MAY_ADD_IMAGES", False) and not numbered
         # Memos for large catalogs, where thousands of rows share images and parameters.
         self._refs: dict[str, tuple[dict[str, Any], ImageInfo] | ImageProblem] = {}
         self._params: dict[Any, BaseModel] = {}
+        #: Every output name of the plan, kept by :meth:`validate` for the check against other jobs.
+        self.claims: PathClaims | None = None
 
     def _validated_params(self, overrides: dict[str, Any]) -> BaseModel:
         """The item's parameters: defaults with its overrides, validated once per distinct set."""
@@ -138,14 +147,21 @@ class Planner:
         return (self.base_dir / self.manifest.output.dir).resolve()
 
     def validate(self) -> int:
-        """Check every item; raises :class:`ManifestProblems` listing them all. Returns the count."""
+        """Check every item and every output path (unique, storable, writable on disk); raises
+        :class:`ManifestProblems` listing the problems. Returns the count."""
+        claims = PathClaims(self.output_dir, self.manifest.job, self._extras)
+        problem = claims.root_problem()
+        if problem:
+            raise ManifestError(self.file, problem, field="output.dir")
         problems: list[ManifestError] = []
-        n = sum(1 for _ in self.rows(problems))
+        n = sum(1 for _ in self.rows(problems, claims))
         if problems:
             raise ManifestProblems(problems[:MAX_PROBLEMS])
+        self.claims = claims
         return n
 
-    def rows(self, problems: list[ManifestError]) -> Iterator[PlannedRow]:
+    def rows(self, problems: list[ManifestError], claims: PathClaims | None = None) -> Iterator[PlannedRow]:
+        """The planned rows; with ``claims``, each item's output names are claimed there too."""
         first_row: dict[str, int | None] = {}  # key -> its row: all that is kept per item
         duplicates: dict[str, list[int | None]] = {}
         duplicate_file = ""
@@ -153,19 +169,25 @@ class Planner:
             if isinstance(raw, ManifestError):
                 problems.append(raw)
                 continue
-            row = self._row(raw, problems)
-            if row is None:
+            planned = self._row(raw, problems)
+            if planned is None:
                 continue
+            row, names = planned
             if row.key in first_row:
                 duplicates.setdefault(row.key, [first_row[row.key]]).append(raw.row)
                 duplicate_file = duplicate_file or raw.file
                 continue
             first_row[row.key] = raw.row
+            clash = claims.claim(names, (row.key, raw.row)) if claims is not None else None
+            if clash:
+                problems.append(raw.error(clash, "output.filename"))
+                continue
             yield row
         if duplicates:
             problems.append(_duplicates_problem(duplicates, duplicate_file))
 
-    def _row(self, item: RawItem, problems: list[ManifestError]) -> PlannedRow | None:
+    def _row(self, item: RawItem, problems: list[ManifestError]) -> tuple[PlannedRow, list[str]] | None:
+        """The item's planned row and its output names, or None after adding its problems."""
         raw = item.fields
 
         def problem(fld: str | None, message: str) -> None:
@@ -237,11 +259,6 @@ class Planner:
             for p in broken:
                 problem(p.field, p.message)
             return None
-        try:
-            output_name(self.manifest.output.filename, values, 1, 1)
-        except PathProblem as exc:
-            problem("output.filename", str(exc))
-            return None
         request_params = self.provider.request_params(model, params)
         spec = {
             "prompt": prompt,
@@ -249,6 +266,11 @@ class Planner:
             "images": refs,
             "vars": {k: v for k, v in values.items() if k not in request_params},
         }
+        try:  # named exactly as the runner will name them, every image of the request
+            names = item_names(self.manifest.output.filename, spec, self.provider.images_per_item(request_params))
+        except PathProblem as exc:
+            problem("output.filename", str(exc))
+            return None
         digest = spec_hash(self.provider.kind, model, prompt, request_params, [r["digest"] for r in refs])
-        return PlannedRow(key=key, ordinal=item.ordinal, spec_hash=digest, spec=spec)
+        return PlannedRow(key=key, ordinal=item.ordinal, spec_hash=digest, spec=spec), names
 

@@ -60,6 +60,8 @@ class GeminiProvider(Provider):
     kind = "gemini"
     Params = GeminiParams
     MODELS: ClassVar[tuple[str, ...]] = (PRO, FLASH)
+    #: A reply may carry more images than asked for; they are kept, named ``-1``, ``-2``, ...
+    MAY_ADD_IMAGES = True
 
     @classmethod
     def check(cls, model: str, params: BaseModel, images: list[ImageInfo | None]) -> list[Problem]:

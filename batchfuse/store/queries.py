@@ -11,7 +11,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -628,3 +628,40 @@ class Store(StoreReads):
             )
         return dropped
 
+
+
+@dataclass(frozen=True)
+class JobOutputs:
+    """A job's output names as the database knows them (relative to its output folder)."""
+
+    name: str
+    manifest_path: str
+    #: (key, spec) of each item in its plan, from which the names it will write follow
+    #: (left empty for the job that asks: it knows its own plan).
+    specs: list[tuple[str, dict[str, Any]]]
+    #: (key, path) of every output recorded for it.
+    recorded: list[tuple[str, str]]
+
+
+def job_outputs(store: Store, job_name: str, wanted: Callable[[str, str], bool]) -> Iterator[JobOutputs]:
+    """The outputs of each job for which ``wanted(name, manifest_path)`` is true (it is asked
+    first, so a job writing elsewhere costs one row); specs only for jobs other than ``job_name``."""
+    with store._read() as conn:
+        found = conn.execute(select(jobs.c.id, jobs.c.name, jobs.c.manifest_path)).all()
+    for job in found:
+        if not wanted(job.name, job.manifest_path):
+            continue
+        with store._read() as conn:
+            specs = [] if job.name == job_name else [
+                (r.key, json.loads(r.spec))
+                for r in conn.execute(select(items.c.key, items.c.spec).where(items.c.job_id == job.id, items.c.in_plan))
+            ]
+            recorded = [
+                (r.key, r.path)
+                for r in conn.execute(
+                    select(items.c.key, outputs.c.path)
+                    .join_from(outputs, items, outputs.c.item_id == items.c.id)
+                    .where(items.c.job_id == job.id)
+                )
+            ]
+        yield JobOutputs(job.name, job.manifest_path, specs, recorded)

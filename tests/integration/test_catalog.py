@@ -52,7 +52,7 @@ def test_a_csv_catalog_crossed_with_a_matrix(job, mock):
     states = job.state_of()
     assert len(states) == 12 and set(states.values()) == {"succeeded"}
     assert "A1~4:5~lifestyle" in states
-    assert (job.out / "B2" / "lifestyle-4:5.png").is_file()
+    assert (job.out / "B2" / "lifestyle-4_5.png").is_file()  # ":" is mapped (output_paths)
     reqs = generation_requests(mock)
     assert len(reqs) == 12
     lamp = [r for r in reqs if r["prompt"] == "studio shot: the lamp from image 1 on the table in image 2"]
