@@ -45,8 +45,6 @@ RATE_FIELDS: tuple[str, ...] = (
     "rate_no_image",
 )
 
-IMAGE_MODES: frozenset[str] = frozenset({"collage", "solid"})
-
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 NonNegative = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 Positive = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
@@ -166,7 +164,6 @@ def config_field_names() -> list[str]:
 
 __all__ = [
     "FAULT_NAMES",
-    "IMAGE_MODES",
     "RATE_FIELDS",
     "MockConfig",
     "apply_changes",

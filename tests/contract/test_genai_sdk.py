@@ -167,6 +167,7 @@ def test_text_and_image_with_search_and_url_context(mock: MockServerThread, tool
         assert final_images(response)
 
 
+@pytest.mark.filterwarnings("ignore:Inheritance class AiohttpClientSession:DeprecationWarning")  # the SDK's own
 def test_async_client(mock: MockServerThread) -> None:
     import asyncio
 
