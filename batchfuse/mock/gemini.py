@@ -94,7 +94,8 @@ def per_day_exhausted(model: str) -> web.Response:
 
 
 def key_invalid() -> web.Response:
-    """A wrong key: 400 INVALID_ARGUMENT with ErrorInfo reason API_KEY_INVALID, as the service answers."""
+    """A wrong key: 400 INVALID_ARGUMENT with ErrorInfo reason API_KEY_INVALID, as the service answers
+    (body as quoted from the live API in e.g. github.com/cequence-io/openai-scala-client/issues/109)."""
     details = [
         {
             "@type": "type.googleapis.com/google.rpc.ErrorInfo",

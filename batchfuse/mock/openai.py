@@ -67,7 +67,8 @@ def _invalid(
 
 def _rate_limited(delay_s: float, limit: int | None = None) -> web.Response:
     """429 with ``Retry-After`` and OpenAI's ``x-ratelimit-*-requests`` headers (limit, remaining,
-    time until reset as ``"1.5s"``), which openai-python exposes on ``RateLimitError.response``."""
+    time until reset as ``"1.5s"``; OpenAI sends e.g. ``12ms``, as quoted in
+    community.openai.com/t/1268905), which openai-python exposes on ``RateLimitError.response``."""
     seconds = max(1, -int(-delay_s // 1))
     message = f"Rate limit reached for requests. Please try again in {delay_s:.1f}s."
     response = openai_error(429, message, "requests", "rate_limit_exceeded")
