@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -146,13 +145,12 @@ def api_key(loaded: Loaded) -> str:
 
 
 def mock_config(manifest: Manifest, file: str) -> Any:
-    from batchfuse.mock import MockConfig
+    from batchfuse.mock.config import make_config
 
-    known = {f.name for f in dataclasses.fields(MockConfig)}
-    unknown = sorted(set(manifest.provider.mock) - known)
-    if unknown:
-        raise ManifestError(file, f"unknown mock option {unknown[0]!r}", field="provider.mock")
-    return MockConfig(**{**MOCK_DEFAULTS, **manifest.provider.mock})
+    try:  # pydantic checks names and types, so a wrong option fails at validate, not at run
+        return make_config({**MOCK_DEFAULTS, **manifest.provider.mock})
+    except ValueError as exc:
+        raise ManifestError(file, str(exc), field="provider.mock") from None
 
 
 def open_store(loaded: Loaded, db: str | None) -> Store:

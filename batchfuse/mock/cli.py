@@ -55,7 +55,12 @@ _RATE = click.FloatRange(0.0, 1.0)
 @click.option(
     "--api-key-env", metavar="NAME", help="Env var holding the only accepted key (default: any key)."
 )
-@click.option("--thought-images", is_flag=True, help="Gemini 3: send an interim 'thought' image first.")
+@click.option(
+    "--thought-images/--no-thought-images",
+    default=True,
+    show_default=True,
+    help="Gemini 3 models send an interim 'thought' image first, as the real API does.",
+)
 @click.option("--data-url-in-text", is_flag=True, help="Relay variant: image as a data URL in a text part.")
 @click.option("--record-bodies", is_flag=True, help="Keep request bodies in the request log.")
 def mock_server(host: str, port: int, api_key_env: str | None, **options: object) -> None:

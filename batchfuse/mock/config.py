@@ -7,10 +7,11 @@ field between two requests ("the API goes down now") and the next request sees i
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field, ValidationError
+from pydantic.dataclasses import dataclass
 
 #: The faults a generation request can be given, by marker or by rate. ``download_fail`` only
 #: means something for OpenAI-style ``url`` replies; ``perday`` is the per-day quota 429.
@@ -44,51 +45,59 @@ RATE_FIELDS: tuple[str, ...] = (
     "rate_no_image",
 )
 
-IMAGE_MODES: frozenset[str] = frozenset({"collage", "solid"})
+Rate = Annotated[float, Field(ge=0.0, le=1.0)]
+NonNegative = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+Positive = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+Count = Annotated[int, Field(ge=0)]
+
+#: Strict types (no "3" for 3, no 1 for true), no unknown fields, and every later assignment
+#: checked too: a manifest's ``provider.mock``, ``/_mock/config`` JSON and tests all go through it.
+_STRICT = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
 
 
-@dataclass
+@dataclass(config=_STRICT)
 class MockConfig:
     """Everything that shapes how the fake API answers. All fields have harmless defaults."""
 
     #: The only key accepted; ``None`` accepts any non-empty key.
     api_key: str | None = None
     #: Every generation request sleeps ``latency_ms`` ± uniform ``jitter_ms`` (never below 0).
-    latency_ms: float = 0
-    jitter_ms: float = 0
+    latency_ms: NonNegative = 0.0
+    jitter_ms: NonNegative = 0.0
     #: Requests per minute per key (sliding 60 s window counted at arrival); over it → 429.
-    rpm_limit: int | None = None
+    rpm_limit: Count | None = None
     #: The length of the ``rpm_limit`` window; shorter than 60 s scales the dynamics down for tests
     #: (``rpm_limit`` requests per ``rpm_window_s``).
-    rpm_window_s: float = 60.0
+    rpm_window_s: Positive = 60.0
     #: Successful generations per key before a per-day 429 (no RetryInfo: do not come back soon).
-    daily_quota: int | None = None
-    rate_500: float = 0.0
-    rate_503: float = 0.0
-    rate_hang: float = 0.0
-    rate_reset: float = 0.0
-    rate_truncate: float = 0.0
-    rate_safety: float = 0.0
-    rate_text_only: float = 0.0
-    rate_no_image: float = 0.0
+    daily_quota: Count | None = None
+    rate_500: Rate = 0.0
+    rate_503: Rate = 0.0
+    rate_hang: Rate = 0.0
+    rate_reset: Rate = 0.0
+    rate_truncate: Rate = 0.0
+    rate_safety: Rate = 0.0
+    rate_text_only: Rate = 0.0
+    rate_no_image: Rate = 0.0
     #: Seed for the fault draws and latency jitter; ``None`` = unpredictable.
     seed: int | None = None
     #: How long a "hang" fault sleeps before answering; the client's timeout must fire first.
-    hang_s: float = 3600.0
+    hang_s: NonNegative = 3600.0
     #: A ``time.monotonic()`` deadline: until then every generation request answers 503.
     outage_until: float | None = None
-    #: Output pixel size = spec table size × this (at least 8 px a side); small = fast tests.
-    image_scale: float = 1.0
+    #: Output pixel size = catalog size × this (at least 8 px a side); small = fast tests.
+    image_scale: Positive = 1.0
     #: ``"collage"`` draws the references and prompt; ``"solid"`` is one flat colour (benchmarks).
-    image_mode: str = "collage"
-    #: Gemini 3 models also send an interim image part marked ``"thought": true``.
-    thought_images: bool = False
+    image_mode: Literal["collage", "solid"] = "collage"
+    #: Thinking models (catalog ``thought_images``: the Gemini 3 image models) send an interim
+    #: image part marked ``"thought": true`` first, as the real API does; off = final image only.
+    thought_images: bool = True
     #: Relay variant: the image comes back as a markdown data URL inside a text part.
     data_url_in_text: bool = False
     #: Gemini: how many final image parts one reply carries.
-    images_per_reply: int = 1
+    images_per_reply: Annotated[int, Field(ge=1)] = 1
     #: OpenAI ``url`` replies: result URLs answer 403 "Request has expired" after this many seconds.
-    url_ttl_s: float = 86400.0
+    url_ttl_s: NonNegative = 86400.0
     #: OpenAI ``url`` replies: link results under this base URL instead of the request's own
     #: scheme and host (a relay handing out links to another host, or to its LAN address).
     result_base: str | None = None
@@ -99,60 +108,31 @@ class MockConfig:
 
 
 _FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(MockConfig)}
-_OPTIONAL_INT = {"rpm_limit", "daily_quota", "seed"}
-_OPTIONAL_FLOAT = {"outage_until"}
-_OPTIONAL_STR = {"api_key", "static_dir", "result_base"}
-_BOOL = {"thought_images", "data_url_in_text", "record_bodies"}
-_INT = {"images_per_reply"}
-_STR = {"image_mode"}
+
+
+def _message(exc: ValidationError) -> str:
+    """A pydantic error as one line naming the field: ``rate_503: Input should be ...``."""
+    first = exc.errors()[0]
+    name = ".".join(str(part) for part in first["loc"]) or "mock config"
+    if first["type"] == "unexpected_keyword_argument":
+        return f"unknown mock config field {name!r}"
+    return f"{name}: {first['msg']}, got {first.get('input')!r}"
+
+
+def make_config(options: dict[str, Any]) -> MockConfig:
+    """A :class:`MockConfig` from loose input (a manifest's ``provider.mock``, JSON);
+    ``ValueError`` names the first unknown or wrongly typed field."""
+    try:
+        return MockConfig(**options)
+    except ValidationError as exc:
+        raise ValueError(_message(exc)) from None
 
 
 def coerce_field(name: str, value: Any) -> Any:
-    """Check one field's new value and convert it to the field's type.
-
-    Why here and not in the dataclass: the dataclass stays a plain record that tests build by
-    keyword, while values arriving as JSON or CLI strings go through this single gate and fail
-    with a message that names the field.
-    """
+    """Check one field's new value; return it as the field's type (``ValueError`` if wrong)."""
     if name not in _FIELDS:
         raise ValueError(f"unknown mock config field {name!r}")
-    if value is None:
-        if name in _OPTIONAL_INT | _OPTIONAL_FLOAT | _OPTIONAL_STR:
-            return None
-        raise ValueError(f"{name} cannot be null")
-    if name in _BOOL:
-        if not isinstance(value, bool):
-            raise ValueError(f"{name} must be true or false, got {value!r}")
-        return value
-    if name in _OPTIONAL_STR | _STR:
-        if not isinstance(value, str):
-            raise ValueError(f"{name} must be a string, got {value!r}")
-        if name == "image_mode" and value not in IMAGE_MODES:
-            raise ValueError(f"image_mode must be one of {sorted(IMAGE_MODES)}, got {value!r}")
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if name in _OPTIONAL_INT | _INT:
-        if value != int(value):
-            raise ValueError(f"{name} must be a whole number, got {value!r}")
-        value = int(value)
-        if name == "images_per_reply" and value < 1:
-            raise ValueError("images_per_reply must be at least 1")
-        if name in {"rpm_limit", "daily_quota"} and value < 0:
-            raise ValueError(f"{name} must not be negative")
-        return value
-    value = float(value)
-    if math.isnan(value):
-        raise ValueError(f"{name} must be a number, got NaN")
-    if name.startswith("rate_") and not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be between 0 and 1, got {value}")
-    if name == "rpm_window_s" and value <= 0:
-        raise ValueError("rpm_window_s must be positive")
-    if name in {"latency_ms", "jitter_ms", "hang_s", "url_ttl_s"} and value < 0:
-        raise ValueError(f"{name} must not be negative")
-    if name == "image_scale" and value <= 0:
-        raise ValueError("image_scale must be positive")
-    return value
+    return getattr(make_config({name: value}), name)
 
 
 def apply_changes(config: MockConfig, changes: dict[str, Any]) -> list[str]:
@@ -184,10 +164,10 @@ def config_field_names() -> list[str]:
 
 __all__ = [
     "FAULT_NAMES",
-    "IMAGE_MODES",
     "RATE_FIELDS",
     "MockConfig",
     "apply_changes",
     "coerce_field",
     "config_field_names",
+    "make_config",
 ]

@@ -1,11 +1,16 @@
-"""Gemini native ``generateContent``: strict request checks, replies and Google error JSON.
+"""Gemini native ``generateContent``: request checks, replies and Google error JSON.
 
-Strict on purpose: every field the real service (or the relay in front of it) would refuse is
-refused here with the same status, so a provider bug shows up in the test-suite, not at 3 a.m.
+Faithful both ways: what the real service takes is taken (Google's JSON mapping, see
+``google_json.py``; the models, sizes and ratios of the catalog), and what it refuses is refused
+with its status and error shape (20 MB bodies, mismatched or unsupported image types,
+``candidateCount`` > 1, a wrong key as 400 ``API_KEY_INVALID``, a missing one as 403), so a
+provider bug shows up in the test-suite, not at 3 a.m. The relay's stricter rules for
+``gemini-2.5-flash-image`` (no responseModalities, imageSize or tools) come from the catalog.
 """
 
 from __future__ import annotations
 
+import base64
 import secrets
 import time
 from dataclasses import dataclass
@@ -13,33 +18,34 @@ from typing import Any
 
 from aiohttp import web
 
+from batchfuse.model_catalog import ModelEntry
+
 from .echo import echo_of, echo_reply
 from .faults import Marker, hang, parse_markers, reset_connection, send_truncated
+from .google_json import PART_DATA, normalize_request, snake
 from .images import ImageDataError, Reference, ReferenceDecoder, RenderedImage
-from .models import (
-    ASPECT_RATIOS,
-    GEMINI_MODELS,
-    IMAGE_SIZES,
-    MAX_REFERENCE_IMAGES,
-    ModelSpec,
-    pixel_size,
-    prompt_tokens,
-    tokens_per_image,
-)
+from .models import THOUGHT_IMAGES_PER_REPLY, gemini_model, pixel_size, prompt_tokens, tokens_per_image
 from .state import MockState, state_of
-from .validation import InvalidRequest, check_keys, read_json_object, require_dict
+from .validation import InvalidRequest, read_json_object
 
-TOP_LEVEL_FIELDS = frozenset(
-    {"contents", "generationConfig", "tools", "model", "safetySettings", "systemInstruction"}
-)
-GENERATION_CONFIG_FIELDS = frozenset({"responseModalities", "imageConfig", "temperature", "candidateCount"})
-IMAGE_CONFIG_FIELDS = frozenset({"aspectRatio", "imageSize"})
+#: Largest ``generateContent`` body the API takes: 20 MB, inline images counted as base64.
+MAX_BODY_BYTES = 20 * 1024 * 1024
+TOO_LARGE = f"Request payload size exceeds the limit: {MAX_BODY_BYTES} bytes."
+#: Image input types the Gemini image models take (model cards: "Supported MIME types").
 IMAGE_MIME_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/heic", "image/heif"})
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1"})
 _MODALITIES = ({"IMAGE"}, {"TEXT", "IMAGE"})
+API_VERSIONS = ("v1", "v1beta")
 
 QUOTA_METRIC = "generativelanguage.googleapis.com/generate_content_requests"
 PER_MINUTE_QUOTA = "GenerateRequestsPerMinutePerProjectPerModel"
 PER_DAY_QUOTA = "GenerateRequestsPerDayPerProjectPerModel"
+#: A wrong key's answer, as the service sends it (400, not 401/403; ErrorInfo API_KEY_INVALID).
+KEY_INVALID_MESSAGE = "API key not valid. Please pass a valid API key."
+NO_KEY_MESSAGE = (
+    "Method doesn't allow unregistered callers (callers without established identity). "
+    "Please use API Key or other form of API consumer identity to call this API."
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,8 @@ class GeminiRequest:
     modalities: frozenset[str]
     ratio: str
     image_size: str
+    #: ``thinkingConfig.includeThoughts`` as sent (``None``: not set, thoughts shown by default).
+    include_thoughts: bool | None = None
 
 
 # -- replies ---------------------------------------------------------------------------------
@@ -85,6 +93,21 @@ def per_day_exhausted(model: str) -> web.Response:
     return google_error(429, "RESOURCE_EXHAUSTED", message, [_quota_failure(model, PER_DAY_QUOTA)])
 
 
+def key_invalid() -> web.Response:
+    """A wrong key: 400 INVALID_ARGUMENT with ErrorInfo reason API_KEY_INVALID, as the service answers
+    (body as quoted from the live API in e.g. github.com/cequence-io/openai-scala-client/issues/109)."""
+    details = [
+        {
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": "API_KEY_INVALID",
+            "domain": "googleapis.com",
+            "metadata": {"service": "generativelanguage.googleapis.com"},
+        },
+        {"@type": "type.googleapis.com/google.rpc.LocalizedMessage", "locale": "en-US", "message": KEY_INVALID_MESSAGE},
+    ]
+    return google_error(400, "INVALID_ARGUMENT", KEY_INVALID_MESSAGE, details)
+
+
 def _quota_failure(model: str, quota_id: str) -> dict[str, Any]:
     return {
         "@type": "type.googleapis.com/google.rpc.QuotaFailure",
@@ -98,12 +121,12 @@ def _quota_failure(model: str, quota_id: str) -> dict[str, Any]:
     }
 
 
-def _usage(prompt_count: int, candidates_count: int) -> dict[str, int]:
-    return {
-        "promptTokenCount": prompt_count,
-        "candidatesTokenCount": candidates_count,
-        "totalTokenCount": prompt_count + candidates_count,
-    }
+def _usage(prompt_count: int, candidates_count: int, thoughts_count: int = 0) -> dict[str, int]:
+    usage = {"promptTokenCount": prompt_count, "candidatesTokenCount": candidates_count}
+    if thoughts_count:
+        usage["thoughtsTokenCount"] = thoughts_count  # billed as output, counted in the total
+    usage["totalTokenCount"] = prompt_count + candidates_count + thoughts_count
+    return usage
 
 
 def _reply(
@@ -133,136 +156,192 @@ def _image_part(image: RenderedImage, as_text: bool, thought: bool = False) -> d
 # -- request checks --------------------------------------------------------------------------
 
 
-def _check_generation_config(body: dict[str, Any], spec: ModelSpec) -> tuple[frozenset[str], str, str]:
-    """Modalities, aspect ratio and image size from ``generationConfig`` (with defaults)."""
-    config = require_dict(body.get("generationConfig", {}), "generationConfig")
-    check_keys(config, GENERATION_CONFIG_FIELDS, "generation_config")
+def _image_format(raw: bytes) -> str | None:
+    """The image type the bytes really are, by their signature (``None``: not one we know)."""
+    if raw.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if raw.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if raw[:4] == b"RIFF" and raw[8:12] == b"WEBP":
+        return "image/webp"
+    if raw[4:8] == b"ftyp" and raw[8:12] in HEIF_BRANDS:
+        return "image/heif"
+    if raw[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    return None
+
+
+def _check_image(blob: dict[str, Any], where: str) -> tuple[str, bytes]:
+    """The mime type and bytes of an inline image; refuses a type the API does not take, or
+    bytes that are not the type the request claims."""
+    mime = str(blob.get("mimeType", "")).lower()
+    raw = blob.get("data", b"")
+    if mime not in IMAGE_MIME_TYPES:
+        raise InvalidRequest(f"Unsupported MIME type: {mime or '(none)'} at '{where}.inline_data'.")
+    if not raw:
+        raise InvalidRequest(f"{where}.inline_data.data is empty.")
+    actual = _image_format(raw)
+    claimed = "image/heif" if mime == "image/heic" else mime
+    if actual != claimed:
+        looks = f"its bytes are {actual}" if actual else "its bytes are not a known image format"
+        raise InvalidRequest(
+            f"Unable to process input image at '{where}': mime_type is {mime} but {looks}."
+        )
+    return mime, raw
+
+
+def _check_contents(req: dict[str, Any]) -> tuple[str, list[tuple[str, bytes]]]:
+    """The prompt (the user turns' text) and each reference image (mime, bytes), in order.
+
+    Google accepts parts in any order, image-only turns and earlier ``model`` turns (history):
+    only ``user`` turns feed the picture here.
+    """
+    contents = req.get("contents") or []
+    if not contents:
+        raise InvalidRequest("* GenerateContentRequest.contents: contents is not specified")
+    texts: list[str] = []
+    images: list[tuple[str, bytes]] = []
+    for c_index, content in enumerate(contents):
+        role = content.get("role", "user")
+        if role not in ("user", "model"):
+            raise InvalidRequest(f"Please use a valid role: user, model. (contents[{c_index}].role is {role!r})")
+        parts = content.get("parts") or []
+        if not parts:
+            raise InvalidRequest(
+                f"* GenerateContentRequest.contents[{c_index}].parts: contents.parts must not be empty."
+            )
+        if role == "model":
+            continue
+        for p_index, part in enumerate(parts):
+            where = f"contents[{c_index}].parts[{p_index}]"
+            if "text" in part:
+                if not part["text"].strip():
+                    raise InvalidRequest(
+                        f"Unable to submit request because it has an empty text parameter at '{where}'. "
+                        "Add a value to the parameter and try again."
+                    )
+                texts.append(part["text"])
+            elif "inlineData" in part:
+                images.append(_check_image(part["inlineData"], where))
+            elif "fileData" in part:
+                raise InvalidRequest(f"{where}: fileData (Files API) is not served by this mock; send inline_data.")
+            elif any(name in part for name in PART_DATA):
+                raise InvalidRequest(f"{where}: only text and inline_data parts are taken by image models.")
+    if not texts and not images:
+        raise InvalidRequest("* GenerateContentRequest.contents: the user turns carry no text and no image.")
+    return "\n".join(texts), images
+
+
+def _check_number(config: dict[str, Any], name: str, low: float, high: float) -> None:
+    if name in config and not low <= config[name] <= high:
+        raise InvalidRequest(f"{name} must be from {low:g} to {high:g}, got {config[name]!r}")
+
+
+def _check_thinking(config: dict[str, Any], spec: ModelEntry) -> bool | None:
+    """Checks ``thinkingConfig``; returns its ``includeThoughts`` (``None`` if not set)."""
+    thinking = config.get("thinkingConfig")
+    if thinking is None:
+        return None
+    if not spec.thought_images:
+        raise InvalidRequest(f"thinkingConfig is not supported for {spec.name}; it does not think.")
+    if "thinkingBudget" in thinking:
+        raise InvalidRequest(f"thinkingConfig.thinkingBudget is not supported for {spec.name}.")
+    if "thinkingLevel" in thinking:
+        level = thinking["thinkingLevel"].lower()
+        if spec.thinking_levels is None:
+            raise InvalidRequest(f"thinkingConfig.thinkingLevel is not supported for {spec.name}.")
+        if level not in spec.thinking_levels:
+            raise InvalidRequest(
+                f"thinkingConfig.thinkingLevel must be one of {', '.join(spec.thinking_levels)} for "
+                f"{spec.name}, got {thinking['thinkingLevel']!r}"
+            )
+    if "includeThoughts" in thinking and not spec.include_thoughts:
+        raise InvalidRequest(f"thinkingConfig.includeThoughts is not supported for {spec.name}.")
+    return thinking.get("includeThoughts")
+
+
+def _check_generation_config(
+    req: dict[str, Any], spec: ModelEntry
+) -> tuple[frozenset[str], str, str, bool | None]:
+    """Modalities, aspect ratio, image size and includeThoughts from ``generationConfig``."""
+    config = req.get("generationConfig", {})
     modalities = frozenset({"TEXT", "IMAGE"})  # the API's default
     if "responseModalities" in config:
-        if not spec.accepts_generation_options:
+        if not spec.takes_response_modalities:
             raise InvalidRequest(f"responseModalities is not supported for {spec.name}; leave it out.")
         value = config["responseModalities"]
-        if (
-            not isinstance(value, list)
-            or len(set(map(str, value))) != len(value)
-            or set(map(str, value)) not in _MODALITIES
-        ):
+        if len(set(value)) != len(value) or set(value) not in _MODALITIES:
             raise InvalidRequest(f'responseModalities must be ["IMAGE"] or ["TEXT", "IMAGE"], got {value!r}')
         modalities = frozenset(value)
-    if "temperature" in config:
-        value = config["temperature"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 2:
-            raise InvalidRequest(f"temperature must be a number from 0 to 2, got {value!r}")
-    if "candidateCount" in config:
-        value = config["candidateCount"]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InvalidRequest(f"candidateCount must be a positive integer, got {value!r}")
-    image_config = require_dict(config.get("imageConfig", {}), "generationConfig.imageConfig")
-    check_keys(image_config, IMAGE_CONFIG_FIELDS, "generation_config.image_config")
+    if config.get("candidateCount", 1) != 1:
+        # Image models make one candidate (model cards: "candidateCount: 1").
+        raise InvalidRequest(f"Multiple candidates is not enabled for models/{spec.name}")
+    _check_number(config, "temperature", 0, 2)
+    _check_number(config, "topP", 0, 1)
+    include_thoughts = _check_thinking(config, spec)
+    image_config = config.get("imageConfig", {})
     ratio = image_config.get("aspectRatio", "1:1")
-    if ratio not in ASPECT_RATIOS:
+    if ratio not in spec.aspect_ratios:
         raise InvalidRequest(
-            f"imageConfig.aspectRatio must be one of {', '.join(ASPECT_RATIOS)}, got {ratio!r}"
+            f"imageConfig.aspectRatio must be one of {', '.join(spec.aspect_ratios)} for {spec.name}, got {ratio!r}"
         )
-    image_size = image_config.get("imageSize", "1K")
+    image_size = "1K"
     if "imageSize" in image_config:
-        if not spec.accepts_generation_options:
+        if not spec.takes_image_size:
             raise InvalidRequest(f"imageConfig.imageSize is not supported for {spec.name}; it makes 1K only.")
-        if image_size not in IMAGE_SIZES:
+        image_size = image_config["imageSize"]
+        if image_size not in spec.sizes:
             raise InvalidRequest(
-                f"imageConfig.imageSize must be one of {', '.join(IMAGE_SIZES)}, got {image_size!r}"
+                f"imageConfig.imageSize must be one of {', '.join(spec.sizes)} for {spec.name}, got {image_size!r}"
             )
-    return modalities, ratio, image_size
+    return modalities, ratio, image_size, include_thoughts
 
 
-def _check_tools(body: dict[str, Any], spec: ModelSpec, modalities: frozenset[str]) -> None:
-    if "tools" not in body:
-        return
-    if not spec.accepts_generation_options:
-        raise InvalidRequest(f"tools are not supported for {spec.name}; leave them out.")
-    if body["tools"] != [{"google_search": {}}]:
-        raise InvalidRequest(f'tools must be [{{"google_search": {{}}}}], got {body["tools"]!r}')
-    if "TEXT" not in modalities:
-        raise InvalidRequest('the google_search tool needs responseModalities ["TEXT", "IMAGE"].')
+def _check_tools(req: dict[str, Any], spec: ModelEntry, modalities: frozenset[str]) -> None:
+    for index, tool in enumerate(req.get("tools", [])):
+        for name in tool:
+            if not spec.tools:
+                raise InvalidRequest(f"tools are not supported for {spec.name}; leave them out.")
+            if name not in spec.tools:
+                allowed = ", ".join(snake(t) for t in spec.tools)
+                raise InvalidRequest(
+                    f"tools[{index}].{snake(name)} is not supported for {spec.name}; it takes {allowed}."
+                )
+            if name == "googleSearch" and "TEXT" not in modalities:
+                raise InvalidRequest('the google_search tool needs responseModalities ["TEXT", "IMAGE"].')
 
 
-def _check_contents(body: dict[str, Any]) -> tuple[str, list[tuple[str, str]]]:
-    """The prompt and the ``(mime_type, base64)`` of each reference image in ``contents[0]``."""
-    contents = body.get("contents")
-    if not isinstance(contents, list) or not contents:
-        raise InvalidRequest("contents must be a non-empty list.")
-    for index, content in enumerate(contents):
-        require_dict(content, f"contents[{index}]")
-        check_keys(content, {"role", "parts"}, f"contents[{index}]")
-        if not isinstance(content.get("parts"), list) or not content["parts"]:
-            raise InvalidRequest(f"contents[{index}].parts must be a non-empty list.")
-    parts = contents[0]["parts"]
-    first = parts[0]
-    if not isinstance(first, dict) or set(first) != {"text"} or not isinstance(first["text"], str):
-        raise InvalidRequest('contents[0].parts[0] must be {"text": prompt}.')
-    prompt = first["text"]
-    if not prompt.strip():
-        raise InvalidRequest("contents[0].parts[0].text (the prompt) is empty.")
-    images = []
-    for index, part in enumerate(parts[1:], start=1):
-        where = f"contents[0].parts[{index}]"
-        if (
-            not isinstance(part, dict)
-            or len(part) != 1
-            or next(iter(part)) not in ("inline_data", "inlineData")
-        ):
-            raise InvalidRequest(f'{where} must be {{"inline_data": {{"mime_type": ..., "data": ...}}}}.')
-        blob = require_dict(next(iter(part.values())), f"{where}.inline_data")
-        mime_keys = [k for k in ("mime_type", "mimeType") if k in blob]
-        if len(mime_keys) != 1 or set(blob) != {mime_keys[0], "data"}:
-            raise InvalidRequest(f"{where}.inline_data must have exactly mime_type and data.")
-        mime, data = blob[mime_keys[0]], blob["data"]
-        if mime not in IMAGE_MIME_TYPES:
-            raise InvalidRequest(
-                f"{where}: unsupported mime_type {mime!r}; use one of {', '.join(sorted(IMAGE_MIME_TYPES))}."
-            )
-        if not isinstance(data, str) or not data:
-            raise InvalidRequest(f"{where}.inline_data.data must be a non-empty base64 string.")
-        images.append((mime, data))
-    return prompt, images
-
-
-async def parse_request(body: dict[str, Any], spec: ModelSpec, decoder: ReferenceDecoder) -> GeminiRequest:
+async def parse_request(body: dict[str, Any], spec: ModelEntry, decoder: ReferenceDecoder) -> GeminiRequest:
     """Check a ``generateContent`` body for ``spec``; raise :class:`InvalidRequest` if refused."""
-    check_keys(body, TOP_LEVEL_FIELDS, "")
-    if "model" in body and not isinstance(body["model"], str):
-        raise InvalidRequest("model must be a string.")
-    if "safetySettings" in body and not isinstance(body["safetySettings"], list):
-        raise InvalidRequest("safetySettings must be a list.")
-    if "systemInstruction" in body:
-        require_dict(body["systemInstruction"], "systemInstruction")
-    prompt, blobs = _check_contents(body)
-    modalities, ratio, image_size = _check_generation_config(body, spec)
-    _check_tools(body, spec, modalities)
-    if len(blobs) > MAX_REFERENCE_IMAGES:
+    req = normalize_request(body)
+    prompt, blobs = _check_contents(req)
+    modalities, ratio, image_size, include_thoughts = _check_generation_config(req, spec)
+    _check_tools(req, spec, modalities)
+    if len(blobs) > spec.max_reference_images:
         raise InvalidRequest(
-            f"too many images: {len(blobs)}; {spec.name} accepts at most {MAX_REFERENCE_IMAGES}."
+            f"too many images: {len(blobs)}; {spec.name} accepts at most {spec.max_reference_images}."
         )
     try:
         markers = parse_markers(prompt)
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
     refs = []
-    for index, (mime, data) in enumerate(blobs, start=1):
+    for index, (mime, raw) in enumerate(blobs, start=1):
         try:
-            refs.append(await decoder.from_base64(data, mime))
+            refs.append(await decoder.from_bytes(raw, mime, ""))
         except ImageDataError as exc:
-            raise InvalidRequest(f"contents[0].parts[{index}]: {exc}") from None
-    return GeminiRequest(prompt, refs, markers, modalities, ratio, image_size)
+            raise InvalidRequest(f"reference image {index}: {exc}") from None
+    return GeminiRequest(prompt, refs, markers, modalities, ratio, image_size, include_thoughts)
 
 
 # -- the handler -----------------------------------------------------------------------------
 
 
 async def handle_generate_content(request: web.Request) -> web.StreamResponse:
-    """``POST /v1beta/models/{model}:generateContent``."""
+    """``POST /{v1,v1beta}/models/{model}:generateContent`` (google-genai calls ``/v1`` by default)."""
     state = state_of(request)
     arrival = time.monotonic()
+    version = request.path.split("/")[1]
     model, _, method = request.match_info["name"].partition(":")
     entry = state.begin(request, "gemini", model)
     if method != "generateContent":
@@ -275,22 +354,20 @@ async def handle_generate_content(request: web.Request) -> web.StreamResponse:
     key = request.headers.get("x-goog-api-key")
     verdict = state.check_key(key)
     if verdict == "missing":
-        message = "Method doesn't allow unregistered callers. Please use an API key (x-goog-api-key header)."
-        return state.finish(entry, google_error(401, "UNAUTHENTICATED", message))
+        return state.finish(entry, google_error(403, "PERMISSION_DENIED", NO_KEY_MESSAGE))
     if verdict == "wrong":
-        return state.finish(
-            entry, google_error(403, "PERMISSION_DENIED", "API key not valid. Please pass a valid API key.")
-        )
+        return state.finish(entry, key_invalid())
     assert key is not None
     entry["key_ok"] = True
-    spec = GEMINI_MODELS.get(model)
+    spec = gemini_model(model)
     if spec is None:
         message = (
-            f"models/{model} is not found for API version v1beta, or is not supported for generateContent."
+            f"models/{model} is not found for API version {version}, or is not supported for "
+            "generateContent. Call ListModels to see the list of available models and their supported methods."
         )
         return state.finish(entry, google_error(404, "NOT_FOUND", message))
     try:
-        body = await read_json_object(request)
+        body = await read_json_object(request, MAX_BODY_BYTES, TOO_LARGE)
         if state.config.record_bodies:
             entry["body"] = body
         parsed = await parse_request(body, spec, state.references)
@@ -326,7 +403,7 @@ async def _answer(
     request: web.Request,
     state: MockState,
     entry: dict[str, Any],
-    spec: ModelSpec,
+    spec: ModelEntry,
     parsed: GeminiRequest,
     fault: str | None,
     key_id: str,
@@ -388,10 +465,15 @@ def _candidate(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def _success(
-    state: MockState, spec: ModelSpec, parsed: GeminiRequest, prompt_count: int
+    state: MockState, spec: ModelEntry, parsed: GeminiRequest, prompt_count: int
 ) -> web.Response:
+    """The image reply. A thinking model (catalog ``thought_images``) puts an interim image marked
+    ``"thought": true`` first (unless ``includeThoughts`` is false or the mock's
+    ``thought_images`` is off), a ``thoughtSignature`` on the first final part, and bills
+    ``thoughtsTokenCount`` (DESIGN.md; google-genai ``types.Part.thought`` /
+    ``thought_signature``, ``GenerateContentResponseUsageMetadata.thoughts_token_count``)."""
     config = state.config
-    size = pixel_size(spec.family, parsed.image_size, parsed.ratio, config.image_scale)
+    size = pixel_size(spec, parsed.image_size, parsed.ratio, config.image_scale)
     images = [
         await state.images.render(
             config.image_mode, size, parsed.prompt, parsed.refs, f"#{i + 1}" if i else ""
@@ -399,15 +481,20 @@ async def _success(
         for i in range(config.images_per_reply)
     ]
     as_text = config.data_url_in_text
+    per_image = tokens_per_image(spec, parsed.image_size)
     parts: list[dict[str, Any]] = []
     if "TEXT" in parsed.modalities:
         parts.append({"text": f"Here is the image you asked for ({size[0]}x{size[1]})."})
-    if config.thought_images and spec.thinks:
-        draft = await state.images.render("solid", size, parsed.prompt, parsed.refs, "thought")
-        parts.append(_image_part(draft, as_text, thought=True))
+    if spec.thought_images and config.thought_images and parsed.include_thoughts is not False:
+        for index in range(THOUGHT_IMAGES_PER_REPLY):
+            draft = await state.images.render("solid", size, parsed.prompt, parsed.refs, f"thought{index}")
+            parts.append(_image_part(draft, as_text, thought=True))
     image_parts = [_image_part(image, as_text) for image in images]
-    if config.thought_images and spec.thinks:
-        image_parts[0]["thoughtSignature"] = secrets.token_urlsafe(24)
+    thoughts = 0
+    if spec.thought_images:
+        # bytes in protobuf JSON: standard base64 with padding, as the service sends it.
+        image_parts[0]["thoughtSignature"] = base64.b64encode(secrets.token_bytes(48)).decode("ascii")
+        thoughts = per_image * THOUGHT_IMAGES_PER_REPLY
     parts.extend(image_parts)
-    usage = _usage(prompt_count, tokens_per_image(spec.family, parsed.image_size) * len(images))
+    usage = _usage(prompt_count, per_image * len(images), thoughts)
     return _reply(spec.name, [_candidate(parts)], usage)

@@ -18,10 +18,12 @@ from typing import Any
 from aiohttp import web
 from yarl import URL
 
+from batchfuse.model_catalog import ModelEntry
+
 from .echo import echo_of, echo_reply
 from .faults import Marker, hang, parse_markers, reset_connection, send_truncated
 from .images import ImageDataError, Reference, ReferenceDecoder
-from .models import ASPECT_RATIOS, MAX_REFERENCE_IMAGES, OPENAI_MODELS, pixel_size
+from .models import openai_model, pixel_size
 from .state import MockState, StoredResult, state_of
 from .validation import InvalidRequest, read_json_object
 
@@ -38,6 +40,7 @@ class ImagesRequest:
     """A valid images request, reduced to what shapes the reply."""
 
     model: str
+    entry: ModelEntry
     image_size: str
     prompt: str
     refs: list[Reference]
@@ -47,20 +50,32 @@ class ImagesRequest:
     n: int
 
 
-def openai_error(status: int, message: str, type_: str, code: str | None) -> web.Response:
-    """The OpenAI error envelope: ``{"error": {"message", "type", "code"}}``."""
-    return web.json_response({"error": {"message": message, "type": type_, "code": code}}, status=status)
+def openai_error(
+    status: int, message: str, type_: str, code: str | None, param: str | None = None
+) -> web.Response:
+    """The OpenAI error envelope: ``{"error": {"message", "type", "param", "code"}}`` (openai-python
+    reads ``param`` and ``code`` into ``APIStatusError``; both may be null)."""
+    error = {"message": message, "type": type_, "param": param, "code": code}
+    return web.json_response({"error": error}, status=status)
 
 
-def _invalid(message: str, code: str = "invalid_request", status: int = 400) -> web.Response:
-    return openai_error(status, message, "invalid_request_error", code)
+def _invalid(
+    message: str, code: str = "invalid_request", status: int = 400, param: str | None = None
+) -> web.Response:
+    return openai_error(status, message, "invalid_request_error", code, param)
 
 
-def _rate_limited(delay_s: float) -> web.Response:
+def _rate_limited(delay_s: float, limit: int | None = None) -> web.Response:
+    """429 with ``Retry-After`` and OpenAI's ``x-ratelimit-*-requests`` headers (limit, remaining,
+    time until reset as ``"1.5s"``; OpenAI sends e.g. ``12ms``, as quoted in
+    community.openai.com/t/1268905), which openai-python exposes on ``RateLimitError.response``."""
     seconds = max(1, -int(-delay_s // 1))
     message = f"Rate limit reached for requests. Please try again in {delay_s:.1f}s."
-    response = openai_error(429, message, "rate_limit_exceeded", "rate_limit_exceeded")
+    response = openai_error(429, message, "requests", "rate_limit_exceeded")
     response.headers["Retry-After"] = str(seconds)
+    response.headers["x-ratelimit-limit-requests"] = str(limit if limit is not None else 1)
+    response.headers["x-ratelimit-remaining-requests"] = "0"
+    response.headers["x-ratelimit-reset-requests"] = f"{delay_s:.3f}".rstrip("0").rstrip(".") + "s"
     return response
 
 
@@ -77,24 +92,27 @@ def _content_policy() -> web.Response:
 # -- request checks --------------------------------------------------------------------------
 
 
-def _check_scalars(body: dict[str, Any]) -> tuple[str, str, str, int]:
+def _check_scalars(body: dict[str, Any], entry: ModelEntry) -> tuple[str, str, str, int]:
     """Prompt, ratio, response format and n, with defaults; raise :class:`InvalidRequest`."""
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
-        raise InvalidRequest("prompt is required and must be a non-empty string.")
+        raise InvalidRequest("prompt is required and must be a non-empty string.", param="prompt")
     size = body.get("size", "1:1")
     match = _SIZE.fullmatch(size) if isinstance(size, str) else None
     ratio = f"{match.group(1)}:{match.group(2)}" if match else None
-    if ratio not in ASPECT_RATIOS:
+    if ratio not in entry.aspect_ratios:
         raise InvalidRequest(
-            f"size must be an aspect ratio, one of {', '.join(ASPECT_RATIOS)}; got {size!r}."
+            f"size must be an aspect ratio, one of {', '.join(entry.aspect_ratios)}; got {size!r}.",
+            param="size",
         )
     response_format = body.get("response_format", "url")
     if response_format not in RESPONSE_FORMATS:
-        raise InvalidRequest(f"response_format must be 'url' or 'b64_json', got {response_format!r}.")
+        raise InvalidRequest(
+            f"response_format must be 'url' or 'b64_json', got {response_format!r}.", param="response_format"
+        )
     n = body.get("n", 1)
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
-        raise InvalidRequest(f"n must be an integer from 1 to {MAX_N}, got {n!r}.")
+        raise InvalidRequest(f"n must be an integer from 1 to {MAX_N}, got {n!r}.", param="n")
     return prompt, ratio, response_format, n
 
 
@@ -121,17 +139,18 @@ def safe_static_path(static_dir: str | None, name: str) -> Path | None:
 async def _reference(item: Any, where: str, request: web.Request, state: MockState) -> Reference:
     decoder: ReferenceDecoder = state.references
     if not isinstance(item, str) or not item:
-        raise InvalidRequest(f"{where} must be a non-empty string (an http(s) URL or a data URL).")
+        raise InvalidRequest(f"{where} must be a non-empty string (an http(s) URL or a data URL).", param="image")
     data_url = _DATA_URL.fullmatch(item)
     if data_url:
         try:
             return await decoder.from_base64(data_url.group(2), f"image/{data_url.group(1)}")
         except ImageDataError as exc:
-            raise InvalidRequest(f"{where}: {exc}", code="invalid_image") from None
+            raise InvalidRequest(f"{where}: {exc}", code="invalid_image", param="image") from None
     if item.startswith("data:"):
         raise InvalidRequest(
             f"{where}: data URLs must look like data:image/(png|jpeg|webp|gif);base64,...",
             code="invalid_image",
+            param="image",
         )
     try:
         url = URL(item)
@@ -139,7 +158,7 @@ async def _reference(item: Any, where: str, request: web.Request, state: MockSta
         url = None
     if url is None or url.scheme not in ("http", "https") or not url.host:
         raise InvalidRequest(
-            f"{where} must be an http(s) URL or a data:image/...;base64 URL.", code="invalid_image"
+            f"{where} must be an http(s) URL or a data:image/...;base64 URL.", code="invalid_image", param="image"
         )
     name = _own_file(url, request)
     if name is None:
@@ -147,41 +166,44 @@ async def _reference(item: Any, where: str, request: web.Request, state: MockSta
     path = safe_static_path(state.config.static_dir, name)
     if path is None:
         raise InvalidRequest(
-            f"{where}: failed to download image from {item}: 404 Not Found", code="invalid_image_url"
+            f"{where}: failed to download image from {item}: 404 Not Found", code="invalid_image_url", param="image"
         )
     mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     try:
         return await decoder.from_bytes(path.read_bytes(), mime, path.name)
     except ImageDataError as exc:
-        raise InvalidRequest(f"{where}: {exc}", code="invalid_image") from None
+        raise InvalidRequest(f"{where}: {exc}", code="invalid_image", param="image") from None
 
 
 async def parse_request(body: dict[str, Any], request: web.Request, state: MockState) -> ImagesRequest:
     """Check an images-generations body. Unknown model → 404; anything else wrong → 400."""
     unknown = sorted(set(body) - REQUEST_FIELDS)
     if unknown:
-        raise InvalidRequest(f"Unrecognized request argument supplied: {', '.join(unknown)}")
+        raise InvalidRequest(f"Unrecognized request argument supplied: {', '.join(unknown)}", param=unknown[0])
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        raise InvalidRequest("model is required and must be a string.")
-    if model not in OPENAI_MODELS:
+        raise InvalidRequest("model is required and must be a string.", param="model")
+    entry = openai_model(model)
+    if entry is None or entry.relay_size is None:
         raise InvalidRequest(
-            f"The model `{model}` does not exist or you do not have access to it.", 404, "model_not_found"
+            f"The model `{model}` does not exist or you do not have access to it.", 404, "model_not_found", "model"
         )
-    prompt, ratio, response_format, n = _check_scalars(body)
+    prompt, ratio, response_format, n = _check_scalars(body, entry)
     images = body.get("image", [])
     if "image" in body and isinstance(images, str):
         images = [images]
     elif "image" in body and (not isinstance(images, list) or not images):
-        raise InvalidRequest("image must be a string or a non-empty array of strings.")
-    if len(images) > MAX_REFERENCE_IMAGES:
-        raise InvalidRequest(f"too many images: {len(images)}; at most {MAX_REFERENCE_IMAGES}.")
+        raise InvalidRequest("image must be a string or a non-empty array of strings.", param="image")
+    if len(images) > entry.max_reference_images:
+        raise InvalidRequest(
+            f"too many images: {len(images)}; at most {entry.max_reference_images}.", param="image"
+        )
     try:
         markers = parse_markers(prompt)
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
     refs = [await _reference(item, f"image[{i}]", request, state) for i, item in enumerate(images)]
-    return ImagesRequest(model, OPENAI_MODELS[model], prompt, refs, markers, ratio, response_format, n)
+    return ImagesRequest(model, entry, entry.relay_size, prompt, refs, markers, ratio, response_format, n)
 
 
 # -- handlers --------------------------------------------------------------------------------
@@ -217,7 +239,7 @@ async def handle_images_generations(request: web.Request) -> web.StreamResponse:
             entry["body"] = body
         parsed = await parse_request(body, request, state)
     except InvalidRequest as exc:
-        return state.finish(entry, _invalid(exc.message, exc.code, exc.status))
+        return state.finish(entry, _invalid(exc.message, exc.code, exc.status, exc.param))
     entry["prompt"] = parsed.prompt
     entry["n_images"] = len(parsed.refs)
 
@@ -233,7 +255,7 @@ async def handle_images_generations(request: web.Request) -> web.StreamResponse:
             fault,
         )
     if fault == "rpm":
-        return state.finish(entry, _rate_limited(admission.retry_after or 1.0), fault)
+        return state.finish(entry, _rate_limited(admission.retry_after or 1.0, state.config.rpm_limit), fault)
     if fault == "perday":
         return state.finish(entry, _per_day_exhausted(), fault)
     try:
@@ -298,7 +320,7 @@ async def _answer(
 
 async def _success(request: web.Request, state: MockState, parsed: ImagesRequest) -> web.Response:
     config = state.config
-    size = pixel_size("pro", parsed.image_size, parsed.ratio, config.image_scale)
+    size = pixel_size(parsed.entry, parsed.image_size, parsed.ratio, config.image_scale)
     data = []
     for index in range(parsed.n):
         variant = f"#{index + 1}" if index else ""

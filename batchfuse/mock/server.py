@@ -21,11 +21,12 @@ from typing import Any
 from aiohttp import web
 
 from .config import MockConfig, apply_changes
-from .gemini import handle_generate_content
+from .gemini import API_VERSIONS, handle_generate_content
 from .openai import handle_images_generations, handle_result_download, openai_error, safe_static_path
 from .state import STATE_KEY, MockState, RequestLog, state_of
 
-#: Reference images travel inside the JSON body; 14 large photos need far more than aiohttp's 1 MiB.
+#: aiohttp's own cap; each API refuses past its documented limit itself (Gemini: 20 MB), after
+#: reading the body, so the client sees that API's error rather than a dropped connection.
 MAX_BODY_BYTES = 256 * 1024 * 1024
 
 
@@ -34,7 +35,8 @@ def create_app(config: MockConfig | None = None) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     state = MockState(config if config is not None else MockConfig())
     app[STATE_KEY] = state
-    app.router.add_post("/v1beta/models/{name}", handle_generate_content)
+    for version in API_VERSIONS:  # google-genai calls /v1 unless told otherwise; REST docs use /v1beta
+        app.router.add_post(f"/{version}/models/{{name}}", handle_generate_content)
     app.router.add_post("/v1/images/generations", handle_images_generations)
     app.router.add_get("/results/{name}", handle_result_download)
     app.router.add_get("/files/{name}", handle_static_file)

@@ -14,16 +14,25 @@ class InvalidRequest(Exception):
     ``status`` defaults to 400; ``code`` lets the OpenAI format pick its ``error.code``.
     """
 
-    def __init__(self, message: str, status: int = 400, code: str = "invalid_request") -> None:
+    def __init__(
+        self, message: str, status: int = 400, code: str = "invalid_request", param: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.code = code
+        #: The request field at fault (OpenAI's ``error.param``), if one is.
+        self.param = param
 
 
-async def read_json_object(request: web.BaseRequest) -> dict[str, Any]:
-    """The request body as a JSON object, or :class:`InvalidRequest`."""
+async def read_json_object(
+    request: web.BaseRequest, max_bytes: int | None = None, too_large: str = ""
+) -> dict[str, Any]:
+    """The request body as a JSON object, or :class:`InvalidRequest` (``too_large`` if it is
+    longer than ``max_bytes``; the body is read whole first, so the client sees the answer)."""
     raw = await request.read()
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise InvalidRequest(too_large or f"request body exceeds {max_bytes} bytes")
     if not raw:
         raise InvalidRequest("request body is empty; expected a JSON object")
     try:
@@ -33,19 +42,3 @@ async def read_json_object(request: web.BaseRequest) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest(f"request body must be a JSON object, got {type(body).__name__}")
     return body
-
-
-def check_keys(obj: dict[str, Any], allowed: set[str] | frozenset[str], where: str) -> None:
-    """Refuse unknown fields, naming the first one and where it was, as Google's API does."""
-    for key in obj:
-        if key not in allowed:
-            place = f" at '{where}'" if where else ""
-            raise InvalidRequest(
-                f'Invalid JSON payload received. Unknown name "{key}"{place}: Cannot find field.'
-            )
-
-
-def require_dict(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise InvalidRequest(f"{where} must be a JSON object, got {type(value).__name__}")
-    return value

@@ -1,0 +1,169 @@
+"""The model catalog: what each image model accepts, produces and costs, read from ``model_catalog.json``.
+
+The data file names a source for every fact (``sources`` per model, keys of the top-level
+``sources``); a fact no source gives is ``null`` there and ``None`` here, never a guess.
+
+Usage::
+
+    from batchfuse.model_catalog import lookup
+
+    entry = lookup("gemini-3-pro-image-preview")
+    entry.pixel_size("2K", "16:9")        # (2752, 1536)
+    entry.tokens_per_image("4K")          # 2000
+    entry.price_per_image("1K", batch=True)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+CATALOG_FILE = "model_catalog.json"
+
+#: The facts each resolved entry must carry, each with a source.
+FACTS = (
+    "providers",
+    "max_reference_images",
+    "aspect_ratios",
+    "sizes",
+    "takes_response_modalities",
+    "takes_image_size",
+    "tools",
+    "thinking_levels",
+    "include_thoughts",
+    "thought_images",
+    "relay_size",
+    "pixels_1k",
+    "size_scale",
+    "output_tokens_per_image",
+    "price_per_image_usd",
+)
+
+
+class CatalogError(ValueError):
+    """The catalog file is malformed (a packaging bug, not a user error)."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model as the catalog describes it; ``None`` where no source says."""
+
+    name: str
+    #: batchfuse provider kinds that serve this name (``gemini``, ``openai_images``).
+    providers: tuple[str, ...]
+    max_reference_images: int
+    aspect_ratios: tuple[str, ...]
+    #: ``imageConfig.imageSize`` values, smallest first.
+    sizes: tuple[str, ...]
+    #: Whether a request may set ``generationConfig.responseModalities`` / ``imageConfig.imageSize``.
+    takes_response_modalities: bool
+    takes_image_size: bool
+    #: Tool names (lowerCamel, as in ``tools[].googleSearch``) a request may carry.
+    tools: tuple[str, ...]
+    #: ``thinkingConfig.thinkingLevel`` values; ``None``: the level cannot be set.
+    thinking_levels: tuple[str, ...] | None
+    #: Whether ``thinkingConfig.includeThoughts`` is accepted.
+    include_thoughts: bool
+    #: Whether replies carry interim ``"thought": true`` images before the final one.
+    thought_images: bool
+    #: The one size the OpenAI-compatible relay makes under this name (``None``: not a relay name).
+    relay_size: str | None
+    pixels_1k: dict[str, tuple[int, int]]
+    size_scale: dict[str, float]
+    output_tokens_per_image: dict[str, int | None]
+    #: ``{"online": {size: usd}, "batch": {size: usd}}``.
+    price_per_image_usd: dict[str, dict[str, float | None]]
+    #: Fact name -> source keys (space-separated) of the catalog's ``sources``.
+    sources: dict[str, str]
+
+    def serves(self, provider_kind: str) -> bool:
+        return provider_kind in self.providers
+
+    def pixel_size(self, size: str, ratio: str) -> tuple[int, int]:
+        """Width and height of one output image of this size and aspect ratio."""
+        width, height = self.pixels_1k[ratio]
+        scale = self.size_scale[size]
+        return round(width * scale), round(height * scale)
+
+    def tokens_per_image(self, size: str) -> int | None:
+        return self.output_tokens_per_image.get(size)
+
+    def price_per_image(self, size: str, batch: bool = False) -> float | None:
+        return self.price_per_image_usd["batch" if batch else "online"].get(size)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Every model of the data file, by name, and the source texts its entries cite."""
+
+    models: dict[str, ModelEntry]
+    sources: dict[str, str]
+
+    def for_provider(self, provider_kind: str) -> list[ModelEntry]:
+        return [m for m in self.models.values() if m.serves(provider_kind)]
+
+
+def _entry(name: str, raw: dict[str, Any], source_keys: set[str]) -> ModelEntry:
+    missing = [f for f in FACTS if f not in raw]
+    if missing:
+        raise CatalogError(f"model {name!r}: missing {', '.join(missing)}")
+    sources = raw["sources"]
+    for fact in FACTS:
+        cited = sources.get(fact, "").split()
+        if not cited or not set(cited) <= source_keys:
+            raise CatalogError(f"model {name!r}: fact {fact!r} cites no known source")
+    pixels = {ratio: (int(w), int(h)) for ratio, (w, h) in raw["pixels_1k"].items()}
+    if set(pixels) != set(raw["aspect_ratios"]) or set(raw["size_scale"]) != set(raw["sizes"]):
+        raise CatalogError(f"model {name!r}: pixel table does not cover its ratios and sizes")
+    levels = raw["thinking_levels"]
+    return ModelEntry(
+        name=name,
+        providers=tuple(raw["providers"]),
+        max_reference_images=int(raw["max_reference_images"]),
+        aspect_ratios=tuple(raw["aspect_ratios"]),
+        sizes=tuple(raw["sizes"]),
+        takes_response_modalities=bool(raw["takes_response_modalities"]),
+        takes_image_size=bool(raw["takes_image_size"]),
+        tools=tuple(raw["tools"]),
+        thinking_levels=None if levels is None else tuple(levels),
+        include_thoughts=bool(raw["include_thoughts"]),
+        thought_images=bool(raw["thought_images"]),
+        relay_size=raw["relay_size"],
+        pixels_1k=pixels,
+        size_scale={k: float(v) for k, v in raw["size_scale"].items()},
+        output_tokens_per_image=dict(raw["output_tokens_per_image"]),
+        price_per_image_usd={k: dict(v) for k, v in raw["price_per_image_usd"].items()},
+        sources=dict(sources),
+    )
+
+
+def parse_catalog(data: dict[str, Any]) -> Catalog:
+    """A :class:`Catalog` from the file's JSON; an entry with ``base`` inherits that model's facts."""
+    sources = dict(data["sources"])
+    raw_models: dict[str, dict[str, Any]] = data["models"]
+    models = {}
+    for name, raw in raw_models.items():
+        merged = raw
+        if "base" in raw:
+            base = raw_models[raw["base"]]
+            merged = {**base, **raw, "sources": {**base["sources"], **raw["sources"]}}
+        models[name] = _entry(name, merged, set(sources))
+    return Catalog(models, sources)
+
+
+@lru_cache(maxsize=1)
+def load_catalog() -> Catalog:
+    """The catalog shipped in the package (read once)."""
+    text = resources.files("batchfuse").joinpath(CATALOG_FILE).read_text(encoding="utf-8")
+    return parse_catalog(json.loads(text))
+
+
+def lookup(name: str) -> ModelEntry | None:
+    """The catalog entry of a model name, or ``None`` if the catalog does not know it."""
+    return load_catalog().models.get(name)
+
+
+__all__ = ["Catalog", "CatalogError", "ModelEntry", "load_catalog", "lookup", "parse_catalog"]
