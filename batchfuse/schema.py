@@ -9,13 +9,11 @@ mock's options under ``provider.mock``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import types
-import typing
 from typing import Any
 
 import click
+from pydantic import TypeAdapter
 
 from batchfuse.manifest import ITEM_KEYS, Manifest
 from batchfuse.providers import PROVIDERS, provider_class
@@ -23,29 +21,14 @@ from batchfuse.providers import PROVIDERS, provider_class
 SCHEMA_ID = "https://batchfuse.invalid/batchfuse.schema.json"
 
 
-def _json_type(annotation: Any) -> dict[str, Any]:
-    """A JSON Schema type for a plain dataclass field annotation (str, float, int, bool, optional)."""
-    if isinstance(annotation, str):
-        annotation = eval(annotation, {"float": float, "int": int, "str": str, "bool": bool, "None": None})  # noqa: S307
-    args = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
-    names = {bool: "boolean", int: "integer", float: "number", str: "string", type(None): "null"}
-    found = [names[a] for a in args if a in names]
-    return {"type": found[0] if len(found) == 1 else found}
-
-
 def mock_options_schema() -> dict[str, Any]:
-    """``provider.mock``: the mock's config fields, with their defaults and descriptions."""
+    """``provider.mock``: the mock's config (a pydantic dataclass), with its defaults and bounds."""
     from batchfuse.mock.config import MockConfig
 
-    props: dict[str, Any] = {}
-    for field in dataclasses.fields(MockConfig):
-        props[field.name] = {**_json_type(field.type), "default": field.default}
-    return {
-        "type": "object",
-        "description": "options of the built-in mock API (base_url: mock)",
-        "properties": props,
-        "additionalProperties": False,
-    }
+    schema = TypeAdapter(MockConfig).json_schema()
+    schema.pop("title", None)
+    schema["description"] = "options of the built-in mock API (base_url: mock)"
+    return schema
 
 
 def _params_schema(kind: str) -> dict[str, Any]:
