@@ -478,17 +478,21 @@ def test_openai_url_reply_n3_and_expiry() -> None:
             assert decode_png(got.body).size == (64, 64)
         srv.configure(url_ttl_s=0)  # a result made now has already expired
         instant = openai(srv, {"model": PRO, "prompt": "gone at once", "size": "1x1"}).json()["data"][0]["url"]
-        assert http("GET", instant).status == 404
+        gone = http("GET", instant)
+        assert gone.status == 403  # as a signed link answers once it has expired
+        assert b"<Message>Request has expired</Message>" in gone.body
         srv.faults(expire_results=True)  # and the test can expire all results when it likes
-        expired = http("GET", urls[0])
-        assert expired.status == 403  # as a signed link answers once it has expired
+        expired = http("GET", urls[0])  # its own Expires is a day away: the store expired it
+        assert expired.status == 403
         assert b"<Message>Request has expired</Message>" in expired.body
+        assert http("GET", f"{srv.url}/results/never-made.png").status == 404  # unknown, not expired
         assert [e["api"] for e in srv.requests()] == [
             "openai",
             "download",
             "download",
             "download",
             "openai",
+            "download",
             "download",
             "download",
         ]

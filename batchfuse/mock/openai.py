@@ -349,7 +349,8 @@ def _expired_link() -> web.Response:
 
 async def handle_result_download(request: web.Request) -> web.StreamResponse:
     """``GET /results/{id}.png?Expires=T``: the image until ``T`` (unix time, set from
-    ``url_ttl_s``), then 403 "Request has expired" as signed links answer; unknown ids 404."""
+    ``url_ttl_s``) or until the test expires it, then 403 "Request has expired" as signed links
+    answer; unknown ids 404."""
     state = state_of(request)
     entry = state.begin(request, "download")
     entry["key_ok"] = True  # result URLs are public, like the relay's signed links
@@ -360,7 +361,10 @@ async def handle_result_download(request: web.Request) -> web.StreamResponse:
     if time.time() >= expires:
         return state.finish(entry, _expired_link())
     name = request.match_info["name"]
-    result = state.results.get(name[: -len(".png")]) if name.endswith(".png") else None
+    result_id = name[: -len(".png")] if name.endswith(".png") else None
+    result = state.results.get(result_id) if result_id else None
+    if result is None and result_id and state.results.has_expired(result_id):
+        return state.finish(entry, _expired_link())
     if result is None:
         message = "This result URL has expired or never existed."
         return state.finish(entry, openai_error(404, message, "invalid_request_error", "not_found"))

@@ -93,7 +93,7 @@ async def handle_admin_config(request: web.Request) -> web.Response:
 
 async def handle_admin_faults(request: web.Request) -> web.Response:
     """``POST /_mock/faults``: open/close fault windows (see ``FaultWindows``); ``{}`` just reports.
-    ``"expire_results": true`` expires every result URL now (the next download answers 404)."""
+    ``"expire_results": true`` expires every result URL now (the next download answers 403)."""
     state = state_of(request)
     try:
         changes = await request.json()
@@ -108,7 +108,7 @@ def apply_fault_changes(state: MockState, changes: dict[str, Any]) -> dict[str, 
     """Fault windows, plus ``expire_results`` (the result store is not a window's business)."""
     changes = dict(changes)
     if changes.pop("expire_results", False) is True:
-        state.results.clear()
+        state.results.expire_all()
     return state.windows.apply(changes)
 
 

@@ -53,33 +53,53 @@ class StoredResult:
 
 
 class ResultStore:
-    """Result images by random id, in creation order so expired ones are pruned from the front."""
+    """Result images by random id, in creation order so expired ones are pruned from the front.
+
+    The ids of expired results are remembered (as many as results), so an expired link answers
+    "expired" (403, as signed links do) while an id that never existed answers "not found".
+    """
 
     def __init__(self) -> None:
         self._items: OrderedDict[str, StoredResult] = OrderedDict()
+        self._expired: OrderedDict[str, None] = OrderedDict()
 
     def add(self, result: StoredResult) -> str:
         now = time.monotonic()
         while self._items and (
             len(self._items) >= RESULTS_MAX or next(iter(self._items.values())).expires_at <= now
         ):
-            self._items.popitem(last=False)
+            self._retire(next(iter(self._items)))
         result_id = secrets.token_urlsafe(12)
         self._items[result_id] = result
         return result_id
 
     def get(self, result_id: str) -> StoredResult | None:
-        """The live result, or ``None`` if unknown or expired."""
+        """The live result, or ``None`` if unknown or expired (:meth:`has_expired` tells which)."""
         result = self._items.get(result_id)
         if result is None:
             return None
         if result.expires_at <= time.monotonic():
-            del self._items[result_id]
+            self._retire(result_id)
             return None
         return result
 
+    def has_expired(self, result_id: str) -> bool:
+        return result_id in self._expired
+
+    def expire_all(self) -> None:
+        """Every result made so far expires now (``POST /_mock/faults {"expire_results": true}``)."""
+        for result_id in list(self._items):
+            self._retire(result_id)
+
+    def _retire(self, result_id: str) -> None:
+        del self._items[result_id]
+        self._expired[result_id] = None
+        while len(self._expired) > RESULTS_MAX:
+            self._expired.popitem(last=False)
+
     def clear(self) -> None:
         self._items.clear()
+        self._expired.clear()
 
 
 @dataclass(frozen=True)
