@@ -226,7 +226,7 @@ def make_report(job: Any, mock: Any) -> dict[str, Any]:
     run_review_job(job, mock)
     result = CliRunner().invoke(Group(commands=[report, export]), ["report", str(job.manifest)])
     assert result.exit_code == 0, result.stderr
-    shown = page_items((job.root / "report.html").read_text(encoding="utf-8"))
+    shown = page_items((job.root / "test-job.report.html").read_text(encoding="utf-8"))
     return {
         "counts": db_counts(job),
         "failed": sorted(k for (k,) in job.sql("SELECT key FROM items WHERE state = 'failed'")),

@@ -91,7 +91,7 @@ def test_no_piece_of_an_echoed_key_reaches_storage_logs_or_outputs(job, mock, mo
     texts = [r.stdout + r.stderr for r in outputs]
     files = [f for f in job.root.rglob("*") if f.is_file() and not f.is_relative_to(job.root / "images")]
     names = {f.name for f in files}
-    assert {"run.jsonl", "run.log", "report.html", "items.jsonl", "items.csv"} <= names, names
+    assert {"run.jsonl", "run.log", "test-job.report.html", "items.jsonl", "items.csv"} <= names, names
     pngs = [f for f in files if f.suffix == ".png"]
     assert pngs
     for png in pngs:
