@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchfuse.errors import InputError, ManifestError, printable
+from batchfuse.errors import InputError, ManifestError, OutputError, printable
 from batchfuse.manifest import ManifestProblems, load_manifest
 from batchfuse.output_paths import PathProblem, item_names, same_file_key, short
 from batchfuse.providers import provider_class
@@ -30,6 +30,20 @@ _NUMBERED = re.compile(r"^(.*)-[0-9]+(\.[^./]+)$")
 def describe(owner: Owner) -> str:
     key, row = owner
     return f"item {printable(key)}" + (f" (row {row})" if row is not None else "")
+
+
+def unwritable(path: Path | str, what: str) -> str | None:
+    """Why ``what`` (``path`` named as it should be shown) cannot be written by this user, or None;
+    a read-only file system is no input mistake but the machine's state: :class:`OutputError`."""
+    if os.access(path, os.W_OK | os.X_OK):
+        return None
+    try:
+        read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    if read_only:
+        raise OutputError(f"{what} is read-only (its file system is mounted read-only); a run has to write its images there")
+    return f"{what} cannot be written by this user"
 
 
 def png_job(path: str) -> str | None:
@@ -96,8 +110,9 @@ class PathClaims:
         if exists and not is_dir:
             where = "" if probe == self.root else f" (output.dir is {self.root})"
             return f"{probe} is a file, not a folder{where}"
-        if not os.access(probe, os.W_OK | os.X_OK):
-            return f"{probe} cannot be written by this user"
+        problem = unwritable(probe, str(probe))
+        if problem:
+            return problem
         try:
             self.path_max = os.pathconf(probe, "PC_PATH_MAX")
         except (OSError, ValueError):
@@ -174,8 +189,8 @@ class PathClaims:
                     problem = self._link_problem(entry, folder, want_dir=True)
                 elif not entry.is_dir(follow_symlinks=False):
                     problem = f"needs the folder {folder!r}, but {entry.path} is a file"
-                elif not os.access(entry.path, os.W_OK | os.X_OK):
-                    problem = f"the folder {entry.path} cannot be written by this user"
+                else:
+                    problem = unwritable(entry.path, f"the folder {entry.path}")
         self._folder_problems[folder] = problem
         return problem
 

@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from batchfuse.catalog import RawItem, raw_items
-from batchfuse.errors import ManifestError
+from batchfuse.errors import ManifestError, OutputError
 from batchfuse.images import ImageInfo, ImageInspector, ImageProblem
 from batchfuse.manifest import (
     ITEM_KEYS,
@@ -150,7 +150,10 @@ class Planner:
         """Check every item and every output path (unique, storable, writable on disk); raises
         :class:`ManifestProblems` listing the problems. Returns the count."""
         claims = PathClaims(self.output_dir, self.manifest.job, self._extras)
-        problem = claims.root_problem()
+        try:
+            problem = claims.root_problem()
+        except OutputError as exc:  # a read-only file system: exit 3, but named like the rest
+            raise OutputError(f"{self.file}: output.dir: {exc.message}") from None
         if problem:
             raise ManifestError(self.file, problem, field="output.dir")
         problems: list[ManifestError] = []
