@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from batchfuse.job import MARKER
 from tests.conftest import cli, generation_requests, manifest
 
 HEAD = """job: x
@@ -176,7 +177,8 @@ items:
     result = cli("run", job.manifest)
     assert result.exit_code == 0, result.stderr
     assert job.state_of() == {"010": "succeeded", "8": "succeeded"}
-    assert sorted(p.name for p in job.out.iterdir() if p.is_file()) == ["010.png", "8.png"]
+    images = sorted(p.name for p in job.out.iterdir() if p.is_file() and p.name != MARKER)  # PostgreSQL's marker
+    assert images == ["010.png", "8.png"]
     by_prompt = {r["prompt"]: r for r in generation_requests(mock)}
     assert set(by_prompt) == {"NO 0012 1.10 12:30", "plain"}
     assert by_prompt["plain"]["body"]["generationConfig"]["imageConfig"]["aspectRatio"] == "16:9"
