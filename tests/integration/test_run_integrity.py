@@ -12,8 +12,7 @@ from sqlalchemy import create_engine, inspect, text
 from batchfuse.job import load
 from batchfuse.outputs import read_png_text
 from batchfuse.store.queries import Store
-from tests.acceptance.test_overnight import wait_for
-from tests.conftest import cli, cli_process, generation_requests, manifest
+from tests.conftest import cli, cli_process, generation_requests, manifest, wait_for
 
 #: Columns a live runner's heartbeat rewrites while it waits on the API.
 VOLATILE = {("runs", "heartbeat_at"), ("items", "lease_expires_at")}
@@ -56,22 +55,23 @@ def two_items(mock_url: str, word: str, **limits: Any) -> dict[str, Any]:
 def test_a_refused_run_changes_nothing_and_the_live_run_keeps_its_spec(job, mock, backend):
     if backend != "sqlite":
         pytest.skip("the one-runner lock is SQLite's; PostgreSQL runners share a job")
-    mock.configure(latency_ms=6000)
+    mock.faults(hold=True)  # the first run's requests wait at the mock until the test is done
     job.write(two_items(mock.url, "old"))
     first = cli_process("run", job.manifest)
     try:
-        wait_for(lambda: states(job) == {"a": "running", "b": "running"}, timeout=60)
+        wait_for(lambda: mock.faults()["held"] == 2 and states(job) == {"a": "running", "b": "running"},
+                 "both requests of the first run in flight", proc=first)
         before = snapshot(job.url)
         job.write(two_items(mock.url, "new"))  # the prompt is edited while the first run is live
         refused = cli("run", job.manifest)
-        assert refused.exit_code == 3, refused.stderr
+        assert refused.exit_code == 2, refused.stderr  # the job is locked: the caller's mistake
         assert f"being run by process {first.pid}" in refused.stderr
         assert snapshot(job.url) == before  # refused: not re-planned, nothing written
     finally:
+        mock.faults(hold=False)
         _, err = first.communicate(timeout=60)
     assert first.returncode == 0, err
     assert prompts_on_disk(job, ["a", "b"]) == {"a": "old prompt for a", "b": "old prompt for b"}
-    mock.configure(latency_ms=0)
     rerun = cli("run", job.manifest)
     assert rerun.exit_code == 0, rerun.stderr
     assert "2 changed" in rerun.stderr
@@ -80,11 +80,12 @@ def test_a_refused_run_changes_nothing_and_the_live_run_keeps_its_spec(job, mock
 
 
 def test_a_result_counts_only_for_the_spec_it_was_made_from(job, mock):
-    mock.configure(latency_ms=3000)
+    mock.faults(hold=True)  # the old prompt's requests wait at the mock while the plan changes
     job.write(two_items(mock.url, "old"))
     runner = cli_process("run", job.manifest)
     try:
-        wait_for(lambda: states(job) == {"a": "running", "b": "running"}, timeout=60)
+        wait_for(lambda: mock.faults()["held"] == 2 and states(job) == {"a": "running", "b": "running"},
+                 "both old requests in flight", proc=runner)
         # re-planned while the old requests are in flight, as another runner sharing the job does
         job.write(two_items(mock.url, "new"))
         loaded = load(job.manifest)
@@ -95,6 +96,7 @@ def test_a_result_counts_only_for_the_spec_it_was_made_from(job, mock):
             store.close()
         assert summary.changed == 2
     finally:
+        mock.faults(hold=False)  # the old results come back now, after the re-plan
         _, err = runner.communicate(timeout=60)
     assert runner.returncode == 0, err
     assert states(job) == {"a": "succeeded", "b": "succeeded"}

@@ -10,9 +10,9 @@ import re
 import signal
 
 import pytest
+import yaml
 
-from tests.acceptance.test_overnight import wait_for
-from tests.conftest import POSTGRES_URL, cli, cli_process, generation_requests, manifest
+from tests.conftest import POSTGRES_URL, cli, cli_process, generation_requests, manifest, wait_for
 
 
 def items(n: int) -> list[dict]:
@@ -33,10 +33,10 @@ def last_lines(stderr: str) -> tuple[str, str]:
 
 
 def test_status_after_a_kill_shows_the_dead_runners_claims_as_such(job, mock):
-    mock.configure(latency_ms=5000)
+    mock.faults(hold=True)  # the runner's requests wait at the mock: it dies with claims in hand
     job.write(manifest(mock.url, items(30), limits={"concurrency": 4}))
     proc = cli_process("run", job.manifest)
-    wait_for(lambda: running(job) >= 4 and len(generation_requests(mock)) >= 4)
+    wait_for(lambda: running(job) >= 4 and mock.faults()["held"] >= 4, "four requests in flight", proc=proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     claimed = running(job)  # what the dead runner had claimed, as the database keeps it
@@ -50,7 +50,7 @@ def test_status_after_a_kill_shows_the_dead_runners_claims_as_such(job, mock):
     assert re.search(r"^  running +0$", text, re.M), text
     assert f"orphaned   {claimed} (claimed by a runner that died; they run next time)" in text
 
-    mock.configure(latency_ms=0)
+    mock.faults(hold=False)
     again = cli("run", job.manifest)
     assert again.exit_code == 0, again.stderr
     assert json.loads(cli("status", job.manifest, "--json").stdout)["items"]["orphaned"] == 0
@@ -59,11 +59,11 @@ def test_status_after_a_kill_shows_the_dead_runners_claims_as_such(job, mock):
 def test_a_second_run_while_one_is_live_is_the_callers_mistake_exit_2(job, mock, backend):
     if backend == "postgres":
         pytest.skip("runners share a job on PostgreSQL: a second run is welcome there")
-    mock.configure(latency_ms=2000)
+    mock.faults(hold=True)  # the first run stays live, waiting at the mock
     job.write(manifest(mock.url, items(10), limits={"concurrency": 2}))
     first = cli_process("run", job.manifest)
     try:
-        wait_for(lambda: len(generation_requests(mock)) >= 1)
+        wait_for(lambda: mock.faults()["held"] >= 1, "the first run's request in flight", proc=first)
         second = cli("run", job.manifest)
         assert second.exit_code == 2, second.stderr
         assert f"being run by process {first.pid}" in second.stderr
@@ -117,9 +117,8 @@ def test_the_summary_says_how_many_outputs_were_adopted_and_from_where(job, mock
     work = items(2)
     job.write(manifest(mock.url, work))
     assert cli("run", job.manifest).exit_code == 0
-    # the same outputs under a job the database knows nothing about: adopted, not sent again
-    job.write(manifest(mock.url, work) | {"job": "same-outputs-new-record"})
-    result = cli("run", job.manifest)
+    # the same outputs, the job's database lost: adopted, not sent again
+    result = cli("run", job.manifest, "--db", job.root / "fresh.db")
     assert result.exit_code == 0, result.stderr
     assert len(generation_requests(mock)) == 2
     own, _ = last_lines(result.stderr)
@@ -155,8 +154,9 @@ def test_each_runner_on_postgresql_sums_up_its_own_work_not_a_share_of_the_plan(
 
 def test_two_manifests_in_one_folder_get_a_report_each_and_o_still_works(job, mock):
     job.write(manifest(mock.url, items(1)))
-    second = job.root / "other.yaml"
-    second.write_text(job.manifest.read_text().replace("job: test-job", "job: other job/v2"))
+    second = job.root / "other.yaml"  # another job beside it, with its own output folder
+    other = manifest(mock.url, items(1), output={"dir": "other-out"}) | {"job": "other job/v2"}
+    second.write_text(yaml.safe_dump(other, sort_keys=False), encoding="utf-8")
     for path in (job.manifest, second):
         assert cli("run", path).exit_code == 0
         assert cli("report", path).exit_code == 0
