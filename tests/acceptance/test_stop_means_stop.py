@@ -11,8 +11,7 @@ import signal
 import time
 from pathlib import Path
 
-from tests.acceptance.test_overnight import wait_for
-from tests.conftest import cli, cli_process, generation_requests, manifest
+from tests.conftest import cli, cli_process, generation_requests, manifest, wait_for
 
 
 def events(log: Path) -> list[dict]:
@@ -60,7 +59,7 @@ def test_no_request_leaves_after_sigint(job, mock):
     slow_job(job, mock)
     log = job.root / "run.jsonl"
     proc = cli_process("run", job.manifest, "--log-file", log, "--log-format", "json")
-    wait_for(lambda: len(generation_requests(mock)) >= 2, timeout=60)
+    wait_for(lambda: len(generation_requests(mock)) >= 2, "two requests at the mock", proc=proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 3, err
