@@ -13,10 +13,20 @@ import pytest
 from batchfuse import b64stream
 from batchfuse.b64stream import Base64Problem, decode_into
 
+_DECODERS = [b64stream._strict_stdlib]
+try:
+    import pybase64  # noqa: F401
 
-@pytest.fixture(autouse=True)
-def small_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(b64stream, "PIECE_CHARS", 16)  # many pieces even for short texts
+    _DECODERS.append(b64stream._strict_pybase64)
+except ImportError:
+    pass
+
+
+@pytest.fixture(autouse=True, params=_DECODERS, ids=lambda f: f.__name__)
+def small_pieces(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many pieces even for short texts, with binascii and (where installed) pybase64."""
+    monkeypatch.setattr(b64stream, "PIECE_CHARS", 16)
+    monkeypatch.setattr(b64stream, "_strict", request.param)
 
 
 @pytest.mark.parametrize("size", [0, 1, 2, 3, 11, 12, 13, 100, 1000])
