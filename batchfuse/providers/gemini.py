@@ -198,8 +198,8 @@ def parse_reply(reply: HttpReply) -> Reply:
                 continue  # interim images of Gemini 3's thinking are not outputs
             inline = part.get("inlineData") or part.get("inline_data")
             if inline:
-                value = inline.get("data", "")
-                images.append(value if isinstance(value, RawString) else _b64(value))  # PROTOTYPE: decoded later
+                data = inline.get("data", "")
+                images.append(data if isinstance(data, RawString) else _b64(data))  # PROTOTYPE: decoded later
             elif isinstance(part.get("text"), str):
                 found = _DATA_URL.findall(part["text"])
                 if found:
