@@ -239,7 +239,7 @@ class Outcomes:
             "batchfuse:spec": item.spec_hash,
         }
         images = [
-            prepare(data, name, {**text, "batchfuse:image": f"{n}/{count}"}, self.outputs.temp, self.outputs.writer_tag)
+            prepare(data, name, {**text, "batchfuse:image": f"{n}/{count}"})
             for n, (data, name) in enumerate(zip(reply.images, names, strict=True), start=1)
         ]
         return PendingOutputs(names, images, reply.source_urls, reply.source_at)

@@ -16,12 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from batchfuse import faultpoints
-from batchfuse.b64stream import Base64Problem, decode_into
 from batchfuse.errors import OutputError
-from batchfuse.images import ImageProblem, open_image
-from batchfuse.jsonscan import RawString
+from batchfuse.images import open_image
 from batchfuse.output_paths import FORMATS, TEMP_DIR, PathProblem, check_relative, output_name  # noqa: F401
-from batchfuse.pngcheck import PngChecker, PngProblem, check_png
 from batchfuse.store.records import OutputRecord
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -58,75 +55,13 @@ class PreparedImage:
     payload: bytes
     width: int
     height: int
-    #: PROTOTYPE: already written (and fsynced) to this temp file, with its digest and size.
-    staged: Path | None = None
-    sha256: str = ""
-    size: int = 0
 
 
-INFLATE = os.environ.get("BATCHFUSE_PROTO_INFLATE", "1") == "1"  # PROTOTYPE switch
-
-
-def _stream_png(raw: RawString, text: Mapping[str, str], temp: Path, tag: str) -> PreparedImage:
-    """PROTOTYPE: base64 straight into a temp file, checked and hashed on the way."""
-    temp.mkdir(parents=True, exist_ok=True)
-    tmp = temp / f"{tag}-{uuid.uuid4().hex}.part"
-    checker = PngChecker(inflate=INFLATE)
-    digest = hashlib.sha256()
-    itxt = b"".join(_png_itxt(k, v) for k, v in text.items())
-    state = {"head": b"", "done": False, "size": 0}
-    with open(tmp, "wb") as f:
-        def write(piece: bytes) -> None:
-            f.write(piece)
-            digest.update(piece)
-            state["size"] += len(piece)
-
-        def sink(piece: bytes) -> None:
-            if state["done"]:
-                write(piece)
-                return
-            head = state["head"] + piece
-            if len(head) < 33:
-                state["head"] = head
-                return
-            state["done"] = True
-            write(head[:33] + itxt + head[33:])
-
-        try:
-            decode_into(raw.view(), [checker.feed, sink])
-            info = checker.finish()
-            if not state["done"]:
-                raise PngProblem("too short")
-            f.flush()
-            os.fsync(f.fileno())
-        except (PngProblem, Base64Problem) as exc:
-            f.close()
-            tmp.unlink(missing_ok=True)
-            raise ImageProblem(str(exc)) from None
-    return PreparedImage(b"", info.width, info.height, tmp, digest.hexdigest(), state["size"])
-
-
-def prepare(data: bytes | RawString, name: str, text: Mapping[str, str], temp: Path | None = None,
-            tag: str = "w") -> PreparedImage:
+def prepare(data: bytes, name: str, text: Mapping[str, str]) -> PreparedImage:
     """Decode ``data`` with Pillow (raises ``ImageProblem`` when it is not a whole image) and
     produce the bytes to write under ``name``."""
-    target = FORMATS[PurePosixPath(name).suffix.lower()]
-    if isinstance(data, RawString):
-        if target == "PNG" and temp is not None and bytes(data.view()[:8]) == b"iVBORw0K":
-            return _stream_png(data, text, temp, tag)
-        buf = io.BytesIO()
-        try:
-            decode_into(data.view(), [buf.write])
-        except Base64Problem as exc:
-            raise ImageProblem(str(exc)) from None
-        data = buf.getvalue()
-    if target == "PNG" and data.startswith(_PNG_SIGNATURE):
-        try:
-            info = check_png(data, inflate=INFLATE)
-        except PngProblem as exc:
-            raise ImageProblem(str(exc)) from None
-        return PreparedImage(add_png_text(data, text), info.width, info.height)
     im = open_image(data, formats=("PNG", "JPEG", "WEBP"))
+    target = FORMATS[PurePosixPath(name).suffix.lower()]
     if im.format == target:
         payload = add_png_text(data, text) if target == "PNG" else data
     else:
@@ -230,15 +165,6 @@ class OutputFolder:
         try:
             self.temp.mkdir(parents=True, exist_ok=True)
             for i, (name, img) in enumerate(zip(pending.names, pending.images, strict=True)):
-                if img.staged is not None:  # PROTOTYPE: written and fsynced by prepare
-                    staged.append((img.staged, self.final_path(name)))
-                    records.append(OutputRecord(
-                        idx=i + 1, path=name, sha256=img.sha256, width=img.width, height=img.height,
-                        bytes=img.size,
-                        source_url=pending.source_urls[i] if i < len(pending.source_urls) else None,
-                        source_at=pending.source_at,
-                    ))
-                    continue
                 tmp = self.temp / f"{self.writer_tag}-{uuid.uuid4().hex}.part"
                 with open(tmp, "wb") as f:
                     staged.append((tmp, self.final_path(name)))

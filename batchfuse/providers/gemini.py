@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from batchfuse.errors import FatalError, NoImageError, ProviderError, RejectedError, TransientError, shorten
 from batchfuse.images import ImageInfo
-from batchfuse.jsonscan import RawString
 from batchfuse.providers.base import FINISH_REASON_CHARS, Problem, Provider, Reply
 from batchfuse.providers.http import HttpReply, error_message, post_json, retry_after_seconds
 from batchfuse.providers.refs import encoded_refs
@@ -198,8 +197,7 @@ def parse_reply(reply: HttpReply) -> Reply:
                 continue  # interim images of Gemini 3's thinking are not outputs
             inline = part.get("inlineData") or part.get("inline_data")
             if inline:
-                data = inline.get("data", "")
-                images.append(data if isinstance(data, RawString) else _b64(data))  # PROTOTYPE: decoded later
+                images.append(_b64(inline.get("data", "")))
             elif isinstance(part.get("text"), str):
                 found = _DATA_URL.findall(part["text"])
                 if found:

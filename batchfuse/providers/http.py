@@ -18,7 +18,6 @@ from typing import Any
 import aiohttp
 
 from batchfuse.errors import TransientError, scrub, shorten
-from batchfuse.jsonscan import loads_skeleton
 
 #: Replies larger than this are parsed in a worker thread so the event loop keeps moving.
 PARSE_IN_THREAD_BYTES = 512 * 1024
@@ -95,9 +94,7 @@ async def post_json(
     latency_ms = (time.monotonic() - started) * 1000
     try:
         if len(raw) > PARSE_IN_THREAD_BYTES:
-            data = loads_skeleton(raw) if status == 200 else None  # PROTOTYPE: image data left in raw
-            if data is None:
-                data = await asyncio.to_thread(json.loads, raw)
+            data = await asyncio.to_thread(json.loads, raw)
         else:
             data = json.loads(raw) if raw else None
     except ValueError:
