@@ -13,7 +13,7 @@ TITLE = "Memory with 64 large replies in flight"
 
 
 def run(quick: bool, work: Path) -> Report:
-    n, concurrency, rounds = (32, 16, 1) if quick else (128, 64, 3)
+    n, concurrency, rounds = (32, 16, 1) if quick else (64, 64, 3)
     result = compare(n, concurrency, "2K", rounds, work, "2K")
     return Report(
         name=NAME,
