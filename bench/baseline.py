@@ -9,7 +9,7 @@ same JSON body: ``contents[0].parts`` = text + ``inline_data`` per reference ima
 (no temp file, no fsync) and retries a non-200 answer after ``Retry-After`` (or 1 s).
 
     python bench/baseline.py --url http://127.0.0.1:PORT --n 2000 --concurrency 64 --out DIR \
-        [--rpm 1200] [--image ref.png ...]
+        [--rpm 1200] [--image ref.png ...] [--aspect-ratio 16:9 --image-size 4K]
 
 Prints one JSON line: items written, requests, answers by status, elapsed seconds.
 """
@@ -54,7 +54,7 @@ async def main(args: argparse.Namespace) -> dict:
         nonlocal written
         body = {
             "contents": [{"parts": [{"text": args.prompt.format(id=f"item-{i:06d}", title=f"product {i}")}, *refs]}],
-            "generationConfig": {"imageConfig": {"aspectRatio": "1:1", "imageSize": "1K"},
+            "generationConfig": {"imageConfig": {"aspectRatio": args.aspect_ratio, "imageSize": args.image_size},
                                  "responseModalities": ["IMAGE"]},
         }
         payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
@@ -105,6 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image", action="append", default=[], help="reference image sent with every item")
     p.add_argument("--prompt", default="A studio photograph of {title} ({id})")
     p.add_argument("--model", default="gemini-3-pro-image-preview")
+    p.add_argument("--aspect-ratio", default="1:1")
+    p.add_argument("--image-size", default="1K")
     p.add_argument("--key-env", default="BENCH_API_KEY")
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--max-attempts", type=int, default=8)

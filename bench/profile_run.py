@@ -5,6 +5,10 @@
     .venv/bin/python bench/profile_run.py components       # each per-item step alone, ms/item
     .venv/bin/python bench/profile_run.py limiter          # RateLimiter pacing, idle and busy loop
     .venv/bin/python bench/profile_run.py raw FILE         # top frames of a py-spy raw profile
+    .venv/bin/python bench/profile_run.py large [--size 4K] [--n 48]
+                                     # py-spy (all threads, line level) of `batchfuse run` on real-size
+                                     # noise images (the `large` benchmark's setup), ms/image by part
+    .venv/bin/python bench/profile_run.py steps [--size 4K]   # each step on one real-size reply, alone
 
 ``cpu`` needs py-spy (``.venv/bin/pip install py-spy``). It samples only the thread holding
 the GIL (``--gil``), so the parts add up to the process's Python CPU time; system time spent
@@ -63,18 +67,39 @@ PARTS = [
 ]
 
 
+#: The parts of handling one large reply; a sample goes to the first part one of whose patterns
+#: matches a frame of its stack (frames carry line numbers: ``write (batchfuse/outputs.py:175)``).
+LARGE_PARTS = [
+    ("imports (start-up)", r"<frozen importlib\._bootstrap"),
+    ("reply JSON: json.loads of the whole body", r"json/(__init__|decoder)\.py"),
+    ("base64 decode of the image", r"_b64 \(batchfuse/providers|base64\.py"),
+    ("image check: Pillow opens and decodes every pixel", r"open_image \(|PIL/"),
+    ("PNG text chunks inserted (a copy of the image)", r"add_png_text"),
+    ("output write: sha256 of the image", r"write \(batchfuse/outputs\.py:180\)"),
+    ("output write: temp file write", r"write \(batchfuse/outputs\.py:171\)"),
+    ("output write: fsync of the file", r"write \(batchfuse/outputs\.py:175\)"),
+    ("output write: other (rename, folder fsync)", r"OutputFolder\.write|fsync_dirs"),
+    ("HTTP: aiohttp reading the body", r"aiohttp/"),
+    ("store: record attempts + outputs", r"batchfuse/store/"),
+    ("planning (manifest, catalog, hashes)", r"batchfuse/(plan|catalog|manifest|templates)\.py"),
+    ("thread hand-off (executor)", r"concurrent/futures|threading\.py"),
+    ("scheduler, limiter, event loop", r"batchfuse/|asyncio/"),
+]
+
+
 def _key(frame: str) -> str:
     return re.sub(r":\d+\)", ")", frame)
 
 
-def summarize_raw(path: Path, items: int | None, rate: int, top: int = 25) -> None:
+def summarize_raw(path: Path, items: int | None, rate: int, top: int = 25,
+                  part_list: list[tuple[str, str]] | None = None) -> None:
     """Print CPU per part (and per item) and the heaviest frames of a py-spy ``--format raw`` file."""
     total = 0
     parts: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     threads: collections.Counter[str] = collections.Counter()
     leaves: collections.Counter[str] = collections.Counter()
-    compiled = [(name, re.compile(p)) for name, p in PARTS]
+    compiled = [(name, re.compile(p)) for name, p in (part_list or PARTS)]
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         n = int(count)
@@ -91,7 +116,8 @@ def summarize_raw(path: Path, items: int | None, rate: int, top: int = 25) -> No
         else:
             parts["other"] += n
     per = f", ms/item over {items}" if items else ""
-    print(f"\n{total} samples at {rate}/s = {total / rate:.2f} s with the GIL held{per}")
+    held = " with the GIL held" if part_list is None else " of CPU, all threads"
+    print(f"\n{total} samples at {rate}/s = {total / rate:.2f} s{held}{per}")
     for name, n in parts.most_common():
         ms = f"{1000 * n / rate / items:7.3f} ms/item" if items else ""
         print(f"  {100 * n / total:5.1f}%  {ms}  {name}")
@@ -134,6 +160,107 @@ def profile_cpu(n: int, rate: int) -> None:
         print(f"raw profile kept: {kept}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def profile_large(size: str, n: int, rate: int) -> None:
+    """py-spy (every thread, not just the GIL holder: zlib, hashing and file writes release it)
+    of `batchfuse run` on real-size noise images, as in the `large` benchmark."""
+    from large import MOCK_ARGS, PROMPT, RATIO, warm
+
+    spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
+    if not Path(spy).exists():
+        sys.exit("py-spy not found: .venv/bin/pip install py-spy")
+    work = Path(tempfile.mkdtemp(prefix="batchfuse-profile-"))
+    try:
+        write_catalog(work / "catalog.csv", n)
+        with Mock(*MOCK_ARGS) as mock:
+            warm(mock, size)
+            path = write_manifest(work / "job.yaml", manifest(
+                mock.url, "bench-profile-large", items_from={"file": "catalog.csv", "key": "{id}"}, prompt=PROMPT,
+                defaults={"aspect_ratio": RATIO, "image_size": size},
+                limits={"concurrency": 16, "requests_per_minute": None, "timeout_s": 300},
+            ))
+            out = work / "profile.txt"
+            m = run_measured([spy, "record", "--threads", "--rate", str(rate), "--format", "raw",
+                              "-o", out, "--", PY, "-m", "batchfuse.cli", "run", path, "--db", work / "bf.db"],
+                             timeout_s=900).check()
+        print(f"batchfuse run of {n} {size} images under py-spy: {m.wall_s:.1f} s wall, user {m.user_s:.2f} s, "
+              f"system {m.sys_s:.2f} s (py-spy's own CPU included)")
+        summarize_raw(out, n, rate, part_list=LARGE_PARTS)
+        kept = Path(tempfile.gettempdir()) / f"batchfuse-profile-{size}.txt"
+        shutil.copy(out, kept)
+        print(f"raw profile kept: {kept}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def steps(size: str) -> None:
+    """Each step of handling one real-size reply, alone, in this process (CPU ms, best of 3):
+    what today's code does, and the fast paths of pngcheck / b64stream / jsonscan."""
+    import base64
+    import hashlib
+    import json
+    import urllib.request
+
+    from large import MOCK_ARGS, RATIO
+
+    from batchfuse import b64stream, jsonscan, outputs, pngcheck
+    from batchfuse.providers.gemini import _b64
+
+    with Mock(*MOCK_ARGS) as mock:
+        body = {"contents": [{"parts": [{"text": "steps"}]}],
+                "generationConfig": {"responseModalities": ["IMAGE"],
+                                     "imageConfig": {"aspectRatio": RATIO, "imageSize": size}}}
+        request = urllib.request.Request(
+            mock.url + "/v1beta/models/gemini-3-pro-image-preview:generateContent", data=json.dumps(body).encode(),
+            method="POST", headers={"Content-Type": "application/json", "x-goog-api-key": "k"})
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=120) as resp:
+            raw = resp.read()
+    data = json.loads(raw)
+    b64 = next(p["inlineData"]["data"] for p in data["candidates"][0]["content"]["parts"] if "inlineData" in p)
+    png = base64.b64decode(b64)
+    text = {"prompt": "p" * 60, "model": "m", "batchfuse:job": "j", "batchfuse:item": "i", "batchfuse:spec": "s" * 64}
+    folder = Path(tempfile.mkdtemp(prefix="batchfuse-steps-"))
+    print(f"one {size} reply: {len(raw) / 2**20:.1f} MiB of JSON, {len(png) / 2**20:.1f} MiB PNG")
+
+    def write_fsync() -> None:
+        with open(folder / "x.part", "wb") as f:
+            f.write(png)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def stream_all() -> None:
+        skeleton = jsonscan.loads_skeleton(raw)
+        span = next(p["inlineData"]["data"] for p in skeleton["candidates"][0]["content"]["parts"]
+                    if "inlineData" in p)
+        checker, digest = pngcheck.PngChecker(inflate=False), hashlib.sha256()
+        with open(folder / "y.part", "wb") as f:
+            b64stream.decode_into(span.view(), [checker.feed, digest.update, f.write])
+            f.flush()
+            os.fsync(f.fileno())
+        checker.finish()
+
+    rows = [
+        ("today: json.loads of the body", lambda: json.loads(raw)),
+        ("today: base64 decode (providers.gemini._b64)", lambda: _b64(b64)),
+        ("today: Pillow open + load (images.open_image)", lambda: outputs.open_image(png)),
+        ("today: add_png_text (a copy)", lambda: outputs.add_png_text(png, text)),
+        ("today: sha256", lambda: hashlib.sha256(png).hexdigest()),
+        ("today/baseline: write + fsync", write_fsync),
+        ("fast: jsonscan.loads_skeleton", lambda: jsonscan.loads_skeleton(raw)),
+        ("fast: pngcheck, structure (CRCs, IHDR, sizes)", lambda: pngcheck.check_png(png, inflate=False)),
+        (f"fast: pngcheck, + inflate ({pngcheck._inflate_lib.__name__})", lambda: pngcheck.check_png(png)),
+        ("fast: b64stream.decode_into(sha256)", lambda: b64stream.decode_into(b64, [hashlib.sha256().update])),
+        ("fast: all in one pass: skeleton, decode+check+hash+write, fsync", stream_all),
+    ]
+    for label, fn in rows:
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.process_time()
+            fn()
+            best = min(best, time.process_time() - t0)
+        print(f"  {1000 * best:7.1f} ms  {label}")
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _ru() -> tuple[float, float]:
@@ -277,17 +404,22 @@ def limiter(n: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["cpu", "components", "limiter", "raw"])
+    p.add_argument("what", choices=["cpu", "components", "limiter", "raw", "large", "steps"])
+    p.add_argument("--size", default="4K", choices=["1K", "2K", "4K"], help="for large and steps")
     p.add_argument("file", nargs="?", help="for raw: the py-spy raw profile")
     p.add_argument("--n", type=int, default=None)
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     args = p.parse_args()
-    pin_self(CLIENT_CPU if args.what in ("components", "limiter") else MOCK_CPU)
+    pin_self(CLIENT_CPU if args.what in ("components", "limiter", "steps") else MOCK_CPU)
     os.chdir(ROOT)
     if args.what == "cpu":
         profile_cpu(args.n or 2000, args.rate)
     elif args.what == "components":
         components(args.n or 2000)
+    elif args.what == "large":
+        profile_large(args.size, args.n or 48, args.rate)
+    elif args.what == "steps":
+        steps(args.size)
     elif args.what == "limiter":
         limiter(args.n or 300)
     else:

@@ -1,6 +1,6 @@
 """Run the batchfuse benchmarks and write bench/RESULTS.md.
 
-    .venv/bin/python bench/run.py                      # all benchmarks, full sizes (about 10 minutes)
+    .venv/bin/python bench/run.py                      # all benchmarks, full sizes (about 16 minutes)
     .venv/bin/python bench/run.py --quick              # smaller sizes, about 2 minutes
     .venv/bin/python bench/run.py --only throughput    # one benchmark (repeatable)
 
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCH, MOCK_CPU, Machine, Report, Target, others_load, pin_self  # noqa: E402
 
 #: In the order they run.
-BENCHMARKS = ["throughput", "rate", "wrong_limit", "scale", "shared_images"]
+BENCHMARKS = ["throughput", "rate", "wrong_limit", "scale", "shared_images", "large", "memory"]
 
 
 def render_report(report: Report) -> list[str]:
@@ -64,6 +64,9 @@ def render(reports: dict[str, Report], machine: Machine, quick: bool) -> str:
     for name in BENCHMARKS:
         if name in reports:
             lines += render_report(reports[name])
+    notes = BENCH / "notes.md"
+    if notes.exists() and not quick:  # hand-written findings (profiles, prototypes), kept across runs
+        lines += ["", notes.read_text(encoding="utf-8").strip()]
     return "\n".join(lines).rstrip() + "\n"
 
 

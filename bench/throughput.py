@@ -107,7 +107,7 @@ def _measure(kind: str, n: int, folder: Path, ref: Path) -> dict[str, Any]:
 
 def run(quick: bool, work: Path) -> Report:
     n = 500 if quick else 2000
-    rounds = 1 if quick else 5
+    rounds = 1 if quick else 3
     ref = solid_png(work / "ref.png", (48, 48))
     runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "batchfuse": []}
     for r in range(rounds):

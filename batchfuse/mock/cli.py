@@ -44,7 +44,13 @@ _RATE = click.FloatRange(0.0, 1.0)
 @click.option(
     "--image-scale", default=1.0, type=click.FloatRange(min=0, min_open=True), help="Output size factor."
 )
-@click.option("--image-mode", default="collage", type=click.Choice(["collage", "solid"]), show_default=True)
+@click.option(
+    "--image-mode",
+    default="collage",
+    type=click.Choice(["collage", "solid", "noise"]),
+    show_default=True,
+    help="noise: real-size, real-entropy PNGs (one per size, cached), for benchmarks.",
+)
 @click.option(
     "--images-per-reply", default=1, type=click.IntRange(min=1), help="Gemini image parts per reply."
 )

@@ -87,8 +87,9 @@ class MockConfig:
     outage_until: float | None = None
     #: Output pixel size = catalog size × this (at least 8 px a side); small = fast tests.
     image_scale: Positive = 1.0
-    #: ``"collage"`` draws the references and prompt; ``"solid"`` is one flat colour (benchmarks).
-    image_mode: Literal["collage", "solid"] = "collage"
+    #: ``"collage"`` draws the references and prompt; ``"solid"`` is one flat colour (benchmarks);
+    #: ``"noise"`` is random pixels whose PNG is as large as a real one, rendered once per size.
+    image_mode: Literal["collage", "solid", "noise"] = "collage"
     #: Thinking models (catalog ``thought_images``: the Gemini 3 image models) send an interim
     #: image part marked ``"thought": true`` first, as the real API does; off = final image only.
     thought_images: bool = True

@@ -487,7 +487,8 @@ async def _success(
         parts.append({"text": f"Here is the image you asked for ({size[0]}x{size[1]})."})
     if spec.thought_images and config.thought_images and parsed.include_thoughts is not False:
         for index in range(THOUGHT_IMAGES_PER_REPLY):
-            draft = await state.images.render("solid", size, parsed.prompt, parsed.refs, f"thought{index}")
+            mode = "noise" if config.image_mode == "noise" else "solid"  # noise: the cached one
+            draft = await state.images.render(mode, size, parsed.prompt, parsed.refs, f"thought{index}")
             parts.append(_image_part(draft, as_text, thought=True))
     image_parts = [_image_part(image, as_text) for image in images]
     thoughts = 0

@@ -9,6 +9,8 @@ expensive part of a request, so each is done once per distinct input:
 - :class:`ImageMaker` keys by ``(mode, size, prompt, reference digests, variant)`` and keeps the
   PNG and its base64 together in a byte-bounded LRU; concurrent misses for one key share one
   render, and large renders run in a worker thread so the event loop keeps answering.
+- ``noise`` images (for benchmarks at real pixel sizes) key by size alone: one render per size,
+  so a 4K reply costs the mock a cache hit, not a 17-megapixel encode.
 """
 
 from __future__ import annotations
@@ -190,6 +192,8 @@ class ImageMaker:
         variant: str = "",
     ) -> RenderedImage:
         """The image for these inputs, from the cache when possible."""
+        if mode == "noise":
+            prompt, refs, variant = "", [], ""  # one image per size, whatever was asked
         key = (mode, size, prompt, tuple(r.digest for r in refs), variant)
         hit = self._cache.get(key)
         if hit is not None:
@@ -236,12 +240,27 @@ def make_image(
     """Draw and encode one image. Pure and thread-safe: safe to run in a worker thread."""
     if mode == "solid":
         img = Image.new("RGB", size, _colour(prompt, variant, 0))
+    elif mode == "noise":
+        img = noise_image(size)
     else:
         img = _collage(size, prompt, refs, variant)
     buf = io.BytesIO()
     img.save(buf, "PNG", compress_level=1)
     png = buf.getvalue()
     return RenderedImage(png, base64.b64encode(png).decode("ascii"), size[0], size[1])
+
+
+#: Random bits per colour channel of a ``noise`` image: 2 makes a PNG about as large as a real
+#: generated one (a 5504×3072 image: ~21 MB, like Gemini 3 Pro Image's ~20 MB at 4K).
+NOISE_BITS = 2
+_NOISE_TABLE = bytes(100 + (b & ((1 << NOISE_BITS) - 1)) for b in range(256))
+
+
+def noise_image(size: tuple[int, int]) -> Image.Image:
+    """Grey RGB noise with :data:`NOISE_BITS` of entropy a channel: incompressible enough that
+    its PNG has a real image's size, so clients pay real decode, hash and write costs."""
+    width, height = size
+    return Image.frombytes("RGB", size, os.urandom(width * height * 3).translate(_NOISE_TABLE))
 
 
 def _colour(prompt: str, variant: str, salt: int) -> tuple[int, int, int]:
