@@ -1,12 +1,13 @@
 """Keeping to ``requests_per_minute``.
 
-Requests are *paced* on an ideal schedule — one slot every ``interval`` — and each waits for
-its own slot, rather than all polling a sliding window that would release them in bursts at
-its edges.  A wake-up that comes a little late does not push the whole schedule back (the
-next slot stays where it was), or the achieved rate would fall a percent or two short.
-asyncio-throttle's window is the burst guard underneath: never two requests closer than half
-an interval.  A server counting a sliding minute at arrival sees requests whose spacing
-jitters with latency, so we aim a little under the limit (``HEADROOM``).
+aiolimiter's leaky bucket does the pacing.  It is set to hold two request intervals: a request
+whose wake-up comes a little late leaves the next one its slot (the schedule is kept, rather than
+restarted from each late wake-up, which would lose a percent or two of the rate), and after an
+idle spell at most two go back to back.  A bucket as large as the server's minute would let a
+whole minute's worth out at once, and one that holds a single interval falls short by its late
+wake-ups: bench/RESULTS.md, "Rate precision: pacer against the libraries".  A server counting a
+sliding minute at arrival sees requests whose spacing jitters with latency, so we aim a little
+under the limit (``HEADROOM``).
 
 ``hold(seconds)`` stops every request for a while: a 429 that says when to come back speaks
 for the whole key, not just for the request that drew it.
@@ -24,18 +25,29 @@ import asyncio
 import time
 from collections import deque
 
-from asyncio_throttle import Throttler
+from aiolimiter import AsyncLimiter
 
 HEADROOM = 0.98
+#: How many request intervals the bucket holds (see the module's docstring).
+SLOTS = 2
 
 
 class RateLimiter:
+    """One request every ``interval`` (60 / (requests_per_minute × headroom)) for all callers.
+
+    The bucket is counted in seconds of schedule: it drains one second per second and each
+    request fills it by ``interval``, so :meth:`set_rate` only changes what a request costs and
+    how much the bucket holds, keeping what it holds now (a new bucket would start empty and let
+    two out at once on every change).  The request after a change keeps the slot the old rate
+    gave it, and the new spacing starts from there.
+    """
+
     def __init__(self, requests_per_minute: float | None, headroom: float = HEADROOM) -> None:
         self.headroom = headroom
         self._lock = asyncio.Lock()
-        self._next = 0.0
         self._hold_until = 0.0
-        self._throttler: Throttler | None = None
+        self._bucket: AsyncLimiter | None = None
+        self._last_interval = 0.0
         self.set_rate(requests_per_minute)
 
     @property
@@ -46,36 +58,34 @@ class RateLimiter:
         """Change the rate; takes effect from the next request."""
         self._rpm = requests_per_minute
         if requests_per_minute is None:
-            self._throttler = None
+            self._bucket = None
             self.interval = 0.0
             return
         self.interval = 60.0 / (requests_per_minute * self.headroom)
-        if self._throttler is None:
-            self._throttler = Throttler(rate_limit=1, period=self.interval / 2, retry_interval=0.001)
-        else:
-            self._throttler.period = self.interval / 2
+        if self._bucket is None:
+            size = SLOTS * self.interval
+            self._bucket = AsyncLimiter(size, size)  # drains max_rate / time_period = 1 s per second
+            self._last_interval = self.interval
 
     def hold(self, seconds: float) -> None:
         """Start no request for ``seconds`` (the longest hold wins)."""
         self._hold_until = max(self._hold_until, time.monotonic() + seconds)
 
     async def acquire(self) -> None:
-        if self._throttler is None and self._hold_until <= time.monotonic():
+        if self._bucket is None and self._hold_until <= time.monotonic():
             return
-        async with self._lock:
+        async with self._lock:  # one caller at a time in the bucket: a new rate applies to the next
             now = time.monotonic()
             if self._hold_until > now:
                 await asyncio.sleep(self._hold_until - now)
-                now = time.monotonic()
-                self._next = now
-            if self._throttler is None:
-                return
-            if self._next < now - self.interval:  # idle for a while: no credit beyond one slot
-                self._next = now
-            if self._next > now:
-                await asyncio.sleep(self._next - now)
-            await self._throttler.acquire()
-            self._next += self.interval
+            bucket, interval = self._bucket, self.interval
+            if bucket is not None:
+                # a new rate is applied here, between two requests, never under a waiting one;
+                # this request's slot is one *previous* interval after the last: wait until the
+                # bucket is down to that, then fill it up (at an unchanged rate: one interval)
+                bucket.max_rate = bucket.time_period = SLOTS * interval
+                await bucket.acquire(max(0.0, SLOTS * interval - self._last_interval))
+                self._last_interval = interval
 
     async def __aenter__(self) -> None:
         await self.acquire()
