@@ -19,18 +19,20 @@ from typing import Any
 from aiohttp import web
 
 from .batch_jobs import BATCHES_KEY, STATES, BatchConflict, BatchStore, Line
-from .file_store import FILES_KEY, FileStore, files_of, missing_file, page
+from .file_store import FILES_KEY, FileStore, files_of, missing_file
 from .files_api import (
+    begin_keyed,
     handle_delete_file,
     handle_download,
     handle_get_file,
     handle_list_files,
     handle_upload,
+    paged_list,
 )
-from .gemini import MAX_BODY_BYTES, TOO_LARGE, google_error, invalid_request, key_refusal, model_not_found
+from .gemini import MAX_BODY_BYTES, TOO_LARGE, google_error, invalid_request, model_not_found
 from .google_json import ANY, ENUM, INT, STR, Kind, normalize_message
 from .models import gemini_model
-from .state import STATE_KEY, MockState, state_of
+from .state import STATE_KEY
 from .validation import InvalidRequest, read_json_object
 
 INPUT_CONFIG: dict[str, Kind] = {
@@ -49,18 +51,9 @@ def _batches(request: web.Request) -> BatchStore:
     return request.app[BATCHES_KEY]
 
 
-def _begin(request: web.Request) -> tuple[MockState, dict[str, Any], web.Response | None]:
-    state = state_of(request)
-    entry = state.begin(request, "batches")
-    refused = key_refusal(request, state)
-    if refused is None:
-        entry["key_ok"] = True
-    return state, entry, refused
-
-
 async def handle_create_batch(request: web.Request) -> web.StreamResponse:
     """``POST /v1beta/models/{model}:batchGenerateContent``: a new batch (never deduplicated)."""
-    state, entry, refused = _begin(request)
+    state, entry, refused = begin_keyed(request, "batches")
     model = request.match_info["model"]
     entry["model"] = model
     if refused is not None:
@@ -121,7 +114,7 @@ def _file_line(number: int, raw: str) -> Line:
 
 async def handle_get_batch(request: web.Request) -> web.StreamResponse:
     """``GET /v1beta/batches/{id}``: the batch's ``Operation``."""
-    state, entry, refused = _begin(request)
+    state, entry, refused = begin_keyed(request, "batches")
     if refused is not None:
         return state.finish(entry, refused)
     batch = _batches(request).get(request.match_info["name"])
@@ -132,24 +125,16 @@ async def handle_get_batch(request: web.Request) -> web.StreamResponse:
 
 async def handle_list_batches(request: web.Request) -> web.StreamResponse:
     """``GET /v1beta/batches``: newest first, ``pageSize`` (default 10, at most 100) and ``pageToken``."""
-    state, entry, refused = _begin(request)
+    state, entry, refused = begin_keyed(request, "batches")
     if refused is not None:
         return state.finish(entry, refused)
-    try:
-        shown, token = page(_batches(request).batches.values(), lambda b: b.seq, request.query)
-    except InvalidRequest as exc:
-        return state.finish(entry, invalid_request(exc))
-    body: dict[str, Any] = {}
-    if shown:
-        body["operations"] = [b.operation() for b in shown]
-    if token:
-        body["nextPageToken"] = token
-    return state.finish(entry, web.json_response(body))
+    batches = list(_batches(request).batches.values())
+    return state.finish(entry, paged_list(request, batches, "operations", lambda b: b.operation()))
 
 
 async def handle_batch_method(request: web.Request) -> web.StreamResponse:
     """``POST /v1beta/batches/{id}:cancel``: ``{}``; a finished batch answers 400 FAILED_PRECONDITION."""
-    state, entry, refused = _begin(request)
+    state, entry, refused = begin_keyed(request, "batches")
     if refused is not None:
         return state.finish(entry, refused)
     batch_id, _, method = request.match_info["name"].partition(":")
@@ -168,7 +153,7 @@ async def handle_batch_method(request: web.Request) -> web.StreamResponse:
 
 async def handle_delete_batch(request: web.Request) -> web.StreamResponse:
     """``DELETE /v1beta/batches/{id}``: ``{}``; the batch is gone from get and list."""
-    state, entry, refused = _begin(request)
+    state, entry, refused = begin_keyed(request, "batches")
     if refused is not None:
         return state.finish(entry, refused)
     store = _batches(request)

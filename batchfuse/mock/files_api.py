@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiohttp import web
@@ -47,10 +48,10 @@ def _store(request: web.Request) -> FileStore:
     return store
 
 
-def _begin(request: web.Request) -> tuple[MockState, dict[str, Any], web.Response | None]:
-    """The state, a log entry, and the key refusal if any (most Files routes need a key)."""
+def begin_keyed(request: web.Request, api: str) -> tuple[MockState, dict[str, Any], web.Response | None]:
+    """The state, a log entry, and the key refusal if any (Files and Batch routes need a key)."""
     state = state_of(request)
-    entry = state.begin(request, "files")
+    entry = state.begin(request, api)
     refused = key_refusal(request, state)
     if refused is None:
         entry["key_ok"] = True
@@ -68,7 +69,7 @@ async def handle_upload(request: web.Request) -> web.StreamResponse:
     """``POST /upload/v1beta/files``: start a resumable upload, or (``?upload_id=``) send its bytes."""
     if "upload_id" in request.query:
         return await _upload_bytes(request)
-    state, entry, refused = _begin(request)
+    state, entry, refused = begin_keyed(request, "files")
     if refused is not None:
         return state.finish(entry, refused)
     try:
@@ -168,7 +169,7 @@ async def handle_get_file(request: web.Request) -> web.StreamResponse:
     file_id, _, method = request.match_info["name"].partition(":")
     if method == "download":
         return await handle_download(request)
-    state, entry, refused = _begin(request)
+    state, entry, refused = begin_keyed(request, "files")
     if refused is not None:
         return state.finish(entry, refused)
     if method:
@@ -181,25 +182,31 @@ async def handle_get_file(request: web.Request) -> web.StreamResponse:
 
 async def handle_list_files(request: web.Request) -> web.StreamResponse:
     """``GET /v1beta/files?pageSize=&pageToken=``: ``{"files": [...], "nextPageToken"}``, newest first."""
-    state, entry, refused = _begin(request)
+    state, entry, refused = begin_keyed(request, "files")
     if refused is not None:
         return state.finish(entry, refused)
-    try:
-        shown, token = page(_store(request).live(), lambda f: f.seq, request.query)
-    except InvalidRequest as exc:
-        return state.finish(entry, invalid_request(exc))
     base = base_url(request)
+    return state.finish(entry, paged_list(request, _store(request).live(), "files", lambda f: f.resource(base)))
+
+
+def paged_list(request: web.Request, items: Iterable[Any], field: str, render: Callable[[Any], Any]) -> web.Response:
+    """A list answer: ``{field: [...], "nextPageToken"}`` for ``pageSize`` / ``pageToken`` (items
+    have a ``seq``); proto3 JSON leaves an empty list and an absent token out."""
+    try:
+        shown, token = page(items, lambda item: item.seq, request.query)
+    except InvalidRequest as exc:
+        return invalid_request(exc)
     body: dict[str, Any] = {}
-    if shown:  # proto3 JSON leaves an empty list out
-        body["files"] = [f.resource(base) for f in shown]
+    if shown:
+        body[field] = [render(item) for item in shown]
     if token:
         body["nextPageToken"] = token
-    return state.finish(entry, web.json_response(body))
+    return web.json_response(body)
 
 
 async def handle_delete_file(request: web.Request) -> web.StreamResponse:
     """``DELETE /v1beta/files/{id}``: ``{}``."""
-    state, entry, refused = _begin(request)
+    state, entry, refused = begin_keyed(request, "files")
     if refused is not None:
         return state.finish(entry, refused)
     file_id = request.match_info["name"]
@@ -214,7 +221,7 @@ async def handle_download(request: web.Request) -> web.StreamResponse:
     """``GET /download/v1beta/files/{id}:download?alt=media`` (the REST docs' path) and the same
     under ``/v1beta`` (google-genai's): a generated file's bytes; ``Range: bytes=a-b`` answers
     206 with ``Content-Range`` (a runner resumes a big results download), 416 past the end."""
-    state, entry, refused = _begin(request)
+    state, entry, refused = begin_keyed(request, "files")
     if refused is not None:
         return state.finish(entry, refused)
     file_id, _, method = request.match_info["name"].partition(":")
