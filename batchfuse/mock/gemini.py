@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from batchfuse.model_catalog import ModelEntry
 
 from .echo import echo_of, echo_reply
 from .faults import Marker, hang, parse_markers, reset_connection, send_truncated
+from .file_store import files_of
 from .google_json import PART_DATA, normalize_request, snake
 from .images import ImageDataError, Reference, ReferenceDecoder, RenderedImage
 from .models import THOUGHT_IMAGES_PER_REPLY, gemini_model, pixel_size, prompt_tokens, tokens_per_image
@@ -46,6 +48,8 @@ NO_KEY_MESSAGE = (
     "Method doesn't allow unregistered callers (callers without established identity). "
     "Please use API Key or other form of API consumer identity to call this API."
 )
+#: Resolves a ``fileData`` part to ``{"mimeType", "data"}`` (Files API uploads), or refuses it.
+FileResolver = Callable[[dict[str, Any], str], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -190,11 +194,14 @@ def _check_image(blob: dict[str, Any], where: str) -> tuple[str, bytes]:
     return mime, raw
 
 
-def _check_contents(req: dict[str, Any]) -> tuple[str, list[tuple[str, bytes]]]:
+def _check_contents(
+    req: dict[str, Any], files: FileResolver | None = None
+) -> tuple[str, list[tuple[str, bytes]]]:
     """The prompt (the user turns' text) and each reference image (mime, bytes), in order.
 
     Google accepts parts in any order, image-only turns and earlier ``model`` turns (history):
-    only ``user`` turns feed the picture here.
+    only ``user`` turns feed the picture here. ``fileData`` parts name files uploaded to this
+    mock's Files API (``files``); the mock fetches nothing else.
     """
     contents = req.get("contents") or []
     if not contents:
@@ -224,7 +231,10 @@ def _check_contents(req: dict[str, Any]) -> tuple[str, list[tuple[str, bytes]]]:
             elif "inlineData" in part:
                 images.append(_check_image(part["inlineData"], where))
             elif "fileData" in part:
-                raise InvalidRequest(f"{where}: fileData (Files API) is not served by this mock; send inline_data.")
+                if files is None:
+                    raise InvalidRequest(f"{where}: fileData (Files API) is not served by this mock; send inline_data.")
+                blob = files(part["fileData"], where)
+                images.append(_check_image(blob, where))
             elif any(name in part for name in PART_DATA):
                 raise InvalidRequest(f"{where}: only text and inline_data parts are taken by image models.")
     if not texts and not images:
@@ -311,10 +321,12 @@ def _check_tools(req: dict[str, Any], spec: ModelEntry, modalities: frozenset[st
                 raise InvalidRequest('the google_search tool needs responseModalities ["TEXT", "IMAGE"].')
 
 
-async def parse_request(body: dict[str, Any], spec: ModelEntry, decoder: ReferenceDecoder) -> GeminiRequest:
+async def parse_request(
+    body: dict[str, Any], spec: ModelEntry, decoder: ReferenceDecoder, files: FileResolver | None = None
+) -> GeminiRequest:
     """Check a ``generateContent`` body for ``spec``; raise :class:`InvalidRequest` if refused."""
     req = normalize_request(body)
-    prompt, blobs = _check_contents(req)
+    prompt, blobs = _check_contents(req, files)
     modalities, ratio, image_size, include_thoughts = _check_generation_config(req, spec)
     _check_tools(req, spec, modalities)
     if len(blobs) > spec.max_reference_images:
@@ -337,6 +349,37 @@ async def parse_request(body: dict[str, Any], spec: ModelEntry, decoder: Referen
 # -- the handler -----------------------------------------------------------------------------
 
 
+def key_refusal(request: web.BaseRequest, state: MockState) -> web.Response | None:
+    """The API's answer to a request without a usable ``x-goog-api-key``, or ``None`` if it has one."""
+    if "key" in request.query:
+        message = "API keys in the URL (?key=) are refused by this server; send the x-goog-api-key header."
+        return google_error(400, "INVALID_ARGUMENT", message)
+    verdict = state.check_key(request.headers.get("x-goog-api-key"))
+    if verdict == "missing":
+        return google_error(403, "PERMISSION_DENIED", NO_KEY_MESSAGE)
+    if verdict == "wrong":
+        return key_invalid()
+    return None
+
+
+def model_not_found(model: str, version: str, method: str) -> web.Response:
+    message = (
+        f"models/{model} is not found for API version {version}, or is not supported for "
+        f"{method}. Call ListModels to see the list of available models and their supported methods."
+    )
+    return google_error(404, "NOT_FOUND", message)
+
+
+#: Canonical status names of the HTTP codes an :class:`InvalidRequest` may carry.
+STATUS_NAMES = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND", 409: "ALREADY_EXISTS"}
+
+
+def invalid_request(exc: InvalidRequest) -> web.Response:
+    """A refused request in Google's envelope (its status, 400 unless it says otherwise)."""
+    status = exc.status if exc.status in STATUS_NAMES else 400
+    return google_error(status, STATUS_NAMES[status], exc.message)
+
+
 async def handle_generate_content(request: web.Request) -> web.StreamResponse:
     """``POST /{v1,v1beta}/models/{model}:generateContent`` (google-genai calls ``/v1`` by default)."""
     state = state_of(request)
@@ -348,31 +391,22 @@ async def handle_generate_content(request: web.Request) -> web.StreamResponse:
         return state.finish(
             entry, google_error(404, "NOT_FOUND", f"Method {method or '(none)'!r} is not found.")
         )
-    if "key" in request.query:
-        message = "API keys in the URL (?key=) are refused by this server; send the x-goog-api-key header."
-        return state.finish(entry, google_error(400, "INVALID_ARGUMENT", message))
-    key = request.headers.get("x-goog-api-key")
-    verdict = state.check_key(key)
-    if verdict == "missing":
-        return state.finish(entry, google_error(403, "PERMISSION_DENIED", NO_KEY_MESSAGE))
-    if verdict == "wrong":
-        return state.finish(entry, key_invalid())
-    assert key is not None
+    refused = key_refusal(request, state)
+    if refused is not None:
+        return state.finish(entry, refused)
+    key = request.headers["x-goog-api-key"]
     entry["key_ok"] = True
     spec = gemini_model(model)
     if spec is None:
-        message = (
-            f"models/{model} is not found for API version {version}, or is not supported for "
-            "generateContent. Call ListModels to see the list of available models and their supported methods."
-        )
-        return state.finish(entry, google_error(404, "NOT_FOUND", message))
+        return state.finish(entry, model_not_found(model, version, method))
+    files = files_of(request.app)
     try:
         body = await read_json_object(request, MAX_BODY_BYTES, TOO_LARGE)
         if state.config.record_bodies:
             entry["body"] = body
-        parsed = await parse_request(body, spec, state.references)
+        parsed = await parse_request(body, spec, state.references, files.resolver() if files else None)
     except InvalidRequest as exc:
-        return state.finish(entry, google_error(400, "INVALID_ARGUMENT", exc.message))
+        return state.finish(entry, invalid_request(exc))
     entry["prompt"] = parsed.prompt
     entry["n_images"] = len(parsed.refs)
 
@@ -393,7 +427,7 @@ async def handle_generate_content(request: web.Request) -> web.StreamResponse:
         return state.finish(entry, google_error(400, "INVALID_ARGUMENT", str(exc)))
     if echo is not None:
         count = prompt_tokens(parsed.prompt, len(parsed.refs))
-        reply = await echo_reply(echo, key, "gemini", lambda: _success(state, spec, parsed, count))
+        reply = await echo_reply(echo, key, "gemini", lambda: success_reply(state, spec, parsed, count))
         return state.finish(entry, reply, "echo")
     await state.sleep_latency()
     return await _answer(request, state, entry, spec, parsed, fault, key_id)
@@ -409,49 +443,20 @@ async def _answer(
     key_id: str,
 ) -> web.StreamResponse:
     """The reply once the request is admitted: a fault's, or a real image."""
-    model = spec.name
     prompt_count = prompt_tokens(parsed.prompt, len(parsed.refs))
-    if fault == "500":
-        return state.finish(entry, google_error(500, "INTERNAL", "Internal error encountered."), fault)
-    if fault == "503":
-        return state.finish(
-            entry, google_error(503, "UNAVAILABLE", "The model is overloaded. Please try again later."), fault
-        )
-    if fault == "429":
-        return state.finish(entry, rate_limited(model, 1.0), fault)
-    if fault == "400":
-        return state.finish(
-            entry, google_error(400, "INVALID_ARGUMENT", "Request contains an invalid argument."), fault
-        )
+    reply = fault_reply(spec.name, parsed, fault, prompt_count)
+    if reply is not None:
+        return state.finish(entry, reply, fault)
     if fault == "reset":
         state.record(entry, None, fault)
         return reset_connection(request)
-    if fault == "safety":
-        candidate = {
-            "finishReason": "IMAGE_SAFETY",
-            "index": 0,
-            "finishMessage": "Unable to show the generated image.",
-        }
-        return state.finish(entry, _reply(model, [candidate], _usage(prompt_count, 0)), fault)
-    if fault == "no_image":
-        candidate = {"finishReason": "NO_IMAGE", "index": 0}
-        return state.finish(entry, _reply(model, [candidate], _usage(prompt_count, 0)), fault)
-    if fault == "blocked":
-        feedback = {"blockReason": "SAFETY", "safetyRatings": []}
-        return state.finish(
-            entry, _reply(model, None, _usage(prompt_count, 0), promptFeedback=feedback), fault
-        )
-    if fault == "text_only":
-        text = f"I can describe it, but here is no picture: {parsed.prompt[:60]}"
-        candidate = _candidate([{"text": text}])
-        return state.finish(entry, _reply(model, [candidate], _usage(prompt_count, len(text) // 4)), fault)
     if fault == "hang":
         state.record(entry, None, fault)
         if await hang(state.stopping, state.config.hang_s):
             return reset_connection(request)
-        return await _success(state, spec, parsed, prompt_count)  # already logged as the hang
+        return await success_reply(state, spec, parsed, prompt_count)  # already logged as the hang
 
-    response = await _success(state, spec, parsed, prompt_count)
+    response = await success_reply(state, spec, parsed, prompt_count)
     if fault == "truncate":
         assert isinstance(response.body, bytes)
         state.record(entry, 200, fault)
@@ -460,11 +465,40 @@ async def _answer(
     return state.finish(entry, response)
 
 
+def fault_reply(model: str, parsed: GeminiRequest, fault: str | None, prompt_count: int) -> web.Response | None:
+    """The complete answer a fault gives (an error, or a reply without an image), or ``None``
+    for the faults that are not an answer (transport faults) and for no fault at all."""
+    if fault == "500":
+        return google_error(500, "INTERNAL", "Internal error encountered.")
+    if fault == "503":
+        return google_error(503, "UNAVAILABLE", "The model is overloaded. Please try again later.")
+    if fault == "429":
+        return rate_limited(model, 1.0)
+    if fault == "400":
+        return google_error(400, "INVALID_ARGUMENT", "Request contains an invalid argument.")
+    if fault == "safety":
+        candidate = {
+            "finishReason": "IMAGE_SAFETY",
+            "index": 0,
+            "finishMessage": "Unable to show the generated image.",
+        }
+        return _reply(model, [candidate], _usage(prompt_count, 0))
+    if fault == "no_image":
+        return _reply(model, [{"finishReason": "NO_IMAGE", "index": 0}], _usage(prompt_count, 0))
+    if fault == "blocked":
+        feedback = {"blockReason": "SAFETY", "safetyRatings": []}
+        return _reply(model, None, _usage(prompt_count, 0), promptFeedback=feedback)
+    if fault == "text_only":
+        text = f"I can describe it, but here is no picture: {parsed.prompt[:60]}"
+        return _reply(model, [_candidate([{"text": text}])], _usage(prompt_count, len(text) // 4))
+    return None
+
+
 def _candidate(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return {"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}
 
 
-async def _success(
+async def success_reply(
     state: MockState, spec: ModelEntry, parsed: GeminiRequest, prompt_count: int
 ) -> web.Response:
     """The image reply. A thinking model (catalog ``thought_images``) puts an interim image marked
