@@ -26,7 +26,7 @@ import re
 from enum import Enum
 
 #: Exit code of an internal error (a bug in batchfuse), apart from 3 (the run was stopped); the
-#: others are in :mod:`batchfuse.job` and on the exception classes.
+#: others are in :mod:`batchfuse.run.job` and on the exception classes.
 EXIT_INTERNAL = 4
 
 

@@ -71,7 +71,7 @@ class Pacer:
 
 def make_limiter(kind: str, rpm: float, window_s: float) -> Any:
     """An object with ``async acquire()`` limiting to ``rpm`` × HEADROOM the way ``kind`` does."""
-    from batchfuse.ratelimit import HEADROOM, RateLimiter
+    from batchfuse.run.ratelimit import HEADROOM, RateLimiter
 
     per_s = rpm * HEADROOM / 60
     if kind == "pacer":

@@ -386,12 +386,12 @@ def virtual_clock(monkeypatch: pytest.MonkeyPatch) -> Any:
     coroutines with ``loop.run_until_complete``."""
     import types
 
-    import batchfuse.breaker
-    import batchfuse.ratelimit
+    import batchfuse.run.breaker
+    import batchfuse.run.ratelimit
 
     loop = VirtualClockLoop()
     clock = types.SimpleNamespace(monotonic=loop.time, time=loop.time)
-    for module in (batchfuse.ratelimit, batchfuse.breaker):
+    for module in (batchfuse.run.ratelimit, batchfuse.run.breaker):
         monkeypatch.setattr(module, "time", clock)
     try:
         yield loop

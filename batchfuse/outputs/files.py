@@ -1,5 +1,5 @@
 """Output files: atomic writes (temp file, fsync, rename, fsync of the folder) so that no
-partial file ever carries a final name (the names come from :mod:`batchfuse.output_paths`).  PNG outputs carry the prompt, model and item key as iTXt chunks.
+partial file ever carries a final name (the names come from :mod:`batchfuse.outputs.names`).  PNG outputs carry the prompt, model and item key as iTXt chunks.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path, PurePosixPath
 from batchfuse import faultpoints
 from batchfuse.errors import OutputError
 from batchfuse.images import open_image
-from batchfuse.output_paths import FORMATS, TEMP_DIR, PathProblem, check_relative, output_name  # noqa: F401
-from batchfuse.store.records import OutputRecord
+from batchfuse.outputs.names import FORMATS, TEMP_DIR, PathProblem, check_relative, output_name  # noqa: F401
+from batchfuse.records import OutputRecord
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -2,7 +2,7 @@
 or a catalog (or inline list) crossed with a matrix.
 
 Each source yields raw items — their fields before templating — one at a time, so a catalog
-of 100,000 rows is never held in memory (the files are read by :mod:`batchfuse.catalog_files`).
+of 100,000 rows is never held in memory (the files are read by :mod:`batchfuse.plan.catalog_files`).
 A row that cannot be read becomes a :class:`~batchfuse.errors.ManifestError` naming the
 catalog file and the row; the planner collects those with every other problem.  Item keys
 are printable text without spaces at either end, and a plan holds at most
@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batchfuse.catalog_files import csv_rows, jsonl_rows
 from batchfuse.errors import ManifestError
 from batchfuse.inputfiles import MAX_CATALOG_BYTES, FileProblem, open_regular
-from batchfuse.manifest import Manifest
+from batchfuse.plan.catalog_files import csv_rows, jsonl_rows
+from batchfuse.plan.manifest import Manifest
 from batchfuse.templates import TemplateProblem, render, shorten
 
 #: Most items one manifest may plan (catalog rows times matrix combinations).

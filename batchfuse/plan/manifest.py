@@ -15,9 +15,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from batchfuse import manifest_yaml
 from batchfuse.errors import InputError, ManifestError
 from batchfuse.inputfiles import MAX_MANIFEST_BYTES, FileProblem, read_regular
+from batchfuse.plan import manifest_yaml
 from batchfuse.templates import shorten
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -252,7 +252,7 @@ class ManifestProblems(InputError):
 
 
 def load_yaml(path: Path) -> Any:
-    """Parse ``path`` strictly (see :mod:`batchfuse.manifest_yaml`); every problem names the line."""
+    """Parse ``path`` strictly (see :mod:`batchfuse.plan.manifest_yaml`); every problem names the line."""
     shown = str(path)
     try:
         data = read_regular(path, MAX_MANIFEST_BYTES)

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchfuse.errors import InputError, ManifestError, OutputError, printable
-from batchfuse.manifest import ManifestProblems, load_manifest
-from batchfuse.output_paths import PathProblem, item_names, same_file_key, short
+from batchfuse.outputs.names import PathProblem, item_names, same_file_key, short
+from batchfuse.plan.manifest import ManifestProblems, load_manifest
 from batchfuse.providers import provider_class
 from batchfuse.store.queries import Store, job_outputs
 
 if TYPE_CHECKING:
-    from batchfuse.plan import Planner
+    from batchfuse.plan.planner import Planner
 
 #: An item that claims a name: its key and its catalog row (None for inline items).
 Owner = tuple[str, int | None]

@@ -21,10 +21,11 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from batchfuse.catalog import RawItem, raw_items
 from batchfuse.errors import ManifestError, OutputError
 from batchfuse.images import ImageInfo, ImageInspector, ImageProblem
-from batchfuse.manifest import (
+from batchfuse.outputs.names import PathProblem, item_names
+from batchfuse.plan.catalog import RawItem, raw_items
+from batchfuse.plan.manifest import (
     ITEM_KEYS,
     Manifest,
     ManifestProblems,
@@ -32,8 +33,7 @@ from batchfuse.manifest import (
     did_you_mean,
     validation_problems,
 )
-from batchfuse.output_paths import PathProblem, item_names
-from batchfuse.path_claims import PathClaims
+from batchfuse.plan.path_claims import PathClaims
 from batchfuse.providers import provider_class
 from batchfuse.providers.base import Provider
 from batchfuse.providers.fetch import url_problem

@@ -15,7 +15,7 @@ from typing import Any
 import click
 from pydantic import TypeAdapter
 
-from batchfuse.manifest import ITEM_KEYS, Manifest
+from batchfuse.plan.manifest import ITEM_KEYS, Manifest
 from batchfuse.providers import PROVIDERS, provider_class
 
 SCHEMA_ID = "https://batchfuse.invalid/batchfuse.schema.json"

@@ -18,12 +18,12 @@ from typing import TextIO
 
 import click
 
-from batchfuse.export import WRITERS, atomic_text_file, write_export
-from batchfuse.job import reading_job
-from batchfuse.plan import Planner
-from batchfuse.report import summary_line, write_report
+from batchfuse.plan.planner import Planner
+from batchfuse.records import Job
+from batchfuse.review.export import WRITERS, atomic_text_file, write_export
+from batchfuse.review.report import summary_line, write_report
+from batchfuse.run.job import reading_job
 from batchfuse.store.queries import Store
-from batchfuse.store.records import Job
 
 manifest_arg = click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
 db_option = click.option(

@@ -34,7 +34,7 @@ from urllib.parse import quote
 from PIL import Image, ImageOps, features
 
 from batchfuse.errors import scrub
-from batchfuse.export import atomic_text_file
+from batchfuse.review.export import atomic_text_file
 
 #: Longest side of a thumbnail, in pixels.
 THUMB_SIDE = 256

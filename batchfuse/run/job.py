@@ -2,7 +2,7 @@
 
 ::
 
-    from batchfuse.job import run_job, RunOptions
+    from batchfuse.run.job import run_job, RunOptions
     result = asyncio.run(run_job(Path("jobs/demo.yaml"), RunOptions()))
     print(result.exit_code, result.reason)
 
@@ -22,23 +22,23 @@ from typing import Any
 
 import aiohttp
 
-from batchfuse.breaker import Breaker
-from batchfuse.catalog import raw_items
 from batchfuse.errors import InputError, ManifestError, register_secret
 from batchfuse.images import EncodedImageCache
-from batchfuse.manifest import Manifest, did_you_mean, load_manifest
-from batchfuse.outputs import OutputFolder
-from batchfuse.path_claims import check_other_jobs
-from batchfuse.plan import Planner
+from batchfuse.outputs.files import OutputFolder
+from batchfuse.plan.catalog import raw_items
+from batchfuse.plan.manifest import Manifest, did_you_mean, load_manifest
+from batchfuse.plan.path_claims import check_other_jobs
+from batchfuse.plan.planner import Planner
 from batchfuse.providers.base import ProviderContext
 from batchfuse.providers.fetch import Fetcher, origin
-from batchfuse.recorder import Database
-from batchfuse.retry import RetryPolicy
-from batchfuse.scheduler import RunStats, Scheduler, SchedulerConfig
+from batchfuse.records import Job, PlanSummary
+from batchfuse.run.breaker import Breaker
+from batchfuse.run.recorder import Database
+from batchfuse.run.retry import RetryPolicy
+from batchfuse.run.scheduler import RunStats, Scheduler, SchedulerConfig
+from batchfuse.run.wire import WireConnector
 from batchfuse.store.engine import missing_sqlite_file, resolve_db_url
 from batchfuse.store.queries import EmptyDatabase, Store
-from batchfuse.store.records import Job, PlanSummary
-from batchfuse.wire import WireConnector
 
 log = logging.getLogger("batchfuse.run")
 

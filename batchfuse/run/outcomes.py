@@ -15,14 +15,14 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from batchfuse.errors import BatchfuseError, ErrorClass, NoImageError, OutputError, ProviderError, StoreError
-from batchfuse.outputs import OutputFolder, PendingOutputs, output_name, prepare
+from batchfuse.outputs.files import OutputFolder, PendingOutputs, output_name, prepare
 from batchfuse.providers.base import Reply
-from batchfuse.recorder import Database, Recorder
-from batchfuse.retry import decide
-from batchfuse.store.records import AttemptRecord, ClaimedItem, ItemState, SpooledImage
+from batchfuse.records import AttemptRecord, ClaimedItem, ItemState, SpooledImage
+from batchfuse.run.recorder import Database, Recorder
+from batchfuse.run.retry import decide
 
 if TYPE_CHECKING:
-    from batchfuse.scheduler import RunStats, SchedulerConfig
+    from batchfuse.run.scheduler import RunStats, SchedulerConfig
 
 log = logging.getLogger("batchfuse.run")
 #: Replies up to this size are checked on the event loop (a thread hop costs more).

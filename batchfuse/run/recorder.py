@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from batchfuse.errors import BatchfuseError, ErrorClass, OutputError, StoreError
-from batchfuse.outputs import OutputFolder, PendingOutputs, fsync_dirs
+from batchfuse.outputs.files import OutputFolder, PendingOutputs, fsync_dirs
+from batchfuse.records import AttemptRecord, ItemState, OutputRecord
 from batchfuse.store.queries import Store
-from batchfuse.store.records import AttemptRecord, ItemState, OutputRecord
 
 T = TypeVar("T")
 

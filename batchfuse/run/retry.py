@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 
 from batchfuse.errors import ErrorClass
-from batchfuse.store.records import ItemState
+from batchfuse.records import ItemState
 
 
 @dataclass(frozen=True)

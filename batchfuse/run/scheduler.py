@@ -12,7 +12,7 @@ deadline and the grace period of a stop.  Finished attempts go to the
 :class:`~batchfuse.recorder.Recorder`; each item waits for its own commit.
 
 Stopping (signal, deadline, budget, fatal error, an output or internal failure): from that
-moment no request leaves.  An attempt that has not reached the wire (:mod:`batchfuse.wire`)
+moment no request leaves.  An attempt that has not reached the wire (:mod:`batchfuse.run.wire`)
 — waiting for the breaker, a slot, the rate limiter, a connection or its reference images —
 is taken back and its claim returned untouched; only requests already sent finish, within
 the grace.  An exception nothing expected stops the run as an internal error, never silently.
@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batchfuse import faultpoints
-from batchfuse.breaker import Breaker
-from batchfuse.budget import Budget
 from batchfuse.errors import (
     BatchfuseError,
     ErrorClass,
@@ -39,14 +37,16 @@ from batchfuse.errors import (
     TransientError,
 )
 from batchfuse.images import ImageProblem
-from batchfuse.outcomes import Outcomes
-from batchfuse.outputs import OutputFolder, PendingOutputs
+from batchfuse.outputs.files import OutputFolder, PendingOutputs
 from batchfuse.providers.base import Provider, Reply
-from batchfuse.ratelimit import AdaptiveLimits, Gate, RateLimiter
-from batchfuse.recorder import Database, Recorder
-from batchfuse.retry import RetryPolicy
-from batchfuse.store.records import ClaimedItem, Job
-from batchfuse.wire import CURRENT, NotSent, Wire
+from batchfuse.records import ClaimedItem, Job
+from batchfuse.run.breaker import Breaker
+from batchfuse.run.budget import Budget
+from batchfuse.run.outcomes import Outcomes
+from batchfuse.run.ratelimit import AdaptiveLimits, Gate, RateLimiter
+from batchfuse.run.recorder import Database, Recorder
+from batchfuse.run.retry import RetryPolicy
+from batchfuse.run.wire import CURRENT, NotSent, Wire
 
 log = logging.getLogger("batchfuse.run")
 

@@ -33,6 +33,15 @@ from sqlalchemy import (
 
 from batchfuse import faultpoints
 from batchfuse.errors import InputError, JobLockedError
+from batchfuse.records import (
+    NO_REQUEST_OUTCOMES,
+    AttemptRecord,
+    ClaimedItem,
+    ItemState,
+    Job,
+    PlanSummary,
+    SpooledImage,
+)
 from batchfuse.store.engine import (
     SCHEMA_HEAD,
     create_store_engine,
@@ -42,15 +51,6 @@ from batchfuse.store.engine import (
     upgrade,
 )
 from batchfuse.store.reads import STALE_RUNNER_S, StoreReads, runner_alive
-from batchfuse.store.records import (
-    NO_REQUEST_OUTCOMES,
-    AttemptRecord,
-    ClaimedItem,
-    ItemState,
-    Job,
-    PlanSummary,
-    SpooledImage,
-)
 from batchfuse.store.schema import attempts, items, jobs, outputs, runs, spool
 
 PLAN_BATCH = 1000

@@ -8,9 +8,9 @@ import time
 import click
 import pytest
 
-from batchfuse.breaker import Breaker
 from batchfuse.cli import ClockTime, Duration
-from batchfuse.ratelimit import AdaptiveLimits, Gate, RateLimiter
+from batchfuse.run.breaker import Breaker
+from batchfuse.run.ratelimit import AdaptiveLimits, Gate, RateLimiter
 
 
 def test_breaker_opens_after_failures_across_items_and_probes_once(virtual_clock):

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from batchfuse.outputs import PathProblem, add_png_text, check_relative, output_name
+from batchfuse.outputs.files import PathProblem, add_png_text, check_relative, output_name
 from batchfuse.templates import TemplateProblem, fields_of, render
 
 
