@@ -23,16 +23,16 @@ import click
 from batchfuse import __version__
 from batchfuse.errors import EXIT_INTERNAL, BatchfuseError
 from batchfuse.records import PlanSummary
+from batchfuse.review.reading import job_status
 from batchfuse.run import logs
 from batchfuse.run.job import (
     EXIT_STOPPED,
     RunControl,
     RunOptions,
-    job_status,
-    plan_preview,
     run_job,
 )
 from batchfuse.run.progress import final_line, fmt_duration, plural, show_progress
+from batchfuse.run.validate import plan_preview
 
 manifest_arg = click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
 db_option = click.option(

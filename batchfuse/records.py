@@ -1,4 +1,4 @@
-"""Frozen records the store hands out, and the states an item moves through."""
+"""The shared vocabulary: item states, the plan's rows and the frozen records the store hands out."""
 
 from __future__ import annotations
 
@@ -121,3 +121,13 @@ class PlanSummary:
     failed: int = 0
     removed: int = 0
     removed_keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PlannedRow:
+    """One item of the plan as the store keeps it."""
+
+    key: str
+    ordinal: int
+    spec_hash: str
+    spec: dict[str, Any]

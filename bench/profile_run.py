@@ -156,8 +156,9 @@ def components(n: int) -> None:
     from PIL import Image
 
     from batchfuse.outputs.files import OutputFolder, prepare
+    from batchfuse.plan.preview import load
     from batchfuse.records import AttemptRecord, ItemState
-    from batchfuse.run.job import load, open_store, sync
+    from batchfuse.run.job import open_store, sync
 
     work = Path(tempfile.mkdtemp(prefix="batchfuse-components-"))
     try:

@@ -37,7 +37,7 @@ from batchfuse.plan.path_claims import PathClaims
 from batchfuse.providers import provider_class
 from batchfuse.providers.base import Provider
 from batchfuse.providers.fetch import url_problem
-from batchfuse.store.queries import PlannedRow
+from batchfuse.records import PlannedRow
 from batchfuse.templates import TemplateProblem, fields_of, render, shorten
 
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")

@@ -21,8 +21,8 @@ import click
 from batchfuse.plan.planner import Planner
 from batchfuse.records import Job
 from batchfuse.review.export import WRITERS, atomic_text_file, write_export
+from batchfuse.review.reading import reading_job
 from batchfuse.review.report import summary_line, write_report
-from batchfuse.run.job import reading_job
 from batchfuse.store.queries import Store
 
 manifest_arg = click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))

@@ -15,35 +15,33 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
 from batchfuse.errors import InputError, ManifestError, register_secret
 from batchfuse.images import EncodedImageCache
 from batchfuse.outputs.files import OutputFolder
+from batchfuse.outputs.marker import check_output_folder
 from batchfuse.plan.catalog import raw_items
-from batchfuse.plan.manifest import Manifest, did_you_mean, load_manifest
-from batchfuse.plan.path_claims import check_other_jobs
-from batchfuse.plan.planner import Planner
+from batchfuse.plan.manifest import did_you_mean
+from batchfuse.plan.preview import Loaded, cost_per_image, load, mock_config
 from batchfuse.providers.base import ProviderContext
 from batchfuse.providers.fetch import Fetcher, origin
 from batchfuse.records import Job, PlanSummary
 from batchfuse.run.breaker import Breaker
+from batchfuse.run.other_jobs import check_other_jobs
 from batchfuse.run.recorder import Database
 from batchfuse.run.retry import RetryPolicy
 from batchfuse.run.scheduler import RunStats, Scheduler, SchedulerConfig
 from batchfuse.run.wire import WireConnector
-from batchfuse.store.engine import missing_sqlite_file, resolve_db_url
-from batchfuse.store.queries import EmptyDatabase, Store
+from batchfuse.store.engine import resolve_db_url
+from batchfuse.store.queries import Store
 
 log = logging.getLogger("batchfuse.run")
 
-#: The built-in mock's settings when a manifest says ``base_url: mock`` (demo-friendly).
-MOCK_DEFAULTS: dict[str, Any] = {"latency_ms": 150, "jitter_ms": 100, "image_scale": 0.5}
 MOCK_KEY = "mock-key"
 
 #: Exit codes, as documented in README (2, bad input, comes from InputError.exit_code);
@@ -99,27 +97,6 @@ class RunControl:
             self.scheduler.cancel_in_flight()
 
 
-@dataclass
-class Loaded:
-    """A manifest with its planner: everything checked that can be checked offline."""
-
-    path: Path
-    manifest: Manifest
-    planner: Planner
-    items: int
-
-
-def load(path: Path) -> Loaded:
-    """Load and fully validate a manifest; raises InputError (one line per problem)."""
-    manifest = load_manifest(path)
-    planner = Planner(manifest, path)
-    if manifest.provider.base_url != "mock" and not manifest.provider.api_key_env:
-        raise ManifestError(str(path), "is required for a real API", field="provider.api_key_env")
-    if manifest.provider.base_url == "mock":
-        mock_config(manifest, str(path))
-    return Loaded(path, manifest, planner, planner.validate())
-
-
 def api_key(loaded: Loaded) -> str:
     """The key from the environment (never from the manifest); the mock needs none."""
     env = loaded.manifest.provider.api_key_env
@@ -142,15 +119,6 @@ def api_key(loaded: Loaded) -> str:
     if key != raw:
         log.warning("%s had whitespace around the key (a trailing newline?); using it without", env)
     return key
-
-
-def mock_config(manifest: Manifest, file: str) -> Any:
-    from batchfuse.mock.config import make_config
-
-    try:  # pydantic checks names and types, so a wrong option fails at validate, not at run
-        return make_config({**MOCK_DEFAULTS, **manifest.provider.mock})
-    except ValueError as exc:
-        raise ManifestError(file, str(exc), field="provider.mock") from None
 
 
 def open_store(loaded: Loaded, db: str | None) -> Store:
@@ -254,7 +222,11 @@ async def _take_job(store: Store, db: Database, loaded: Loaded, options: RunOpti
     args = (m.job, m.provider.kind, m.provider.model, str(loaded.path.resolve()))
     if not store.is_sqlite:
         job = await db.call(store.ensure_job, *args)
-        await db.call(check_output_folder, store, job, loaded.planner.output_dir, options.lease_s)
+        token = await db.call(store.output_token, job, create=True)
+        await db.call(
+            check_output_folder, token, lambda: store.live_runners(job, options.lease_s), job.name,
+            loaded.planner.output_dir,
+        )
     return await db.call(store.open_run, *args, exclusive=store.is_sqlite)
 
 
@@ -359,30 +331,6 @@ async def run_job(
         store.close()
 
 
-MARKER = ".batchfuse-job"
-
-
-def check_output_folder(store: Store, job: Job, folder: Path, lease_s: float) -> None:
-    """Runners sharing a job must share its output folder: the first writes a marker with the
-    job's token; a runner joining live ones refuses to start if it cannot see that marker."""
-    token = store.output_token(job, create=True)
-    marker = folder / MARKER
-    try:
-        seen = marker.read_text(encoding="utf-8").strip()
-    except OSError:
-        seen = None
-    if seen == token:
-        return
-    if store.live_runners(job, lease_s) > 0:
-        raise InputError(
-            f"output folder {folder} is not the one the other runners of job {job.name!r} write to "
-            f"(its {MARKER} marker is {'missing' if seen is None else 'different'}); on several machines "
-            "output.dir must be shared storage mounted at the same path"
-        )
-    folder.mkdir(parents=True, exist_ok=True)
-    marker.write_text(token + "\n", encoding="utf-8")
-
-
 def spread(keys: list[str], n: int) -> list[str]:
     """``n`` keys spread evenly over ``keys`` (first and last included)."""
     if n >= len(keys):
@@ -390,108 +338,3 @@ def spread(keys: list[str], n: int) -> list[str]:
     if n == 1:
         return [keys[0]]
     return [keys[round(i * (len(keys) - 1) / (n - 1))] for i in range(n)]
-
-
-def cost_per_image(loaded: Loaded) -> float:
-    """Money per image from the manifest's pricing (0 when none is set)."""
-    pricing = loaded.manifest.pricing
-    if pricing is None:
-        return 0.0
-    if pricing.per_image is not None:
-        return pricing.per_image
-    tokens = loaded.planner.provider.tokens_per_image(loaded.manifest.provider.model, loaded.planner.defaults)
-    return tokens * (pricing.per_million_tokens or 0.0) / 1e6
-
-
-@dataclass(frozen=True)
-class Estimate:
-    requests: int
-    images: int
-    tokens: int
-    cost: float | None
-
-
-def estimate(loaded: Loaded, settled: dict[str, str]) -> Estimate:
-    """What running the rest of the plan would make and cost (first attempts only).
-
-    ``settled`` maps the keys of done or failed items to their spec hash: those are skipped
-    while their spec is unchanged."""
-    provider, model = loaded.planner.provider, loaded.manifest.provider.model
-    requests = images = tokens = 0
-    for row in loaded.planner.rows([]):
-        if settled.get(row.key) == row.spec_hash:
-            continue
-        n = provider.images_per_item(row.spec["params"])
-        requests += 1
-        images += n
-        tokens += n * provider.tokens_per_image(model, row.spec["params"])
-    pricing = loaded.manifest.pricing
-    cost = None
-    if pricing is not None and pricing.per_image is not None:
-        cost = images * pricing.per_image
-    elif pricing is not None and pricing.per_million_tokens is not None:
-        cost = tokens * pricing.per_million_tokens / 1e6
-    return Estimate(requests, images, tokens, cost)
-
-
-@contextlib.contextmanager
-def reading_job(path: Path, db: str | None = None) -> Iterator[tuple[Manifest, Store, Job]]:
-    """The manifest's job opened for reading; InputError if it has never been run.
-
-    A missing SQLite file is reported rather than opened (opening would create an empty
-    database just to say there is nothing in it), and readers never migrate.
-    """
-    manifest = load_manifest(path)
-    url = resolve_db_url(db, path)
-    not_run = f"{path}: job {manifest.job!r} has not been run yet"
-    missing = missing_sqlite_file(url)
-    if missing is not None:
-        raise InputError(f"{not_run} (no database at {missing})")
-    try:
-        store = Store.open(url, migrate=False)
-    except EmptyDatabase:
-        raise InputError(f"{not_run} (no such job in the database)") from None
-    try:
-        job = store.find_job(manifest.job)
-        if job is None:
-            raise InputError(f"{not_run} (no such job in the database)")
-        yield manifest, store, job
-    finally:
-        store.close()
-
-
-def job_status(path: Path, db: str | None = None) -> dict[str, Any]:
-    """The job's state as ``batchfuse status --json`` prints it."""
-    with reading_job(path, db) as (_, store, job):
-        return store.status(job)
-
-
-@dataclass(frozen=True)
-class Preview:
-    """What ``validate`` reports."""
-
-    loaded: Loaded
-    plan: PlanSummary
-    #: The first item's spec, to show the request it makes.
-    first: dict[str, Any] | None
-    estimate: Estimate
-
-
-def plan_preview(path: Path, db: str | None = None) -> Preview:
-    """The plan against the database (read, never written) and what it would cost."""
-    loaded = load(path)
-    url = resolve_db_url(db, path)
-    summary, settled = PlanSummary(new=loaded.items), {}
-    if missing_sqlite_file(url) is None:  # validate never creates a database
-        store = Store.open(url)
-        try:
-            check_other_jobs(store, loaded.planner)
-            job, summary = sync(store, loaded, dry_run=True)
-            settled = store.settled(job) if job.id >= 0 else {}
-        finally:
-            store.close()
-    else:
-        check_other_jobs(None, loaded.planner)
-    first = next(iter(loaded.planner.rows([])), None)
-    return Preview(loaded, summary, first.spec if first else None, estimate(loaded, settled))
-

@@ -39,6 +39,7 @@ from batchfuse.records import (
     ClaimedItem,
     ItemState,
     Job,
+    PlannedRow,
     PlanSummary,
     SpooledImage,
 )
@@ -134,15 +135,6 @@ def _attempt_row(rec: AttemptRecord, run_id: int, dropped: str | None) -> dict[s
 class EmptyDatabase(InputError):
     """The database has no schema: no job has ever run against it."""
 
-
-@dataclass(frozen=True)
-class PlannedRow:
-    """One item of the plan as the store keeps it."""
-
-    key: str
-    ordinal: int
-    spec_hash: str
-    spec: dict[str, Any]
 
 
 class Store(StoreReads):

@@ -10,8 +10,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, text
 
+from batchfuse.records import PlannedRow
 from batchfuse.store.engine import SCHEMA_HEAD, create_store_engine, head_revision, upgrade
-from batchfuse.store.queries import PlannedRow, Store
+from batchfuse.store.queries import Store
 from batchfuse.store.schema import metadata
 from tests.conftest import cli, generation_requests, manifest
 
