@@ -21,12 +21,14 @@ import itertools
 import json
 import os
 import re
+import string
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
@@ -393,239 +395,14 @@ def summary_line(result: ReportResult) -> str:
 
 # ---------------------------------------------------------------------------- HTML
 
-_CSS = """
-:root { color-scheme: light dark; --fg: #1d1d1f; --bg: #f5f5f7; --card: #fff; --muted: #6e6e73;
-  --line: #d2d2d7; --ok: #1a7f37; --bad: #cf222e; --wait: #9a6700; --run: #0969da; }
-@media (prefers-color-scheme: dark) { :root { --fg: #e6e6e6; --bg: #161618; --card: #202023;
-  --muted: #a1a1a6; --line: #3a3a3c; } }
-* { box-sizing: border-box; }
-body { margin: 0; font: 14px/1.4 system-ui, -apple-system, "Segoe UI", sans-serif; color: var(--fg);
-  background: var(--bg); }
-header.top { position: sticky; top: 0; z-index: 1; background: var(--bg); padding: 12px 20px 8px;
-  border-bottom: 1px solid var(--line); }
-h1 { font-size: 18px; margin: 0 0 4px; }
-.meta { color: var(--muted); margin: 0 0 8px; overflow-wrap: anywhere; }
-#counts { list-style: none; display: flex; flex-wrap: wrap; gap: 16px; padding: 0; margin: 0 0 8px; }
-#counts b { font-size: 18px; }
-.controls { display: flex; flex-wrap: wrap; gap: 8px; align-items: center; }
-.controls button, .pager button { font: inherit; padding: 4px 10px; border: 1px solid var(--line);
-  border-radius: 14px; background: var(--card); color: var(--fg); cursor: pointer; }
-.controls button[aria-pressed="true"] { background: var(--fg); color: var(--bg); }
-.controls button[data-state="failed"] { border-color: var(--bad); }
-#q { font: inherit; padding: 4px 10px; min-width: 260px; border: 1px solid var(--line); border-radius: 14px;
-  background: var(--card); color: var(--fg); }
-#filters { display: flex; flex-wrap: wrap; gap: 6px; }
-#shown { color: var(--muted); margin: 0; }
-.pager { display: flex; gap: 8px; align-items: center; padding: 8px 20px; }
-.pager button:disabled { opacity: .4; cursor: default; }
-#cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(300px, 1fr)); gap: 12px;
-  padding: 12px 20px; }
-.card { background: var(--card); border: 1px solid var(--line); border-left: 4px solid var(--line);
-  border-radius: 8px; padding: 10px; min-width: 0; }
-.card.state-succeeded { border-left-color: var(--ok); }
-.card.state-failed { border-left-color: var(--bad); }
-.card.state-pending { border-left-color: var(--wait); }
-.card.state-running { border-left-color: var(--run); }
-.card > header { display: flex; justify-content: space-between; gap: 8px; align-items: baseline; }
-.key { font-weight: 600; overflow-wrap: anywhere; }
-.badge { font-size: 12px; padding: 1px 8px; border-radius: 10px; border: 1px solid currentColor; }
-.state-succeeded .badge { color: var(--ok); } .state-failed .badge { color: var(--bad); }
-.state-pending .badge { color: var(--wait); } .state-running .badge { color: var(--run); }
-.outputs, .refs { display: flex; flex-wrap: wrap; gap: 6px; margin: 8px 0; }
-figure { margin: 0; }
-figcaption { font-size: 11px; color: var(--muted); max-width: 160px; overflow-wrap: anywhere; }
-.thumb { display: block; width: 160px; height: 160px; object-fit: contain; border-radius: 4px;
-  background: repeating-conic-gradient(#8882 0% 25%, transparent 0% 50%) 50% / 16px 16px; }
-.ref { display: block; width: 56px; height: 56px; object-fit: contain; border-radius: 3px;
-  background: #8882; }
-.nothumb { display: flex; align-items: center; justify-content: center; text-align: center;
-  color: var(--muted); font-size: 12px; border: 1px dashed var(--line); }
-span.ref.nothumb { width: auto; min-width: 56px; padding: 0 6px; }
-.prompt { white-space: pre-wrap; overflow-wrap: anywhere; max-height: 8.4em; overflow: auto; margin: 6px 0; }
-.facts { color: var(--muted); margin: 4px 0; }
-.reflink { font-size: 12px; overflow-wrap: anywhere; max-width: 100%; }
-.error { color: var(--bad); white-space: pre-wrap; overflow-wrap: anywhere; margin: 6px 0 0;
-  max-height: 8.4em; overflow: auto; }
-"""
+def _asset(name: str) -> str:
+    """A file of the page (``assets/`` beside this module, shipped as package data)."""
+    return resources.files("batchfuse.review").joinpath("assets", name).read_text(encoding="utf-8")
 
-_JS = r"""
-(() => {
-  "use strict";
-  const PAGE_SIZE = __PAGE_SIZE__;
-  const items = JSON.parse(document.getElementById("bf-items").textContent);
-  const cardsEl = document.getElementById("cards");
-  const shownEl = document.getElementById("shown");
-  const search = document.getElementById("q");
-  const buttons = Array.from(document.querySelectorAll("#filters button"));
-  const pagers = Array.from(document.querySelectorAll(".pager"));
-  const SAFE_URL = /^https?:\/\//i;
-  const view = { state: "all", q: "", page: 1 };
-  let matches = items;
 
-  function el(tag, className, text) {
-    const e = document.createElement(tag);
-    if (className) e.className = className;
-    if (text !== undefined && text !== null) e.textContent = String(text);
-    return e;
-  }
-
-  function link(href, child) {
-    const a = el("a");
-    if (href) a.setAttribute("href", href);
-    a.target = "_blank";
-    a.rel = "noopener noreferrer";
-    a.append(child);
-    return a;
-  }
-
-  function picture(entry, cls) {
-    if (!entry.thumb) return el("span", cls + " nothumb", entry.note || "no preview");
-    const img = el("img", cls);
-    img.loading = "lazy";  // before src: an image made by script starts loading when src is set
-    img.decoding = "async";
-    img.alt = entry.name;
-    img.setAttribute("src", entry.thumb);
-    return img;
-  }
-
-  function outputs(item) {
-    const box = el("div", "outputs");
-    if (!item.outputs.length) box.append(el("span", "thumb nothumb", "no output"));
-    for (const o of item.outputs) {
-      const fig = el("figure");
-      fig.append(link(o.href, picture(o, "thumb")), el("figcaption", null, o.size ? o.name + " · " + o.size : o.name));
-      box.append(fig);
-    }
-    return box;
-  }
-
-  function refs(item) {
-    const box = el("div", "refs");
-    for (const r of item.refs) {
-      if (r.url !== undefined) {
-        box.append(r.url && SAFE_URL.test(r.url) ? link(r.url, el("span", null, r.url)) : el("span", null, r.name));
-        box.lastChild.classList.add("reflink");
-      } else {
-        const a = link(r.href, picture(r, "ref"));
-        a.title = r.name;
-        box.append(a);
-      }
-    }
-    return box;
-  }
-
-  function card(item) {
-    const c = el("article", "card state-" + item.state);
-    c.dataset.state = item.state;
-    c.dataset.key = item.key;
-    const head = el("header");
-    head.append(el("span", "key", item.key), el("span", "badge", item.state));
-    const facts = item.attempts + (item.attempts === 1 ? " attempt" : " attempts") +
-      (item.tokens ? " · " + item.tokens.toLocaleString() + " tokens" : "");
-    c.append(head, outputs(item), el("p", "facts", facts), el("p", "prompt", item.prompt));
-    if (item.refs.length) c.append(refs(item));
-    if (item.error) {
-      const e = el("p", "error");
-      if (item.error_class) e.append(el("b", null, "[" + item.error_class + "] "));
-      e.append(document.createTextNode(item.error));
-      c.append(e);
-    }
-    return c;
-  }
-
-  function haystack(item) {
-    if (item._hay === undefined) {
-      item._hay = [item.key, item.prompt, item.error || "", item.error_class || ""].join("\n").toLowerCase();
-    }
-    return item._hay;
-  }
-
-  function filter() {
-    const q = view.q.trim().toLowerCase();
-    matches = items.filter((it) => (view.state === "all" || it.state === view.state) && (!q || haystack(it).includes(q)));
-  }
-
-  function pager(nav, pages) {
-    const prev = el("button", null, "‹ previous");
-    const next = el("button", null, "next ›");
-    prev.type = next.type = "button";
-    prev.disabled = view.page <= 1;
-    next.disabled = view.page >= pages;
-    prev.addEventListener("click", () => turn(view.page - 1));
-    next.addEventListener("click", () => turn(view.page + 1));
-    nav.replaceChildren(prev, el("span", null, "page " + view.page + " of " + pages), next);
-  }
-
-  function render() {
-    const pages = Math.max(1, Math.ceil(matches.length / PAGE_SIZE));
-    view.page = Math.min(Math.max(1, view.page), pages);
-    const start = (view.page - 1) * PAGE_SIZE;
-    const shown = matches.slice(start, start + PAGE_SIZE);
-    const frag = document.createDocumentFragment();
-    for (const it of shown) frag.append(card(it));
-    cardsEl.replaceChildren(frag);
-    shownEl.textContent = shown.length
-      ? "showing " + (start + 1) + "–" + (start + shown.length) + " of " + matches.length +
-        (matches.length !== items.length ? " (" + items.length + " in all)" : "")
-      : "no items match";
-    for (const b of buttons) b.setAttribute("aria-pressed", String(b.dataset.state === view.state));
-    for (const p of pagers) pager(p, pages);
-    document.body.dataset.rendered = String(Number(document.body.dataset.rendered || 0) + 1);
-  }
-
-  function saveHash() {
-    const p = new URLSearchParams();
-    if (view.state !== "all") p.set("state", view.state);
-    if (view.q) p.set("q", view.q);
-    if (view.page > 1) p.set("page", String(view.page));
-    const hash = "#" + p.toString();
-    if (location.hash !== hash && !(hash === "#" && !location.hash)) {
-      try { location.replace(hash); } catch (e) { /* some file:// setups refuse; the view still works */ }
-    }
-  }
-
-  function readHash() {
-    const p = new URLSearchParams(location.hash.slice(1));
-    const state = p.get("state") || "all";
-    return {
-      state: buttons.some((b) => b.dataset.state === state) ? state : "all",
-      q: p.get("q") || "",
-      page: Math.max(1, parseInt(p.get("page") || "1", 10) || 1),
-    };
-  }
-
-  function update(changes, refilter) {
-    Object.assign(view, changes);
-    if (refilter) filter();
-    render();
-    saveHash();
-  }
-
-  function turn(page) {
-    update({ page: page }, false);
-    window.scrollTo(0, 0);
-  }
-
-  for (const b of buttons) b.addEventListener("click", () => update({ state: b.dataset.state, page: 1 }, true));
-  let timer = 0;
-  search.addEventListener("input", () => {
-    clearTimeout(timer);
-    timer = setTimeout(() => update({ q: search.value, page: 1 }, true), 150);
-  });
-  window.addEventListener("hashchange", () => {
-    const wanted = readHash();
-    if (wanted.state !== view.state || wanted.q !== view.q || wanted.page !== view.page) {
-      search.value = wanted.q;
-      update(wanted, true);
-    }
-  });
-  const initial = readHash();
-  search.value = initial.q;
-  update(initial, true);
-})();
-"""
-
-_JS = _JS.replace("__PAGE_SIZE__", str(PAGE_SIZE))
+_CSS = _asset("report.css")
+_JS = _asset("report.js").replace("__PAGE_SIZE__", str(PAGE_SIZE))
+_PAGE = string.Template(_asset("page.html"))
 
 
 def _csp_hash(text: str) -> str:
@@ -653,23 +430,9 @@ def _head(job_name: str, output_dir: Path, counts: dict[str, int]) -> str:
         for s in ("all", "failed", "succeeded", "pending", "running")
     )
     made = time.strftime("%Y-%m-%d %H:%M")
-    return (
-        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">\n'
-        f'<meta http-equiv="Content-Security-Policy" content="{e(_CSP)}">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{e(job_name)} — batchfuse report</title>\n"
-        f"<style>{_CSS}</style></head>\n<body>\n"
-        '<header class="top">\n'
-        f"<h1>job {e(job_name)}</h1>\n"
-        f'<p class="meta">output folder {e(str(output_dir))} · report made {e(made)}</p>\n'
-        f'<ul id="counts">{count_items}</ul>\n'
-        f'<div class="controls"><nav id="filters">{buttons}</nav>\n'
-        '<input type="search" id="q" placeholder="search key, prompt, error" aria-label="search"></div>\n'
-        '<p id="shown"></p>\n'
-        "<noscript><p>The item cards need JavaScript; the counts above do not.</p></noscript>\n"
-        "</header>\n"
-        '<nav class="pager" aria-label="pages"></nav>\n<main id="cards"></main>\n'
-        '<nav class="pager" aria-label="pages"></nav>\n'
+    return _PAGE.substitute(
+        csp=e(_CSP), job=e(job_name), css=_CSS, output_dir=e(str(output_dir)), made=e(made),
+        count_items=count_items, buttons=buttons,
     )
 
 

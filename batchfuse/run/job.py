@@ -33,10 +33,11 @@ from batchfuse.providers.fetch import Fetcher, origin
 from batchfuse.records import Job, PlanSummary
 from batchfuse.run.breaker import Breaker
 from batchfuse.run.other_jobs import check_other_jobs
-from batchfuse.run.recorder import Database
 from batchfuse.run.retry import RetryPolicy
-from batchfuse.run.scheduler import RunStats, Scheduler, SchedulerConfig
+from batchfuse.run.scheduler import Scheduler, SchedulerConfig
+from batchfuse.run.stats import RunStats
 from batchfuse.run.wire import WireConnector
+from batchfuse.store.aio import AsyncStore
 from batchfuse.store.engine import resolve_db_url
 from batchfuse.store.queries import Store
 
@@ -211,7 +212,7 @@ def check_only(loaded: Loaded, only: list[str] | None) -> None:
         )
 
 
-async def _take_job(store: Store, db: Database, loaded: Loaded, options: RunOptions) -> tuple[Job, int, str]:
+async def _take_job(store: Store, db: AsyncStore, loaded: Loaded, options: RunOptions) -> tuple[Job, int, str]:
     """Register this runner on the job, before planning writes anything.
 
     Alone on SQLite, the job lock (a live runner refuses the start) is taken first, in one
@@ -221,13 +222,13 @@ async def _take_job(store: Store, db: Database, loaded: Loaded, options: RunOpti
     m = loaded.manifest
     args = (m.job, m.provider.kind, m.provider.model, str(loaded.path.resolve()))
     if not store.is_sqlite:
-        job = await db.call(store.ensure_job, *args)
-        token = await db.call(store.output_token, job, create=True)
-        await db.call(
+        job = await db.ensure_job(*args)
+        token = await db.output_token(job, create=True)
+        await db.in_thread(
             check_output_folder, token, lambda: store.live_runners(job, options.lease_s), job.name,
             loaded.planner.output_dir,
         )
-    return await db.call(store.open_run, *args, exclusive=store.is_sqlite)
+    return await db.open_run(*args, exclusive=store.is_sqlite)
 
 
 async def run_job(
@@ -244,25 +245,25 @@ async def run_job(
     await asyncio.to_thread(check_only, loaded, options.only)
     m = loaded.manifest
     store = await asyncio.to_thread(open_store, loaded, options.db)
-    db = Database(store)
+    db = AsyncStore(store)
     try:
-        await db.call(check_other_jobs, store, loaded.planner)  # read-only: before anything is written
+        await db.in_thread(check_other_jobs, store, loaded.planner)  # read-only: before anything is written
         shared = not store.is_sqlite
         job, run_id, runner_id = await _take_job(store, db, loaded, options)
         reason, error, internal = "completed", None, False
         image_cache = EncodedImageCache(max_side=m.images_config.max_side)
         outputs = OutputFolder(loaded.planner.output_dir, runner_id)
         try:
-            job, summary = await db.call(sync, store, loaded, job=job)
+            job, summary = await db.in_thread(sync, store, loaded, job=job)
             if options.retry_failed:
-                await db.call(store.retry_failed, job)
+                await db.retry_failed(job)
             if not shared:  # alone on the job: whatever is in the temp folder is a dead run's
                 await asyncio.to_thread(outputs.clean_temp)
             only = options.only
             if options.sample:
-                keys = await db.call(store.runnable_keys, job, m.limits.max_attempts)
+                keys = await db.runnable_keys(job, m.limits.max_attempts)
                 only = spread(keys, options.sample)
-            counts = await db.call(store.counts, job)
+            counts = await db.counts(job)
             control.stats.to_do = len(only) if only is not None else counts["pending"] + counts["running"]
             if on_planned:
                 on_planned(summary, counts, control.stats.to_do)
@@ -302,10 +303,10 @@ async def run_job(
         finally:
             await asyncio.to_thread(outputs.clean_temp, True)
             stats = control.stats
-            await db.call(
-                store.end_run, run_id, runner_id, reason, stats.succeeded, stats.failed, stats.requests
+            await db.end_run(
+                run_id, runner_id, reason, stats.succeeded, stats.failed, stats.requests
             )
-        counts = await db.call(store.counts, job)
+        counts = await db.counts(job)
         stats = control.stats
         log.info(
             "run ended: %s; %d succeeded, %d failed, %d requests; job: %d/%d done, %d pending",

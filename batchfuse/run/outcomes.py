@@ -18,11 +18,13 @@ from batchfuse.errors import BatchfuseError, ErrorClass, NoImageError, OutputErr
 from batchfuse.outputs.files import OutputFolder, PendingOutputs, output_name, prepare
 from batchfuse.providers.base import Reply
 from batchfuse.records import AttemptRecord, ClaimedItem, ItemState, SpooledImage
-from batchfuse.run.recorder import Database, Recorder
+from batchfuse.run.recorder import Recorder
 from batchfuse.run.retry import decide
+from batchfuse.store.aio import AsyncStore
 
 if TYPE_CHECKING:
-    from batchfuse.run.scheduler import RunStats, SchedulerConfig
+    from batchfuse.run.scheduler import SchedulerConfig
+    from batchfuse.run.stats import RunStats
 
 log = logging.getLogger("batchfuse.run")
 #: Replies up to this size are checked on the event loop (a thread hop costs more).
@@ -53,7 +55,7 @@ class Outcomes:
     """Recording how attempts end (a mixin of the scheduler, which provides these attributes)."""
 
     config: SchedulerConfig
-    db: Database
+    db: AsyncStore
     outputs: OutputFolder
     recorder: Recorder
     stats: RunStats
@@ -91,7 +93,7 @@ class Outcomes:
 
     async def _unspool(self, item: ClaimedItem, number: int) -> bool:
         """Write the paid result an earlier attempt could not write, instead of paying again."""
-        images = await self.db.call(self.db.store.spooled, item.id, item.spec_hash)
+        images = await self.db.spooled(item.id, item.spec_hash)
         if not images:
             return False
         reply = Reply(

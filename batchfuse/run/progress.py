@@ -11,7 +11,7 @@ from typing import TextIO
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from batchfuse.run.scheduler import RunStats
+from batchfuse.run.stats import RunStats
 
 
 def fmt_duration(seconds: float | None) -> str:

@@ -1,41 +1,24 @@
 """Getting finished attempts into the store without blocking the event loop.
 
-:class:`Database` runs store calls on one worker thread.  :class:`Recorder` commits finished
-attempts in groups: one transaction for whatever finished while the previous one was
-committing, so a busy run makes few commits and a quiet one commits at once.  Each item waits
+:class:`Recorder` commits finished attempts in groups, on the store's worker thread
+(:class:`~batchfuse.store.aio.AsyncStore`): one transaction for whatever finished while the
+previous one was committing, so a busy run makes few commits and a quiet one commits at once.  Each item waits
 for its own commit: nothing counted as done lives only in memory.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from batchfuse.errors import BatchfuseError, ErrorClass, OutputError, StoreError
 from batchfuse.outputs.files import OutputFolder, PendingOutputs, fsync_dirs
 from batchfuse.records import AttemptRecord, ItemState, OutputRecord
-from batchfuse.store.queries import Store
+from batchfuse.store.aio import AsyncStore
 
 T = TypeVar("T")
-
-
-class Database:
-    """Runs store calls on one worker thread, so the event loop never blocks on SQL."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchfuse-db")
-
-    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args, **kwargs))
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
 
 
 #: What a submitted attempt came to: None when it was recorded as it was, else why its
@@ -66,7 +49,7 @@ class Recorder:
 
     def __init__(
         self,
-        db: Database,
+        db: AsyncStore,
         run_id: int,
         runner_id: str,
         lease_s: float,
@@ -111,7 +94,7 @@ class Recorder:
             if not batch:
                 continue
             try:
-                results = await self.db.call(self._commit, batch)
+                results = await self.db.in_thread(self._commit, batch)
             except BaseException as exc:  # the database failed: every waiter hears it
                 for entry in batch:
                     if not entry.future.done():

@@ -44,49 +44,13 @@ from batchfuse.run.breaker import Breaker
 from batchfuse.run.budget import Budget
 from batchfuse.run.outcomes import Outcomes
 from batchfuse.run.ratelimit import AdaptiveLimits, Gate, RateLimiter
-from batchfuse.run.recorder import Database, Recorder
+from batchfuse.run.recorder import Recorder
 from batchfuse.run.retry import RetryPolicy
+from batchfuse.run.stats import RunStats
 from batchfuse.run.wire import CURRENT, NotSent, Wire
+from batchfuse.store.aio import AsyncStore
 
 log = logging.getLogger("batchfuse.run")
-
-
-@dataclass
-class RunStats:
-    """Live counters of one run, read by the progress display."""
-
-    to_do: int = 0
-    #: Set once the plan is in the store and reported (the live display starts then).
-    planned: bool = False
-    succeeded: int = 0
-    failed: int = 0
-    #: Of ``succeeded``: outputs already on disk from an unrecorded attempt, not sent again.
-    adopted: int = 0
-    retries: int = 0
-    requests: int = 0
-    in_flight: int = 0
-    #: Paid results kept in the spool because their outputs could not be written.
-    spooled: int = 0
-    #: Claims handed back untouched because the run stopped before they were sent.
-    returned: int = 0
-    #: Requests on the wire when the stop began (they finish within the grace).
-    in_flight_at_stop: int = 0
-    started: float = field(default_factory=time.monotonic)
-    status: str = "running"
-
-    @property
-    def done(self) -> int:
-        return self.succeeded + self.failed
-
-    def rate(self) -> float:
-        """Items finished per second so far."""
-        elapsed = time.monotonic() - self.started
-        return self.done / elapsed if elapsed > 0 else 0.0
-
-    def eta_s(self) -> float | None:
-        rate = self.rate()
-        left = max(self.to_do - self.done, 0)
-        return left / rate if rate > 0 else None
 
 
 @dataclass
@@ -127,7 +91,7 @@ class Scheduler(Outcomes):
     def __init__(
         self,
         config: SchedulerConfig,
-        db: Database,
+        db: AsyncStore,
         job: Job,
         run_id: int,
         runner_id: str,
@@ -216,7 +180,7 @@ class Scheduler(Outcomes):
     async def _give_back(self, item_ids: list[int]) -> None:
         """Hand claimed items back untouched (not an attempt): the run is stopping."""
         if item_ids:
-            await self.db.call(self.db.store.release, self.runner_id, item_ids)
+            await self.db.release(self.runner_id, item_ids)
             self.stats.returned += len(item_ids)
             self._show_stop()
 
@@ -291,9 +255,7 @@ class Scheduler(Outcomes):
         page = max(8, min(256, self.config.concurrency * 2))
         cursor = -1
         while not self.stopping and not self._budget_spent:
-            batch = await self.db.call(
-                self.db.store.claim,
-                self.job,
+            batch = await self.db.claim(self.job,
                 self.runner_id,
                 page,
                 self.config.lease_s,
@@ -334,13 +296,13 @@ class Scheduler(Outcomes):
             pass
 
     async def _others_hold_items(self) -> bool:
-        return await self.db.call(self.db.store.held_by_others, self.job, self.runner_id) > 0
+        return await self.db.held_by_others(self.job, self.runner_id) > 0
 
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(min(self.config.lease_s / 4, 5.0))
             try:
-                await self.db.call(self.db.store.heartbeat, self.run_id, self.runner_id, self.config.lease_s)
+                await self.db.heartbeat(self.run_id, self.runner_id, self.config.lease_s)
                 if self.config.shared:
                     await self._take_share()
             except StoreError as exc:
@@ -351,7 +313,7 @@ class Scheduler(Outcomes):
 
     async def _take_share(self) -> None:
         """This runner's share of the job's rate and concurrency: 1/N of each for N live runners."""
-        n = max(1, await self.db.call(self.db.store.live_runners, self.job, self.config.lease_s))
+        n = max(1, await self.db.live_runners(self.job, self.config.lease_s))
         if n == self._runners:
             return
         self._runners = n

@@ -14,8 +14,6 @@ MAX_LINES = 500
 #: Modules still over MAX_LINES, with the line count they may not grow past (empty when done).
 TOO_BIG_FOR_NOW: dict[str, int] = {
     "batchfuse.mock.gemini": 534,
-    "batchfuse.review.report": 677,
-    "batchfuse.run.scheduler": 525,
     "batchfuse.store.queries": 659,
 }
 
