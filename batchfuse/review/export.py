@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
 from batchfuse.errors import InputError, OutputError, scrub
+from batchfuse.outputs.atomic import atomic_file, temp_name
 
 #: Columns of the CSV and fields of each JSON line, in this order.
 COLUMNS = (
@@ -114,16 +114,9 @@ def atomic_text_file(path: Path) -> Iterator[TextIO]:
     """
     if not path.parent.is_dir():
         raise InputError(f"{path}: folder {path.parent} does not exist")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8", errors="replace", newline="") as f:
+        with atomic_file(path, "w", encoding="utf-8", errors="replace", newline="") as f:
             yield f
-        os.replace(tmp, path)
     except OSError as exc:  # read-only folder, disk full: one line, not a traceback
-        with suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        where = path if exc.filename in (None, str(tmp)) else exc.filename
+        where = path if exc.filename in (None, str(temp_name(path))) else exc.filename
         raise OutputError(f"cannot write {where}: {exc.strerror or exc}; choose another place with -o") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -22,7 +22,6 @@ import json
 import os
 import re
 import string
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -36,6 +35,7 @@ from urllib.parse import quote
 from PIL import Image, ImageOps, features
 
 from batchfuse.errors import scrub
+from batchfuse.outputs.atomic import atomic_file
 from batchfuse.review.export import atomic_text_file
 
 #: Longest side of a thumbnail, in pixels.
@@ -77,15 +77,12 @@ def make_thumbnail(src: Path, dest: Path, side: int = THUMB_SIDE) -> ThumbOutcom
             return "reused"
     except OSError:
         pass
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     try:
-        with Image.open(src) as im:
+        with Image.open(src) as im, atomic_file(dest) as f:
             im.thumbnail((side, side), reducing_gap=2.0)  # drafts JPEGs and reduces before resampling
             small = _thumbnail_mode(ImageOps.exif_transpose(im))
-            small.save(tmp, THUMB_FORMAT, quality=80)
-        os.replace(tmp, dest)
+            small.save(f, THUMB_FORMAT, quality=80)
     except Exception:  # any decoder or EXIF failure: this image gets no thumbnail, the report goes on
-        tmp.unlink(missing_ok=True)
         return "unreadable"
     return "made"
 
