@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from batchfuse.errors import InputError, ManifestError
+from batchfuse.errors import InputError, ManifestError, ManifestProblems
 from batchfuse.inputfiles import MAX_MANIFEST_BYTES, FileProblem, read_regular
 from batchfuse.plan import manifest_yaml
 from batchfuse.templates import shorten
@@ -241,14 +241,6 @@ def validation_problems(
     exc: ValidationError, file: str, model: type[BaseModel] | None, prefix: str = ""
 ) -> list[ManifestError]:
     return [ManifestError(file, msg, field=field) for field, msg in describe_errors(exc, model, prefix)]
-
-
-class ManifestProblems(InputError):
-    """The manifest has problems."""
-
-    def __init__(self, problems: list[ManifestError]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(p.message for p in problems))
 
 
 def load_yaml(path: Path) -> Any:

@@ -21,18 +21,11 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from batchfuse.errors import ManifestError, OutputError
+from batchfuse.errors import ManifestError, ManifestProblems, OutputError
 from batchfuse.images import ImageInfo, ImageInspector, ImageProblem
 from batchfuse.outputs.names import PathProblem, item_names
 from batchfuse.plan.catalog import RawItem, raw_items
-from batchfuse.plan.manifest import (
-    ITEM_KEYS,
-    Manifest,
-    ManifestProblems,
-    describe_errors,
-    did_you_mean,
-    validation_problems,
-)
+from batchfuse.plan.manifest import ITEM_KEYS, Manifest, describe_errors, did_you_mean, validation_problems
 from batchfuse.plan.path_claims import PathClaims
 from batchfuse.providers import provider_class
 from batchfuse.providers.base import Provider

@@ -30,7 +30,7 @@ from aiohttp.abc import ResolveResult
 from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
-from batchfuse.errors import RejectedError, TransientError, scrub, shorten
+from batchfuse.errors import GoneError, GuardRefused, RejectedError, TransientError, scrub, shorten
 
 MAX_REDIRECTS = 5
 DEFAULT_MAX_BYTES = 40 * 1024 * 1024
@@ -41,14 +41,6 @@ _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
 _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 #: How a refusal for the address says what would lift it.
 ALLOW_HINT = " (network.allow_private: true in the manifest allows it)"
-
-
-class GoneError(RejectedError):
-    """The URL no longer serves the file (403, 404, 410): an expired or dead link."""
-
-
-class GuardRefused(RejectedError):
-    """The network guard refuses this URL (scheme, address, form): permanent for that URL."""
 
 
 def address_allowed(address: str) -> bool:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from batchfuse.errors import (
     FatalError,
+    GoneError,
     NoImageError,
     ProviderError,
     RejectedError,
@@ -30,7 +31,6 @@ from batchfuse.errors import (
 )
 from batchfuse.images import ImageInfo
 from batchfuse.providers.base import Problem, Provider, ProviderContext, Reply
-from batchfuse.providers.fetch import GoneError
 from batchfuse.providers.http import HttpReply, error_message, post_json, retry_after_seconds
 from batchfuse.providers.refs import encoded_ref, is_url
 

@@ -7,11 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from batchfuse.errors import InputError
+from batchfuse.errors import EmptyDatabase, InputError
 from batchfuse.plan.manifest import Manifest, load_manifest
 from batchfuse.records import Job
 from batchfuse.store.engine import missing_sqlite_file, resolve_db_url
-from batchfuse.store.queries import EmptyDatabase, Store
+from batchfuse.store.queries import Store
 
 
 @contextlib.contextmanager

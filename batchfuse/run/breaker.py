@@ -35,7 +35,6 @@ class Breaker:
         self._items: set[str] = set()
         self.delay = first_delay
         self.open_until: float | None = None
-        self._probe = asyncio.Lock()
         self._probing = False
         self.pauses = 0
 

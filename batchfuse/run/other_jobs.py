@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batchfuse.errors import InputError, ManifestError, printable
+from batchfuse.errors import InputError, ManifestError, ManifestProblems, printable
 from batchfuse.outputs.names import PathProblem, item_names, same_file_key
-from batchfuse.plan.manifest import ManifestProblems, load_manifest
+from batchfuse.plan.manifest import load_manifest
 from batchfuse.plan.path_claims import MAX_PROBLEMS, Owner
 from batchfuse.plan.planner import Planner
 from batchfuse.providers import provider_class

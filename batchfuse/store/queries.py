@@ -32,7 +32,7 @@ from sqlalchemy import (
 )
 
 from batchfuse import faultpoints
-from batchfuse.errors import InputError, JobLockedError
+from batchfuse.errors import EmptyDatabase, InputError, JobLockedError
 from batchfuse.records import (
     NO_REQUEST_OUTCOMES,
     AttemptRecord,
@@ -130,10 +130,6 @@ def _attempt_row(rec: AttemptRecord, run_id: int, dropped: str | None) -> dict[s
         block_reason=rec.block_reason,
         text=rec.text,
     )
-
-
-class EmptyDatabase(InputError):
-    """The database has no schema: no job has ever run against it."""
 
 
 
