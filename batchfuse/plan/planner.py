@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +28,10 @@ from batchfuse.plan.manifest import ITEM_KEYS, Manifest, describe_errors, did_yo
 from batchfuse.plan.path_claims import PathClaims
 from batchfuse.providers import provider_class
 from batchfuse.providers.base import Provider
-from batchfuse.providers.fetch import url_problem
+from batchfuse.providers.fetch import has_scheme, url_problem
 from batchfuse.records import PlannedRow
 from batchfuse.templates import TemplateProblem, fields_of, render, shorten
 
-URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 MAX_PROBLEMS = 50
 
 
@@ -237,7 +235,7 @@ class Planner:
             except TemplateProblem as exc:
                 problem(fld, str(exc))
                 return None
-            if URL.match(src):
+            if has_scheme(src):
                 if (refused := url_problem(src)) is not None:
                     problem(fld, refused)
                     return None

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import re
 import socket
 from dataclasses import dataclass
 from urllib.parse import urljoin
@@ -72,6 +73,20 @@ def numeric_ipv4(host: str) -> str | None:
         return socket.inet_ntoa(socket.inet_aton(host))
     except OSError:
         return None
+
+
+#: What the plan takes for a URL rather than a path: anything with a scheme (only http(s) passes).
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+
+
+def has_scheme(src: str) -> bool:
+    """Whether a reference is written as a URL (``scheme://...``) rather than a file path."""
+    return _SCHEME.match(src) is not None
+
+
+def is_url(src: str) -> bool:
+    """Whether a reference is an http(s) URL (what the plan lets through and providers fetch)."""
+    return src.lower().startswith(("http://", "https://"))
 
 
 def url_problem(url: str) -> str | None:

@@ -8,17 +8,21 @@ Request: ``POST {base}/v1beta/models/{model}:generateContent`` with ``x-goog-api
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from batchfuse.errors import FatalError, NoImageError, ProviderError, RejectedError, TransientError, shorten
+from batchfuse.errors import NoImageError, ProviderError, RejectedError, shorten
 from batchfuse.images import ImageInfo
 from batchfuse.providers.base import FINISH_REASON_CHARS, Problem, Provider, Reply
-from batchfuse.providers.http import HttpReply, error_message, post_json, retry_after_seconds
+from batchfuse.providers.http import (
+    HttpReply,
+    classify_status,
+    decode_b64,
+    error_message,
+    post_json,
+)
 from batchfuse.providers.refs import encoded_refs
 
 PRO = "gemini-3-pro-image-preview"
@@ -142,32 +146,24 @@ def classify_error(reply: HttpReply) -> ProviderError:
     message = error_message(reply, err.get("message"))
     details = err.get("details") if isinstance(err.get("details"), list) else []
     text = f"HTTP {reply.status}{' ' + status_name if status_name else ''}: {message}"
-    kw: dict[str, Any] = {"status": reply.status, "code": status_name or str(reply.status)}
     reasons = {str(d.get("reason")) for d in details if isinstance(d, dict) and d.get("reason")}
-    if reply.status in (401, 403) or "API_KEY_INVALID" in reasons:
-        return FatalError(f"the API refused the key ({text}); check the key's environment variable", **kw)
-    if reply.status == 404:
-        return FatalError(f"model or endpoint not found ({text}); check provider.model and base_url", **kw)
-    if reply.status == 429:
-        quota_ids = [
-            str(v.get("quotaId", ""))
-            for d in details
-            if isinstance(d, dict) and "QuotaFailure" in str(d.get("@type", ""))
-            for v in d.get("violations", [])
-            if isinstance(v, dict)
-        ]
-        if any("PerDay" in q for q in quota_ids):
-            return FatalError(f"daily quota exhausted ({text}); it resets tomorrow", **kw)
-        delay = retry_after_seconds(reply.headers.get("Retry-After"))
-        for d in details:
-            if isinstance(d, dict) and "RetryInfo" in str(d.get("@type", "")):
-                info = _duration_s(d.get("retryDelay"))
-                if info is not None:
-                    delay = max(delay or 0.0, info)
-        return TransientError(f"rate limited ({text})", retry_after=delay, **kw)
-    if reply.status in (408, 500, 502, 503, 504) or reply.status >= 500:
-        return TransientError(text, retry_after=retry_after_seconds(reply.headers.get("Retry-After")), **kw)
-    return RejectedError(text, **kw)
+    quota_ids = [
+        str(v.get("quotaId", ""))
+        for d in details
+        if isinstance(d, dict) and "QuotaFailure" in str(d.get("@type", ""))
+        for v in d.get("violations", [])
+        if isinstance(v, dict)
+    ]
+    delays = [
+        _duration_s(d.get("retryDelay")) for d in details if isinstance(d, dict) and "RetryInfo" in str(d.get("@type", ""))
+    ]
+    known = [d for d in delays if d is not None]
+    return classify_status(
+        reply, text, status_name or str(reply.status),
+        bad_key="API_KEY_INVALID" in reasons,
+        quota="daily quota exhausted ({text}); it resets tomorrow" if any("PerDay" in q for q in quota_ids) else None,
+        retry_after=max(known) if known else None,
+    )
 
 
 def _duration_s(value: Any) -> float | None:
@@ -197,11 +193,11 @@ def parse_reply(reply: HttpReply) -> Reply:
                 continue  # interim images of Gemini 3's thinking are not outputs
             inline = part.get("inlineData") or part.get("inline_data")
             if inline:
-                images.append(_b64(inline.get("data", "")))
+                images.append(decode_b64(inline.get("data", "")))
             elif isinstance(part.get("text"), str):
                 found = _DATA_URL.findall(part["text"])
                 if found:
-                    images.extend(_b64(b64) for _mime, b64 in found)
+                    images.extend(decode_b64(b64) for _mime, b64 in found)
                     rest = _DATA_URL.sub("", part["text"]).strip()
                     if rest:
                         texts.append(rest)
@@ -231,10 +227,3 @@ def _count(value: Any) -> int | None:
     """A token count as the API should send it (a whole number), else ``None``: nothing else
     the API puts there is stored."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
-def _b64(data: str) -> bytes:
-    try:
-        return base64.b64decode("".join(data.split()), validate=True)
-    except (binascii.Error, ValueError):
-        raise TransientError("an image in the reply is not valid base64", status=200, code="bad_image") from None

@@ -12,8 +12,6 @@ expired link leads to a new generation.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import time
 from typing import Any, ClassVar, Literal
 
@@ -31,8 +29,16 @@ from batchfuse.errors import (
 )
 from batchfuse.images import ImageInfo
 from batchfuse.providers.base import Problem, Provider, ProviderContext, Reply
-from batchfuse.providers.http import HttpReply, error_message, post_json, retry_after_seconds
-from batchfuse.providers.refs import encoded_ref, is_url
+from batchfuse.providers.fetch import is_url
+from batchfuse.providers.http import (
+    HttpReply,
+    classify_status,
+    decode_b64,
+    error_message,
+    not_an_image,
+    post_json,
+)
+from batchfuse.providers.refs import encoded_ref
 
 MODELS = ("gemini-3-pro-image-preview", "gemini-3-pro-image-preview-2k", "gemini-3-pro-image-preview-4k")
 MAX_IMAGES = 14
@@ -127,7 +133,7 @@ class OpenAIImagesProvider(Provider):
             got = len(data) if isinstance(data, list) else 0
             raise NoImageError(f"the reply carried {got} of {expected} images", status=200, code="no_image")
         if all(isinstance(d, dict) and d.get("b64_json") for d in data):
-            return Reply(images=[_b64(d["b64_json"]) for d in data[:expected]], http_status=200)
+            return Reply(images=[decode_b64(d["b64_json"]) for d in data[:expected]], http_status=200)
         urls = [d.get("url") for d in data[:expected] if isinstance(d, dict)]
         if len(urls) != expected or not all(isinstance(u, str) and u for u in urls):
             raise TransientError("the reply's data entries carry neither url nor b64_json", status=200)
@@ -151,8 +157,7 @@ class OpenAIImagesProvider(Provider):
         """Fetch every result URL; any failure fails the whole set (all or nothing)."""
         fetched = await asyncio.gather(*(self.ctx.fetcher.get(u) for u in urls))
         for f in fetched:
-            kind = f.content_type.split(";", 1)[0].strip().lower()
-            if kind and not kind.startswith("image/") and kind != "application/octet-stream":
+            if (kind := not_an_image(f.content_type)) is not None:
                 raise TransientError(f"a result link served {shorten(kind, 60)}, not an image", code="not_image")
         self._downloaded = True
         return Reply(
@@ -194,18 +199,12 @@ def classify_error(reply: HttpReply) -> ProviderError:
     kind = shorten(str(err.get("type") or ""), 60)
     message = error_message(reply, err.get("message"))
     text = f"HTTP {reply.status}{' ' + code if code else ''}: {message}"
-    kw: dict[str, Any] = {"status": reply.status, "code": code or kind or str(reply.status)}
-    if reply.status in (401, 403) or code == "invalid_api_key":
-        return FatalError(f"the API refused the key ({text}); check the key's environment variable", **kw)
-    if reply.status == 404 or code == "model_not_found":
-        return FatalError(f"model or endpoint not found ({text}); check provider.model and base_url", **kw)
-    if reply.status == 429:
-        if "quota" in code or "quota" in kind:
-            return FatalError(f"quota exhausted ({text})", **kw)
-        return TransientError(f"rate limited ({text})", retry_after=retry_after_seconds(reply.headers.get("Retry-After")), **kw)
-    if reply.status == 408 or reply.status >= 500:
-        return TransientError(text, retry_after=retry_after_seconds(reply.headers.get("Retry-After")), **kw)
-    return RejectedError(text, **kw)
+    return classify_status(
+        reply, text, code or kind or str(reply.status),
+        bad_key=code == "invalid_api_key",
+        not_found=code == "model_not_found",
+        quota="quota exhausted ({text})" if "quota" in code or "quota" in kind else None,
+    )
 
 
 def _created(value: Any) -> float:
@@ -213,10 +212,3 @@ def _created(value: Any) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1e11:
         return float(value)
     return time.time()
-
-
-def _b64(data: str) -> bytes:
-    try:
-        return base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise TransientError("an image in the reply is not valid base64", status=200, code="bad_image") from None

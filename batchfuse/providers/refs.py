@@ -15,12 +15,10 @@ from typing import Any
 from batchfuse.errors import RejectedError, shorten
 from batchfuse.images import EncodedImage, ImageProblem
 from batchfuse.providers.base import ProviderContext
+from batchfuse.providers.fetch import is_url
+from batchfuse.providers.http import not_an_image
 
 _inflight: dict[tuple[int, str], asyncio.Future[EncodedImage]] = {}
-
-
-def is_url(src: str) -> bool:
-    return src.lower().startswith(("http://", "https://"))
 
 
 async def _load(ctx: ProviderContext, ref: dict[str, Any]) -> EncodedImage:
@@ -28,8 +26,7 @@ async def _load(ctx: ProviderContext, ref: dict[str, Any]) -> EncodedImage:
     try:
         if is_url(src):
             fetched = await ctx.fetcher.get(src)
-            kind = fetched.content_type.split(";", 1)[0].strip().lower()
-            if kind and not kind.startswith("image/") and kind != "application/octet-stream":
+            if (kind := not_an_image(fetched.content_type)) is not None:
                 raise ImageProblem(f"the server says it is {kind}, not an image")
             return await asyncio.to_thread(partial(ctx.images.put, digest, fetched.data, downloaded=True))
         return await asyncio.to_thread(ctx.images.local, src, digest)

@@ -36,6 +36,7 @@ from PIL import Image, ImageOps, features
 
 from batchfuse.errors import scrub
 from batchfuse.outputs.atomic import atomic_file
+from batchfuse.providers.fetch import has_scheme, is_url
 from batchfuse.review.export import atomic_text_file
 
 #: Longest side of a thumbnail, in pixels.
@@ -50,9 +51,6 @@ STATES = ("succeeded", "failed", "pending", "running")
 TEXT_LIMIT = 4000
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _THUMB_NAME = re.compile(r"^\.?[0-9a-f]{64}-\d+\.(?:webp|jpg)(?:\.[\w.-]+\.tmp)?$")
-_URL = re.compile(r"^https?://", re.IGNORECASE)
-#: What the planner takes for a URL rather than a path (it refuses all but http(s)).
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 
 ThumbOutcome = Literal["made", "reused", "missing", "unreadable"]
 
@@ -228,7 +226,7 @@ def _sources(row: dict[str, Any], output_dir: Path, resolver: RefResolver) -> _S
     refs: list[tuple[str | None, Path | None, dict[str, Any]]] = []
     for ref in (row.get("spec") or {}).get("images") or []:
         src = str(ref.get("src", ""))
-        if _SCHEME.match(src) or not src:
+        if has_scheme(src) or not src:
             refs.append((None, None, ref))
         else:
             path = resolver.resolve(src)
@@ -254,7 +252,7 @@ def _card(row: dict[str, Any], sources: _Sources, base: Path, thumbs: ThumbnailF
     for d, path, ref in sources.refs:
         src = str(ref.get("src", ""))
         if d is None or path is None:
-            refs.append({"url": src if _URL.match(src) else None, "name": src})
+            refs.append({"url": src if is_url(src) else None, "name": src})
         else:
             refs.append(
                 {
