@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from batchfuse.errors import NoImageError, ProviderError, RejectedError, shorten
 from batchfuse.images import ImageInfo
+from batchfuse.model_catalog import model_entry
 from batchfuse.providers.base import FINISH_REASON_CHARS, Problem, Provider, Reply
 from batchfuse.providers.http import (
     HttpReply,
@@ -27,8 +28,10 @@ from batchfuse.providers.refs import encoded_refs
 
 PRO = "gemini-3-pro-image-preview"
 FLASH = "gemini-2.5-flash-image"
-ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
-MAX_IMAGES = {PRO: 14, FLASH: 14}
+#: The models this provider runs today; what each accepts comes from the model catalog.
+MODELS = (PRO, FLASH)
+ASPECT_RATIOS = model_entry(PRO).aspect_ratios
+MAX_IMAGES = {m: model_entry(m).max_reference_images for m in MODELS}
 #: finishReason / blockReason values that mean "this item will not be made as it is".
 REJECTED_REASONS = {
     "SAFETY",
@@ -47,8 +50,8 @@ _DATA_URL = re.compile(r"(?:!\[[^\]]*\]\()?data:(image/(?:png|jpeg|webp));base64
 class GeminiParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    aspect_ratio: Literal["1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9"] = "1:1"
-    image_size: Literal["1K", "2K", "4K"] = "1K"
+    aspect_ratio: Literal[ASPECT_RATIOS] = "1:1"  # type: ignore[valid-type]
+    image_size: Literal[model_entry(PRO).sizes] = "1K"  # type: ignore[valid-type]
     response_modalities: tuple[Literal["TEXT", "IMAGE"], ...] = ("IMAGE",)
     google_search: bool = False
 
@@ -63,7 +66,7 @@ class GeminiParams(BaseModel):
 class GeminiProvider(Provider):
     kind = "gemini"
     Params = GeminiParams
-    MODELS: ClassVar[tuple[str, ...]] = (PRO, FLASH)
+    MODELS: ClassVar[tuple[str, ...]] = MODELS
     #: A reply may carry more images than asked for; they are kept, named ``-1``, ``-2``, ...
     MAY_ADD_IMAGES = True
 
@@ -71,14 +74,14 @@ class GeminiProvider(Provider):
     def check(cls, model: str, params: BaseModel, images: list[ImageInfo | None]) -> list[Problem]:
         assert isinstance(params, GeminiParams)
         problems = []
-        limit = MAX_IMAGES.get(model, 14)
+        entry = model_entry(model)
+        limit = entry.max_reference_images
         if len(images) > limit:
             problems.append(Problem("images", f"{len(images)} reference images; {model} takes at most {limit}"))
-        if model == FLASH:
-            if params.image_size != "1K":
-                problems.append(Problem("image_size", f"{FLASH} makes 1K images only"))
-            if params.google_search:
-                problems.append(Problem("google_search", f"{FLASH} does not take tools"))
+        if params.image_size not in entry.sizes:
+            problems.append(Problem("image_size", f"{model} makes {', '.join(entry.sizes)} images only"))
+        if params.google_search and "googleSearch" not in entry.tools:
+            problems.append(Problem("google_search", f"{model} does not take tools"))
         elif params.google_search and "TEXT" not in params.response_modalities:
             problems.append(Problem("google_search", "needs response_modalities [TEXT, IMAGE]"))
         return problems
@@ -86,15 +89,20 @@ class GeminiProvider(Provider):
     @classmethod
     def request_params(cls, model: str, params: BaseModel) -> dict[str, Any]:
         assert isinstance(params, GeminiParams)
-        if model == FLASH:
-            return {"aspect_ratio": params.aspect_ratio}
-        return params.model_dump(mode="json")
+        entry, sent = model_entry(model), params.model_dump(mode="json")
+        if not entry.takes_image_size:
+            del sent["image_size"]
+        if not entry.takes_response_modalities:
+            del sent["response_modalities"]
+        if not entry.tools:
+            del sent["google_search"]
+        return sent
 
     @classmethod
     def tokens_per_image(cls, model: str, params: dict[str, Any]) -> int:
-        if model == FLASH:
-            return 1290
-        return 2000 if params.get("image_size") == "4K" else 1210
+        entry = model_entry(model)
+        size = params.get("image_size", "1K") if entry.takes_image_size else entry.sizes[0]
+        return entry.tokens_per_image(size) or 0
 
     @classmethod
     def describe_request(cls, model: str, base_url: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -116,11 +124,13 @@ class GeminiProvider(Provider):
             "contents": [{"parts": [{"text": spec["prompt"]}, *parts]}],
             "generationConfig": generation,
         }
-        if model != FLASH:
+        entry = model_entry(model)
+        if entry.takes_response_modalities:
             generation["responseModalities"] = list(params["response_modalities"])
+        if entry.takes_image_size:
             image_config["imageSize"] = params["image_size"]
-            if params.get("google_search"):
-                body["tools"] = [{"google_search": {}}]
+        if entry.tools and params.get("google_search"):
+            body["tools"] = [{"google_search": {}}]
         return body
 
     async def generate(self, spec: dict[str, Any], resume: dict[str, Any] | None = None) -> Reply:

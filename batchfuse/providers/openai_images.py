@@ -28,6 +28,7 @@ from batchfuse.errors import (
     shorten,
 )
 from batchfuse.images import ImageInfo
+from batchfuse.model_catalog import model_entry
 from batchfuse.providers.base import Problem, Provider, ProviderContext, Reply
 from batchfuse.providers.fetch import is_url
 from batchfuse.providers.http import (
@@ -41,7 +42,9 @@ from batchfuse.providers.http import (
 from batchfuse.providers.refs import encoded_ref
 
 MODELS = ("gemini-3-pro-image-preview", "gemini-3-pro-image-preview-2k", "gemini-3-pro-image-preview-4k")
-MAX_IMAGES = 14
+#: What the relay accepts and makes, per model, from the model catalog.
+ENTRIES = {m: model_entry(m) for m in MODELS}
+MAX_IMAGES = min(e.max_reference_images for e in ENTRIES.values())
 #: Result links live about 24 h; past this age a recorded link is not worth trying.
 URL_FRESH_S = 23 * 3600
 
@@ -49,7 +52,7 @@ URL_FRESH_S = 23 * 3600
 class OpenAIImagesParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    size: Literal["1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9"] = "1:1"
+    size: Literal[ENTRIES[MODELS[0]].aspect_ratios] = "1:1"  # type: ignore[valid-type]
     response_format: Literal["url", "b64_json"] = "url"
     n: int = Field(1, ge=1, le=10)
 
@@ -61,8 +64,9 @@ class OpenAIImagesProvider(Provider):
 
     @classmethod
     def check(cls, model: str, params: BaseModel, images: list[ImageInfo | None]) -> list[Problem]:
-        if len(images) > MAX_IMAGES:
-            return [Problem("images", f"{len(images)} reference images; {model} takes at most {MAX_IMAGES}")]
+        limit = ENTRIES[model].max_reference_images
+        if len(images) > limit:
+            return [Problem("images", f"{len(images)} reference images; {model} takes at most {limit}")]
         return []
 
     @classmethod
@@ -71,7 +75,8 @@ class OpenAIImagesProvider(Provider):
 
     @classmethod
     def tokens_per_image(cls, model: str, params: dict[str, Any]) -> int:
-        return 2000 if model.endswith("-4k") else 1210
+        entry = ENTRIES[model]
+        return entry.tokens_per_image(entry.relay_size or entry.sizes[0]) or 0
 
     @staticmethod
     def endpoint(base_url: str) -> str:
