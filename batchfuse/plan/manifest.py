@@ -30,6 +30,11 @@ class Strict(BaseModel):
 
 
 class ProviderConfig(Strict):
+    """The generic keys of ``provider:``; any other key belongs to the provider's own ``Config``
+    (validated by the planner, errors naming ``provider.<field>``)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
+
     kind: str
     base_url: str
     model: str

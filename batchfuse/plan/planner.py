@@ -24,7 +24,14 @@ from batchfuse.errors import ManifestError, ManifestProblems, OutputError
 from batchfuse.images import ImageInfo, ImageInspector, ImageProblem
 from batchfuse.outputs.names import PathProblem, item_names
 from batchfuse.plan.catalog import RawItem, raw_items
-from batchfuse.plan.manifest import ITEM_KEYS, Manifest, describe_errors, did_you_mean, validation_problems
+from batchfuse.plan.manifest import (
+    ITEM_KEYS,
+    Manifest,
+    ProviderConfig,
+    describe_errors,
+    did_you_mean,
+    validation_problems,
+)
 from batchfuse.plan.path_claims import PathClaims
 from batchfuse.providers import provider_class
 from batchfuse.providers.base import Provider
@@ -91,6 +98,7 @@ class Planner:
                 f"{self.provider.kind} knows {', '.join(self.provider.MODELS)}",
                 field="provider.model",
             )
+        self.provider_config = self._provider_config()
         try:
             self.defaults = self.provider.Params.model_validate(self.manifest.defaults).model_dump()
         except ValidationError as exc:
@@ -153,6 +161,15 @@ class Planner:
             raise ManifestProblems(problems[:MAX_PROBLEMS])
         self.claims = claims
         return n
+
+    def _provider_config(self) -> BaseModel:
+        """The keys under ``provider:`` beyond the generic ones, validated by the provider's own model."""
+        try:
+            return self.provider.Config.model_validate(self.manifest.provider.model_extra or {})
+        except ValidationError as exc:
+            # unknown keys are suggested from the generic fields and the provider's own alike
+            known = type("ProviderKeys", (self.provider.Config, ProviderConfig), {})
+            raise ManifestProblems(validation_problems(exc, self.file, known, prefix="provider")) from None
 
     def rows(self, problems: list[ManifestError], claims: PathClaims | None = None) -> Iterator[PlannedRow]:
         """The planned rows; with ``claims``, each item's output names are claimed there too."""

@@ -28,8 +28,10 @@ def load(path: Path) -> Loaded:
     """Load and fully validate a manifest; raises InputError (one line per problem)."""
     manifest = load_manifest(path)
     planner = Planner(manifest, path)
-    if manifest.provider.base_url != "mock" and not manifest.provider.api_key_env:
-        raise ManifestError(str(path), "is required for a real API", field="provider.api_key_env")
+    mock = manifest.provider.base_url == "mock"
+    missing = planner.provider.credentials_problem(manifest.provider.api_key_env, planner.provider_config, mock=mock)
+    if missing is not None:
+        raise ManifestError(str(path), missing.message, field=f"provider.{missing.field}")
     if manifest.provider.base_url == "mock":
         mock_config(manifest, str(path))
     return Loaded(path, manifest, planner, planner.validate())

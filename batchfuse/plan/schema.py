@@ -63,6 +63,10 @@ def manifest_schema() -> dict[str, Any]:
     provider = defs["ProviderConfig"]
     provider["properties"]["kind"] = {"type": "string", "enum": sorted(PROVIDERS)}
     provider["properties"]["mock"] = mock_options_schema()
+    provider.pop("description", None)
+    own = {k: v for kind in sorted(PROVIDERS) for k, v in provider_class(kind).Config.model_json_schema().get("properties", {}).items()}
+    provider["properties"].update(own)  # each provider's own keys (validated by its Config)
+    provider["additionalProperties"] = False
     branches = []
     for kind in sorted(PROVIDERS):
         params = _params_schema(kind)

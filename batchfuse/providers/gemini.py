@@ -139,7 +139,7 @@ class GeminiProvider(Provider):
         reply = await post_json(
             self.ctx.session,
             self.endpoint(self.ctx.base_url, self.ctx.model),
-            {"x-goog-api-key": self.ctx.api_key},
+            {"x-goog-api-key": self.ctx.credentials.secret()},
             self.build_body(self.ctx.model, spec, parts),
             self.ctx.timeout_s,
         )

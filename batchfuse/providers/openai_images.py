@@ -125,7 +125,7 @@ class OpenAIImagesProvider(Provider):
         reply = await post_json(
             self.ctx.session,
             self.endpoint(self.ctx.base_url),
-            {"Authorization": f"Bearer {self.ctx.api_key}"},
+            {"Authorization": f"Bearer {self.ctx.credentials.secret()}"},
             self.build_body(self.ctx.model, spec, images),
             self.ctx.timeout_s,
         )

@@ -19,9 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
-
-from batchfuse.errors import InputError, ManifestError, register_secret
+from batchfuse.errors import InputError, ManifestError
 from batchfuse.images import EncodedImageCache
 from batchfuse.outputs.files import OutputFolder
 from batchfuse.outputs.marker import check_output_folder
@@ -43,7 +41,6 @@ from batchfuse.store.queries import Store
 
 log = logging.getLogger("batchfuse.run")
 
-MOCK_KEY = "mock-key"
 
 #: Exit codes, as documented in README (2, bad input, comes from InputError.exit_code);
 #: 4: the run was stopped by an internal error (a bug), never reported as completed.
@@ -96,30 +93,6 @@ class RunControl:
     def cancel_in_flight(self) -> None:
         if self.scheduler is not None:
             self.scheduler.cancel_in_flight()
-
-
-def api_key(loaded: Loaded) -> str:
-    """The key from the environment (never from the manifest); the mock needs none."""
-    env = loaded.manifest.provider.api_key_env
-    raw = os.environ.get(env, "") if env else ""
-    register_secret(raw)
-    key = raw.strip()
-    if not key:
-        if loaded.manifest.provider.base_url == "mock":
-            return MOCK_KEY
-        raise InputError(
-            f"{loaded.path}: provider.api_key_env: environment variable {env} is not set; "
-            f"export {env}=... before running (keys are never read from manifests)"
-        )
-    register_secret(key)
-    if not key.isprintable() or not key.isascii():  # a header cannot carry it: every request would fail
-        raise InputError(
-            f"{loaded.path}: provider.api_key_env: environment variable {env} holds a control or "
-            "non-ASCII character inside the key; set it to the key alone"
-        )
-    if key != raw:
-        log.warning("%s had whitespace around the key (a trailing newline?); using it without", env)
-    return key
 
 
 def open_store(loaded: Loaded, db: str | None) -> Store:
@@ -241,7 +214,10 @@ async def run_job(
     options = options or RunOptions()
     control = control or RunControl()
     loaded = await asyncio.to_thread(load, path)
-    key = api_key(loaded)
+    credentials = loaded.planner.provider.credentials(
+        loaded.manifest.provider.api_key_env, loaded.planner.provider_config, str(loaded.path),
+        mock=loaded.manifest.provider.base_url == "mock",
+    )
     await asyncio.to_thread(check_only, loaded, options.only)
     m = loaded.manifest
     store = await asyncio.to_thread(open_store, loaded, options.db)
@@ -268,19 +244,20 @@ async def run_job(
             if on_planned:
                 on_planned(summary, counts, control.stats.to_do)
             control.stats.planned = True
-            async with _endpoint(loaded) as base_url, aiohttp.ClientSession(
-                connector=WireConnector(limit=m.limits.concurrency * 2, limit_per_host=0),
-                trust_env=False,
+            connector = WireConnector(limit=m.limits.concurrency * 2, limit_per_host=0)
+            async with _endpoint(loaded) as base_url, loaded.planner.provider.open_session(
+                connector, loaded.planner.provider_config
             ) as session, _fetcher(loaded, base_url) as fetcher:
                 provider = loaded.planner.provider(
                     ProviderContext(
                         base_url=base_url,
                         model=m.provider.model,
-                        api_key=key,
+                        credentials=credentials,
                         session=session,
                         images=image_cache,
                         timeout_s=m.limits.timeout_s,
                         fetcher=fetcher,
+                        config=loaded.planner.provider_config,
                     )
                 )
                 config = scheduler_config(loaded, options, only, shared)
