@@ -139,11 +139,15 @@ class ProviderError(BatchfuseError):
         retry_after: float | None = None,
         code: str | None = None,
         resume: dict | None = None,
+        block_reason: str | None = None,
     ) -> None:
         super().__init__(scrub(message) if message else None)
         self.status = status
         self.retry_after = retry_after
+        #: A short machine-readable cause (``timeout``, ``private_address``, the API's status name).
         self.code = code
+        #: Why the API blocked the prompt (Gemini's ``promptFeedback.blockReason``), recorded on the attempt.
+        self.block_reason = block_reason
         #: What the next attempt can pick up instead of starting over (e.g. result URLs
         #: already paid for); recorded on the item, handed back to the provider.
         self.resume = resume

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from batchfuse.errors import ErrorClass
+
 
 class ItemState(str, Enum):
     """Where an item stands. ``pending -> running -> succeeded | failed | pending``."""
@@ -75,8 +77,37 @@ class SpooledImage:
     source_at: float | None = None
 
 
+class AttemptOutcome(str, Enum):
+    """What one attempt came to, as ``attempts.outcome`` records it."""
+
+    #: The reply's images are on disk and recorded.
+    succeeded = "succeeded"
+    #: Outputs already on disk from an unrecorded attempt were taken; nothing was sent.
+    adopted = "adopted"
+    #: A paid reply whose outputs could not be written, kept in the store's spool.
+    spooled = "spooled"
+    #: Spooled images written out on a later run; nothing was sent.
+    unspooled = "unspooled"
+    #: Spooled images that still could not be written; nothing was sent.
+    output_error = "output_error"
+    #: The runner lost the item's lease while the request was in flight: the result is dropped.
+    lease_lost = "lease_lost"
+    #: The item's spec changed while the request was in flight: the result is dropped.
+    superseded = "superseded"
+    #: The attempt failed; the value is the error's class.
+    transient = "transient"
+    rejected = "rejected"
+    fatal = "fatal"
+    #: Cut short by us (signal, crash, stop); it does not count.
+    interrupted = "interrupted"
+
+    @classmethod
+    def of_error(cls, error_class: ErrorClass) -> AttemptOutcome:
+        return cls(error_class.value)
+
+
 #: Outcomes of attempts that sent no request (they are not counted as the run's requests).
-NO_REQUEST_OUTCOMES = frozenset({"adopted", "unspooled", "output_error"})
+NO_REQUEST_OUTCOMES = frozenset({AttemptOutcome.adopted, AttemptOutcome.unspooled, AttemptOutcome.output_error})
 
 
 @dataclass(frozen=True)
@@ -88,7 +119,7 @@ class AttemptRecord:
     spec_hash: str
     started_at: float
     ended_at: float
-    outcome: str
+    outcome: AttemptOutcome
     #: The item's state after this attempt.
     item_state: ItemState
     counts: bool

@@ -192,7 +192,8 @@ def parse_reply(reply: HttpReply) -> Reply:
     block = (data.get("promptFeedback") or {}).get("blockReason")
     if block:
         block = shorten(str(block), 60)
-        raise RejectedError(f"prompt blocked by the API: {block}", status=200, code=block)
+        raise RejectedError(f"prompt blocked by the API: {block}", status=200, code=block,
+                            block_reason=shorten(str(block), FINISH_REASON_CHARS))
     images: list[bytes] = []
     texts: list[str] = []
     finish = None

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from batchfuse.errors import BatchfuseError, ErrorClass, NoImageError, OutputError, ProviderError, StoreError
 from batchfuse.outputs.files import OutputFolder, PendingOutputs, output_name, prepare
 from batchfuse.providers.base import Reply
-from batchfuse.records import AttemptRecord, ClaimedItem, ItemState, SpooledImage
+from batchfuse.records import AttemptOutcome, AttemptRecord, ClaimedItem, ItemState, SpooledImage
 from batchfuse.run.recorder import Recorder
 from batchfuse.run.retry import decide
 from batchfuse.store.aio import AsyncStore
@@ -80,11 +80,11 @@ class Outcomes:
         if not found:
             return False
         record = _attempt_record(
-            item, item.attempts + 1, time.time(), outcome="adopted", item_state=ItemState.succeeded, counts=False,
+            item, item.attempts + 1, time.time(), outcome=AttemptOutcome.adopted, item_state=ItemState.succeeded, counts=False,
             error_message="outputs already on disk from an unrecorded attempt; not sent again",
             outputs=tuple(found),
         )
-        _log_attempt(item.key, record.number, None, "adopted", 0.0, outputs=[o.path for o in found])
+        _log_attempt(item.key, record.number, None, AttemptOutcome.adopted.value, 0.0, outputs=[o.path for o in found])
         dropped, _ = await self.recorder.submit(record)
         if dropped is None:
             self.stats.succeeded += 1
@@ -119,12 +119,13 @@ class Outcomes:
             item,
             number,
             started,
-            outcome=error.error_class.value,
+            outcome=AttemptOutcome.of_error(error.error_class),
             item_state=decision.item_state,
             counts=decision.counts,
             http_status=error.status,
             error_class=decision.final_class or error.error_class.value,
             error_message=error.message,
+            block_reason=error.block_reason,
             latency_ms=latency_ms,
             resume=error.resume,
         )
@@ -153,7 +154,7 @@ class Outcomes:
             item,
             number,
             started,
-            outcome="unspooled" if spooled else "succeeded",
+            outcome=AttemptOutcome.unspooled if spooled else AttemptOutcome.succeeded,
             item_state=ItemState.succeeded,
             counts=not spooled,
             http_status=None if spooled else reply.http_status,
@@ -168,7 +169,7 @@ class Outcomes:
         kept = "kept in the spool" if not spooled else "still in the spool"
         unwritten = replace(
             record,
-            outcome="output_error" if spooled else "spooled",
+            outcome=AttemptOutcome.output_error if spooled else AttemptOutcome.spooled,
             item_state=ItemState.failed if last else ItemState.pending,
             counts=True,
             error_class="output",
@@ -198,8 +199,8 @@ class Outcomes:
             outputs=[o.path for o in outputs],
         )
         if dropped is not None:
-            self._claim_again = self._claim_again or dropped == "superseded"
-            why = "its spec changed" if dropped == "superseded" else "another runner took it over"
+            self._claim_again = self._claim_again or dropped == AttemptOutcome.superseded
+            why = "its spec changed" if dropped == AttemptOutcome.superseded else "another runner took it over"
             log.warning("result of %s dropped: %s while it was in flight; it runs again", item.key, why)
             return 0
         self.stats.succeeded += 1
@@ -210,7 +211,7 @@ class Outcomes:
             item,
             number,
             started,
-            outcome=ErrorClass.interrupted.value,
+            outcome=AttemptOutcome.interrupted,
             item_state=ItemState.pending,
             counts=internal,
             error_class="internal" if internal else ErrorClass.interrupted.value,

@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from batchfuse.errors import BatchfuseError, ErrorClass, OutputError, StoreError
 from batchfuse.outputs.files import OutputFolder, PendingOutputs, fsync_dirs
-from batchfuse.records import AttemptRecord, ItemState, OutputRecord
+from batchfuse.records import AttemptOutcome, AttemptRecord, ItemState, OutputRecord
 from batchfuse.store.aio import AsyncStore
 
 T = TypeVar("T")
@@ -23,7 +23,7 @@ T = TypeVar("T")
 
 #: What a submitted attempt came to: None when it was recorded as it was, else why its
 #: result was dropped (``lease_lost``, ``superseded``); and the outputs written.
-Recorded = tuple[str | None, tuple[OutputRecord, ...]]
+Recorded = tuple[AttemptOutcome | None, tuple[OutputRecord, ...]]
 
 
 @dataclass
@@ -153,6 +153,6 @@ def _unwritten(entry: _Entry, exc: OutputError) -> AttemptRecord:
     if entry.unwritten is not None:
         return replace(entry.unwritten, error_message=f"{exc.message}{entry.unwritten.error_message or ''}")
     return replace(
-        entry.record, outcome=ErrorClass.interrupted.value, item_state=ItemState.pending, counts=False,
+        entry.record, outcome=AttemptOutcome.interrupted, item_state=ItemState.pending, counts=False,
         error_class=ErrorClass.interrupted.value, error_message=exc.message,
     )

@@ -31,6 +31,7 @@ from batchfuse import faultpoints
 from batchfuse.errors import EmptyDatabase, InputError, JobLockedError
 from batchfuse.records import (
     NO_REQUEST_OUTCOMES,
+    AttemptOutcome,
     AttemptRecord,
     ItemState,
     Job,
@@ -105,7 +106,7 @@ def _item_row(rec: AttemptRecord, runner_id: str, now: float, lease_s: float) ->
     )
 
 
-def _attempt_row(rec: AttemptRecord, run_id: int, dropped: str | None) -> dict[str, Any]:
+def _attempt_row(rec: AttemptRecord, run_id: int, dropped: AttemptOutcome | None) -> dict[str, Any]:
     return dict(
         item_id=rec.item_id,
         run_id=run_id,
@@ -113,7 +114,7 @@ def _attempt_row(rec: AttemptRecord, run_id: int, dropped: str | None) -> dict[s
         spec_hash=rec.spec_hash,
         started_at=rec.started_at,
         ended_at=rec.ended_at,
-        outcome=dropped or rec.outcome,
+        outcome=AttemptOutcome(dropped or rec.outcome).value,
         http_status=rec.http_status,
         error_class=rec.error_class,
         error_message=rec.error_message,
@@ -410,12 +411,12 @@ class Store(StoreLeases):
                     select(items.c.id, items.c.spec_hash).where(items.c.id.in_(ids), items.c.lease_owner == runner_id)
                 ).all()
             )
-            dropped: dict[int, str] = {}
+            dropped: dict[int, AttemptOutcome] = {}
             for r in records:
                 if r.item_id not in current:
-                    dropped[r.item_id] = "lease_lost"
+                    dropped[r.item_id] = AttemptOutcome.lease_lost
                 elif current[r.item_id] != r.spec_hash:
-                    dropped[r.item_id] = "superseded"
+                    dropped[r.item_id] = AttemptOutcome.superseded
             attempt_ids = conn.execute(
                 insert(attempts).returning(attempts.c.id, sort_by_parameter_order=True),
                 [_attempt_row(r, run_id, dropped.get(r.item_id)) for r in records],
