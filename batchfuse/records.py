@@ -33,6 +33,48 @@ class Job:
 
 
 @dataclass(frozen=True)
+class ImageRef:
+    """A reference image of an item: a local path or http(s) URL, and its content digest
+    (``url:<url>`` for URLs, read only when sent)."""
+
+    src: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class ItemSpec:
+    """What one item sends: the rendered prompt, the provider's parameters, the reference
+    images, and the item's other values (for naming outputs).  Stored as JSON (:meth:`to_json`)."""
+
+    prompt: str
+    params: dict[str, Any]
+    images: tuple[ImageRef, ...] = ()
+    vars: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "params": self.params,
+            "images": [{"src": r.src, "digest": r.digest} for r in self.images],
+            "vars": self.vars,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ItemSpec:
+        return cls(
+            prompt=str(data.get("prompt", "")),
+            params=dict(data.get("params", {})),
+            images=tuple(ImageRef(str(r["src"]), str(r["digest"])) for r in data.get("images", [])),
+            vars=dict(data.get("vars", {})),
+        )
+
+    @property
+    def naming_values(self) -> dict[str, Any]:
+        """The values output names are rendered from (the parameters win over the item's own)."""
+        return {**self.vars, **self.params}
+
+
+@dataclass(frozen=True)
 class ClaimedItem:
     """An item a runner holds a lease on, with everything needed to send it."""
 
@@ -40,7 +82,7 @@ class ClaimedItem:
     key: str
     ordinal: int
     spec_hash: str
-    spec: dict[str, Any]
+    spec: ItemSpec
     attempts: int
     resume: dict[str, Any] | None = None
     #: A paid result of this spec waits in the spool: write it instead of sending again.
@@ -50,7 +92,7 @@ class ClaimedItem:
     def from_row(cls, row: Any) -> ClaimedItem:
         resume = json.loads(row.resume_token) if row.resume_token else None
         return cls(
-            row.id, row.key, row.ordinal, row.spec_hash, json.loads(row.spec), row.attempts, resume,
+            row.id, row.key, row.ordinal, row.spec_hash, ItemSpec.from_json(json.loads(row.spec)), row.attempts, resume,
             bool(getattr(row, "spooled", False)),
         )
 
@@ -161,4 +203,4 @@ class PlannedRow:
     key: str
     ordinal: int
     spec_hash: str
-    spec: dict[str, Any]
+    spec: ItemSpec

@@ -19,6 +19,7 @@ import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
+from batchfuse.records import ItemSpec
 from batchfuse.templates import TemplateProblem, fields_of, render
 
 TEMP_DIR = ".batchfuse-tmp"
@@ -52,10 +53,10 @@ def output_name(template: str, values: Mapping[str, Any], n: int, count: int) ->
     return portable(check_relative(rendered))
 
 
-def item_names(template: str, spec: Mapping[str, Any], count: int) -> list[str]:
+def item_names(template: str, spec: ItemSpec, count: int) -> list[str]:
     """Every output name of an item with this spec whose request makes ``count`` images
     (the values are the ones the runner names its files from)."""
-    values = {**spec.get("vars", {}), **spec["params"]}
+    values = spec.naming_values
     return [output_name(template, values, n, count) for n in range(1, count + 1)]
 
 

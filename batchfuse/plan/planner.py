@@ -36,7 +36,7 @@ from batchfuse.plan.path_claims import PathClaims
 from batchfuse.providers import provider_class
 from batchfuse.providers.base import Provider
 from batchfuse.providers.fetch import has_scheme, url_problem
-from batchfuse.records import PlannedRow
+from batchfuse.records import ImageRef, ItemSpec, PlannedRow
 from batchfuse.templates import TemplateProblem, fields_of, render, shorten
 
 MAX_PROBLEMS = 50
@@ -135,7 +135,7 @@ class Planner:
             path = os.path.normpath(os.path.join(self.base_dir, src))
             try:
                 info = self.inspector.inspect(path)
-                hit = ({"src": path, "digest": info.digest}, info)
+                hit = (ImageRef(path, info.digest), info)
             except ImageProblem as exc:
                 hit = exc
             self._refs[src] = hit
@@ -243,7 +243,7 @@ class Planner:
         if not isinstance(image_templates, list) or not all(isinstance(i, str) for i in image_templates):
             problem("images", "must be a list of file paths or http(s) URLs")
             return None
-        refs: list[dict[str, Any]] = []
+        refs: list[ImageRef] = []
         infos: list[ImageInfo | None] = []
         for i, template in enumerate(image_templates):
             fld = f"images[{i}]"
@@ -256,7 +256,7 @@ class Planner:
                 if (refused := url_problem(src)) is not None:
                     problem(fld, refused)
                     return None
-                refs.append({"src": src, "digest": "url:" + src})
+                refs.append(ImageRef(src, "url:" + src))
                 infos.append(None)
                 continue
             ref = self._local_ref(src)
@@ -271,17 +271,17 @@ class Planner:
                 problem(p.field, p.message)
             return None
         request_params = self.provider.request_params(model, params)
-        spec = {
-            "prompt": prompt,
-            "params": request_params,
-            "images": refs,
-            "vars": {k: v for k, v in values.items() if k not in request_params},
-        }
+        spec = ItemSpec(
+            prompt=prompt,
+            params=request_params,
+            images=tuple(refs),
+            vars={k: v for k, v in values.items() if k not in request_params},
+        )
         try:  # named exactly as the runner will name them, every image of the request
             names = item_names(self.manifest.output.filename, spec, self.provider.images_per_item(request_params))
         except PathProblem as exc:
             problem("output.filename", str(exc))
             return None
-        digest = spec_hash(self.provider.kind, model, prompt, request_params, [r["digest"] for r in refs])
+        digest = spec_hash(self.provider.kind, model, prompt, request_params, [r.digest for r in refs])
         return PlannedRow(key=key, ordinal=item.ordinal, spec_hash=digest, spec=spec), names
 

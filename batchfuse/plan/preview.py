@@ -75,10 +75,10 @@ def estimate(loaded: Loaded, settled: dict[str, str]) -> Estimate:
     for row in loaded.planner.rows([]):
         if settled.get(row.key) == row.spec_hash:
             continue
-        n = provider.images_per_item(row.spec["params"])
+        n = provider.images_per_item(row.spec.params)
         requests += 1
         images += n
-        tokens += n * provider.tokens_per_image(model, row.spec["params"])
+        tokens += n * provider.tokens_per_image(model, row.spec.params)
     pricing = loaded.manifest.pricing
     cost = None
     if pricing is not None and pricing.per_image is not None:

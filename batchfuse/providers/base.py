@@ -20,6 +20,7 @@ from batchfuse.errors import scrub, shorten
 from batchfuse.images import EncodedImageCache, ImageInfo
 from batchfuse.providers.credentials import Credentials, key_from_env
 from batchfuse.providers.fetch import Fetcher
+from batchfuse.records import ItemSpec
 
 #: ``attempts.finish_reason`` holds 50 characters; an echo longer than that is cut, scrubbed first.
 FINISH_REASON_CHARS = 48
@@ -134,11 +135,11 @@ class Provider(ABC):
 
     @classmethod
     @abstractmethod
-    def describe_request(cls, model: str, base_url: str, spec: dict[str, Any]) -> dict[str, Any]:
+    def describe_request(cls, model: str, base_url: str, spec: ItemSpec) -> dict[str, Any]:
         """The request for ``spec`` as ``validate`` shows it: URL and body, no key, no image data."""
 
     @abstractmethod
-    async def generate(self, spec: dict[str, Any], resume: dict[str, Any] | None = None) -> Reply:
+    async def generate(self, spec: ItemSpec, resume: dict[str, Any] | None = None) -> Reply:
         """Send one item and return its images; raise a ProviderError subclass on failure.
 
         ``resume`` is what an earlier attempt's error carried in ``ProviderError.resume``

@@ -25,6 +25,7 @@ from batchfuse.providers.http import (
     post_json,
 )
 from batchfuse.providers.refs import encoded_refs
+from batchfuse.records import ItemSpec
 
 PRO = "gemini-3-pro-image-preview"
 FLASH = "gemini-2.5-flash-image"
@@ -105,9 +106,9 @@ class GeminiProvider(Provider):
         return entry.tokens_per_image(size) or 0
 
     @classmethod
-    def describe_request(cls, model: str, base_url: str, spec: dict[str, Any]) -> dict[str, Any]:
+    def describe_request(cls, model: str, base_url: str, spec: ItemSpec) -> dict[str, Any]:
         parts = [
-            {"inline_data": {"mime_type": "image/*", "data": f"<base64 of {r['src']}>"}} for r in spec["images"]
+            {"inline_data": {"mime_type": "image/*", "data": f"<base64 of {r.src}>"}} for r in spec.images
         ]
         return {"url": cls.endpoint(base_url, model), "body": cls.build_body(model, spec, parts)}
 
@@ -116,12 +117,12 @@ class GeminiProvider(Provider):
         return f"{base_url}/v1beta/models/{model}:generateContent"
 
     @classmethod
-    def build_body(cls, model: str, spec: dict[str, Any], parts: list[dict[str, Any]]) -> dict[str, Any]:
-        params = spec["params"]
+    def build_body(cls, model: str, spec: ItemSpec, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        params = spec.params
         image_config: dict[str, Any] = {"aspectRatio": params["aspect_ratio"]}
         generation: dict[str, Any] = {"imageConfig": image_config}
         body: dict[str, Any] = {
-            "contents": [{"parts": [{"text": spec["prompt"]}, *parts]}],
+            "contents": [{"parts": [{"text": spec.prompt}, *parts]}],
             "generationConfig": generation,
         }
         entry = model_entry(model)
@@ -133,8 +134,8 @@ class GeminiProvider(Provider):
             body["tools"] = [{"google_search": {}}]
         return body
 
-    async def generate(self, spec: dict[str, Any], resume: dict[str, Any] | None = None) -> Reply:
-        refs = await encoded_refs(self.ctx, spec["images"])
+    async def generate(self, spec: ItemSpec, resume: dict[str, Any] | None = None) -> Reply:
+        refs = await encoded_refs(self.ctx, spec.images)
         parts = [{"inline_data": {"mime_type": r.mime, "data": r.b64}} for r in refs]
         reply = await post_json(
             self.ctx.session,

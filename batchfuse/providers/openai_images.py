@@ -40,6 +40,7 @@ from batchfuse.providers.http import (
     post_json,
 )
 from batchfuse.providers.refs import encoded_ref
+from batchfuse.records import ItemSpec
 
 MODELS = ("gemini-3-pro-image-preview", "gemini-3-pro-image-preview-2k", "gemini-3-pro-image-preview-4k")
 #: What the relay accepts and makes, per model, from the model catalog.
@@ -83,11 +84,11 @@ class OpenAIImagesProvider(Provider):
         return f"{base_url}/v1/images/generations"
 
     @classmethod
-    def build_body(cls, model: str, spec: dict[str, Any], images: list[str]) -> dict[str, Any]:
-        params = spec["params"]
+    def build_body(cls, model: str, spec: ItemSpec, images: list[str]) -> dict[str, Any]:
+        params = spec.params
         body: dict[str, Any] = {
             "model": model,
-            "prompt": spec["prompt"],
+            "prompt": spec.prompt,
             "size": params["size"],
             "response_format": params["response_format"],
             "n": params["n"],
@@ -99,8 +100,8 @@ class OpenAIImagesProvider(Provider):
         return body
 
     @classmethod
-    def describe_request(cls, model: str, base_url: str, spec: dict[str, Any]) -> dict[str, Any]:
-        images = [r["src"] if is_url(r["src"]) else f"data:image/*;base64,<{r['src']}>" for r in spec["images"]]
+    def describe_request(cls, model: str, base_url: str, spec: ItemSpec) -> dict[str, Any]:
+        images = [r.src if is_url(r.src) else f"data:image/*;base64,<{r.src}>" for r in spec.images]
         return {"url": cls.endpoint(base_url), "body": cls.build_body(model, spec, images)}
 
     def __init__(self, ctx: ProviderContext) -> None:
@@ -108,7 +109,7 @@ class OpenAIImagesProvider(Provider):
         #: Whether any result link was downloaded in this run (see :meth:`_refused`).
         self._downloaded = False
 
-    async def generate(self, spec: dict[str, Any], resume: dict[str, Any] | None = None) -> Reply:
+    async def generate(self, spec: ItemSpec, resume: dict[str, Any] | None = None) -> Reply:
         dead: str | None = None
         if resume and time.time() - float(resume.get("created", 0)) < URL_FRESH_S:
             try:
@@ -120,7 +121,7 @@ class OpenAIImagesProvider(Provider):
             except ProviderError as exc:
                 raise _download_failed(exc, resume) from None
         images = [
-            r["src"] if is_url(r["src"]) else (await encoded_ref(self.ctx, r)).data_url for r in spec["images"]
+            r.src if is_url(r.src) else (await encoded_ref(self.ctx, r)).data_url for r in spec.images
         ]
         reply = await post_json(
             self.ctx.session,
@@ -133,7 +134,7 @@ class OpenAIImagesProvider(Provider):
             raise classify_error(reply)
         data = reply.data.get("data") if isinstance(reply.data, dict) else None
         created = _created(reply.data.get("created") if isinstance(reply.data, dict) else None)
-        expected = int(spec["params"]["n"])
+        expected = int(spec.params["n"])
         if not isinstance(data, list) or len(data) < expected:
             got = len(data) if isinstance(data, list) else 0
             raise NoImageError(f"the reply carried {got} of {expected} images", status=200, code="no_image")

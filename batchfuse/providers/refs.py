@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import asyncio
 from functools import partial
-from typing import Any
 
 from batchfuse.errors import RejectedError, shorten
 from batchfuse.images import EncodedImage, ImageProblem
 from batchfuse.providers.base import ProviderContext
 from batchfuse.providers.fetch import is_url
 from batchfuse.providers.http import not_an_image
+from batchfuse.records import ImageRef
 
 _inflight: dict[tuple[int, str], asyncio.Future[EncodedImage]] = {}
 
 
-async def _load(ctx: ProviderContext, ref: dict[str, Any]) -> EncodedImage:
-    src, digest = ref["src"], ref["digest"]
+async def _load(ctx: ProviderContext, ref: ImageRef) -> EncodedImage:
+    src, digest = ref.src, ref.digest
     try:
         if is_url(src):
             fetched = await ctx.fetcher.get(src)
@@ -36,12 +36,12 @@ async def _load(ctx: ProviderContext, ref: dict[str, Any]) -> EncodedImage:
         raise RejectedError(f"reference image: {exc.message}", status=exc.status, code=exc.code) from None
 
 
-async def encoded_ref(ctx: ProviderContext, ref: dict[str, Any]) -> EncodedImage:
-    """The encoded form of one reference image (``{"src", "digest"}`` from the item's spec)."""
-    hit = ctx.images.get(ref["digest"])
+async def encoded_ref(ctx: ProviderContext, ref: ImageRef) -> EncodedImage:
+    """The encoded form of one reference image of the item's spec."""
+    hit = ctx.images.get(ref.digest)
     if hit is not None:
         return hit
-    key = (id(ctx.images), ref["digest"])
+    key = (id(ctx.images), ref.digest)
     pending = _inflight.get(key)
     if pending is not None:
         return await asyncio.shield(pending)
@@ -59,5 +59,5 @@ async def encoded_ref(ctx: ProviderContext, ref: dict[str, Any]) -> EncodedImage
     return result
 
 
-async def encoded_refs(ctx: ProviderContext, refs: list[dict[str, Any]]) -> list[EncodedImage]:
+async def encoded_refs(ctx: ProviderContext, refs: tuple[ImageRef, ...]) -> list[EncodedImage]:
     return list(await asyncio.gather(*(encoded_ref(ctx, r) for r in refs)))

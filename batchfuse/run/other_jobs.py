@@ -13,6 +13,7 @@ from batchfuse.plan.manifest import load_manifest
 from batchfuse.plan.path_claims import MAX_PROBLEMS, Owner
 from batchfuse.plan.planner import Planner
 from batchfuse.providers import provider_class
+from batchfuse.records import ItemSpec
 from batchfuse.store.queries import Store, job_outputs
 
 
@@ -74,7 +75,8 @@ def check_other_jobs(store: Store | None, planner: Planner) -> None:
         names = list(found.recorded)
         for key, spec in found.specs:
             try:
-                names += [(key, n) for n in item_names(other.template, spec, other.images_per_item(spec["params"]))]
+                item = ItemSpec.from_json(spec)
+                names += [(key, n) for n in item_names(other.template, item, other.images_per_item(item.params))]
             except (PathProblem, KeyError, TypeError):
                 continue
         for their_key, name in names:

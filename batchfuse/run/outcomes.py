@@ -69,7 +69,7 @@ class Outcomes:
 
     async def _adopt(self, item: ClaimedItem) -> bool:
         """Record outputs a dead run wrote but did not record, instead of sending again."""
-        values = {**item.spec.get("vars", {}), **item.spec["params"]}
+        values = item.spec.naming_values
         template = self.config.output_template
         try:
             found = await asyncio.to_thread(
@@ -231,11 +231,11 @@ class Outcomes:
         return self._prepare_now(item, reply)
 
     def _prepare_now(self, item: ClaimedItem, reply: Reply) -> PendingOutputs:
-        values = {**item.spec.get("vars", {}), **item.spec["params"]}
+        values = item.spec.naming_values
         count = len(reply.images)
         names = [output_name(self.config.output_template, values, n, count) for n in range(1, count + 1)]
         text = {
-            "prompt": item.spec["prompt"],
+            "prompt": item.spec.prompt,
             "model": self.config.model,
             "batchfuse:job": self.config.job_name,
             "batchfuse:item": item.key,

@@ -362,7 +362,7 @@ class Scheduler(Outcomes):
                 return None
             if self._may_adopt and await self._adopt(item):
                 return None
-        images = self.config.images_per_item(item.spec["params"])
+        images = self.config.images_per_item(item.spec.params)
         sent = await self._send(item, number, images)
         if sent is None:  # the run stopped before it left: the claim goes back untouched
             await self._give_back([item.id])

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from batchfuse.plan.preview import Estimate, Loaded, estimate, load
-from batchfuse.records import PlanSummary
+from batchfuse.records import ItemSpec, PlanSummary
 from batchfuse.run.job import sync
 from batchfuse.run.other_jobs import check_other_jobs
 from batchfuse.store.engine import missing_sqlite_file, resolve_db_url
@@ -21,7 +20,7 @@ class Preview:
     loaded: Loaded
     plan: PlanSummary
     #: The first item's spec, to show the request it makes.
-    first: dict[str, Any] | None
+    first: ItemSpec | None
     estimate: Estimate
 
 

@@ -54,7 +54,7 @@ PLAN_BATCH = 1000
 
 
 def _spec_json(row: PlannedRow) -> str:
-    return json.dumps(row.spec, sort_keys=True, ensure_ascii=False)
+    return json.dumps(row.spec.to_json(), sort_keys=True, ensure_ascii=False)
 
 
 def _unchanged_category(state: str, attempts_used: int) -> str:
