@@ -155,7 +155,8 @@ def components(n: int) -> None:
     """Each per-item step of a run, alone, on a throw-away job (no HTTP)."""
     from PIL import Image
 
-    from batchfuse.outputs.files import OutputFolder, prepare
+    from batchfuse.outputs.files import OutputFolder
+    from batchfuse.outputs.png import prepare
     from batchfuse.plan.preview import load
     from batchfuse.records import AttemptRecord, ItemState
     from batchfuse.run.job import open_store, sync

@@ -15,7 +15,9 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from batchfuse.errors import BatchfuseError, ErrorClass, NoImageError, OutputError, ProviderError, StoreError
-from batchfuse.outputs.files import OutputFolder, PendingOutputs, output_name, prepare
+from batchfuse.outputs.files import OutputFolder, PendingOutputs
+from batchfuse.outputs.names import output_name
+from batchfuse.outputs.png import prepare
 from batchfuse.providers.base import Reply
 from batchfuse.records import AttemptOutcome, AttemptRecord, ClaimedItem, ItemState, SpooledImage
 from batchfuse.run.recorder import Recorder
