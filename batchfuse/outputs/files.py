@@ -66,8 +66,15 @@ class OutputFolder:
         """Outputs of ``spec_hash`` already on disk under their final names, all of them.
 
         They are there when a run died after renaming an attempt's files into place but
-        before recording it: adopting them means that image is not paid for twice.
+        before recording it: adopting them means that image is not paid for twice.  A folder
+        that cannot even be looked at (name too long, gone, no access) is an OutputError.
         """
+        try:
+            return self._adoptable(name_for, spec_hash)
+        except OSError as exc:
+            raise OutputError(f"cannot read outputs in {self.root}: {exc.strerror or exc}") from None
+
+    def _adoptable(self, name_for: Callable[[int, int], str], spec_hash: str) -> list[OutputRecord] | None:
         for first in (name_for(1, 1), name_for(1, 2)):
             meta = read_png_text(self.root / first) if (self.root / first).is_file() else {}
             if meta.get("batchfuse:spec") != spec_hash:

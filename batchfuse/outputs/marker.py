@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from batchfuse.errors import InputError
+from batchfuse.errors import InputError, OutputError
 
 MARKER = ".batchfuse-job"
 
@@ -26,5 +26,8 @@ def check_output_folder(token: str, live_runners: Callable[[], int], job_name: s
             f"(its {MARKER} marker is {'missing' if seen is None else 'different'}); on several machines "
             "output.dir must be shared storage mounted at the same path"
         )
-    folder.mkdir(parents=True, exist_ok=True)
-    marker.write_text(token + "\n", encoding="utf-8")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        marker.write_text(token + "\n", encoding="utf-8")
+    except OSError as exc:  # read-only or full: one line naming the folder
+        raise OutputError(f"cannot write {marker}: {exc.strerror or exc}") from None

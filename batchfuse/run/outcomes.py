@@ -73,12 +73,9 @@ class Outcomes:
         """Record outputs a dead run wrote but did not record, instead of sending again."""
         values = item.spec.naming_values
         template = self.config.output_template
-        try:
-            found = await asyncio.to_thread(
-                self.outputs.adoptable, lambda n, count: output_name(template, values, n, count), item.spec_hash
-            )
-        except OSError as exc:  # the folder cannot even be looked at (name too long, gone, no access)
-            raise OutputError(f"cannot read outputs in {self.outputs.root}: {exc.strerror or exc}") from None
+        found = await asyncio.to_thread(
+            self.outputs.adoptable, lambda n, count: output_name(template, values, n, count), item.spec_hash
+        )
         if not found:
             return False
         record = _attempt_record(
