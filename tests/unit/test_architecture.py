@@ -117,3 +117,24 @@ def test_module_opens_with_a_docstring(path: Path) -> None:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     doc = ast.get_docstring(tree)
     assert doc and doc.strip(), f"{module_name(path)} does not open with a docstring saying what it holds"
+
+
+#: Foreign libraries whose errors are translated in one place, and the stages allowed to use them
+#: (the mock is its own aiohttp server; run/wire.py only marks when a request leaves).
+LIBRARIES = {"sqlalchemy": {"store"}, "aiohttp": {"providers", "mock"}}
+LIBRARY_EXCEPTIONS = {("aiohttp", "batchfuse.run.wire")}
+
+
+def test_each_library_is_used_where_its_errors_are_translated() -> None:
+    bad = []
+    for path in MODULES:
+        me = module_name(path)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+            )
+            for name in names:
+                lib = name.split(".")[0]
+                if lib in LIBRARIES and stage(me) not in LIBRARIES[lib] and (lib, me) not in LIBRARY_EXCEPTIONS:
+                    bad.append(f"{me} imports {lib}")
+    assert bad == []
