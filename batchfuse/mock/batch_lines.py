@@ -1,6 +1,6 @@
 """One batch line's outcome, made exactly as an online ``generateContent`` reply is made.
 
-Each request of a batch goes through the online code (``gemini.parse_request``,
+Each request of a batch goes through the online code (``gemini_request.parse_request``,
 ``fault_reply``, ``success_reply``) and the same ``[[mock:FAULT*N]]`` marker counters and seeded
 rates; an answer that would have been an HTTP error becomes the line's ``error``: a
 ``google.rpc.Status`` (``code`` is the gRPC code, as in every ``Status``: SDK ``types.JobError``
@@ -15,7 +15,8 @@ from typing import Any
 
 from batchfuse.model_catalog import ModelEntry
 
-from .gemini import STATUS_NAMES, fault_reply, parse_request, success_reply
+from .gemini import STATUS_NAMES, fault_reply, success_reply
+from .gemini_request import parse_request
 from .models import prompt_tokens
 from .state import MockState
 from .validation import InvalidRequest

@@ -12,9 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "batchfuse"
 MAX_LINES = 500
 
 #: Modules still over MAX_LINES, with the line count they may not grow past (empty when done).
-TOO_BIG_FOR_NOW: dict[str, int] = {
-    "batchfuse.mock.gemini": 534,
-}
+TOO_BIG_FOR_NOW: dict[str, int] = {}
 
 #: Stage of a module -> stages it must never import.  A module's stage is its subpackage
 #: (``plan``, ``run`` ...), its own name for ``records``/``errors``/``cli``, or ``shared`` for the
