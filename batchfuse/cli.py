@@ -1,4 +1,4 @@
-"""The command line: parse, call :mod:`batchfuse.job`, render results and errors.
+"""The command line: parse, call :mod:`batchfuse.run.job`, render results and errors.
 
 Exit codes: 0 every item succeeded; 1 some items failed; 2 bad input (nothing was sent);
 3 the run was stopped (fatal API error, interrupt, resource problem); 4 an internal error.
@@ -20,18 +20,19 @@ from typing import Any
 
 import click
 
-from batchfuse import __version__, logs
+from batchfuse import __version__
 from batchfuse.errors import EXIT_INTERNAL, BatchfuseError
-from batchfuse.job import (
+from batchfuse.records import PlanSummary
+from batchfuse.review.reading import job_status
+from batchfuse.run import logs
+from batchfuse.run.job import (
     EXIT_STOPPED,
     RunControl,
     RunOptions,
-    job_status,
-    plan_preview,
     run_job,
 )
-from batchfuse.progress import final_line, fmt_duration, plural, show_progress
-from batchfuse.store.records import PlanSummary
+from batchfuse.run.progress import final_line, fmt_duration, plural, show_progress
+from batchfuse.run.validate import plan_preview
 
 manifest_arg = click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
 db_option = click.option(
@@ -53,10 +54,10 @@ class Group(click.Group):
     """
 
     LAZY = {
-        "report": "batchfuse.cli_review:report",
-        "export": "batchfuse.cli_review:export",
+        "report": "batchfuse.review.cli_review:report",
+        "export": "batchfuse.review.cli_review:export",
         "mock-server": "batchfuse.mock.cli:mock_server",
-        "schema": "batchfuse.schema:schema",
+        "schema": "batchfuse.plan.schema:schema",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -4,16 +4,26 @@
 
     BatchfuseError                  root; its docstring is the default message
     ├── InputError                  bad input; exit code 2, shown as one line
-    │   └── ManifestError           names the file, the item and the field
+    │   ├── ManifestError           names the file, the item and the field
+    │   ├── ManifestProblems        several ManifestErrors, one line each
+    │   └── EmptyDatabase           the database has no schema: no job ever ran against it
     ├── StoreError                  the database cannot be used (exit 3: try again, or repair it)
     │   ├── StoreSetupError         the database setting cannot work as given (exit 2: fix it)
     │   └── JobLockedError          another live runner holds the job (SQLite; exit 2)
     ├── OutputError                 an output cannot be written (disk full, read-only)
     └── ProviderError               an API call failed; carries its classification
         ├── TransientError          retry with backoff (429, 5xx, timeouts, resets, bad bodies)
-        │   └── NoImageError        a reply without an image: retried a few times only
-        ├── RejectedError           this item will not work as it is (400, safety, no image)
+        │   └── NoImageError        a reply without an image: retried a few times, then rejected
+        ├── RejectedError           this item will not work as it is (400, safety block)
+        │   ├── GoneError           a result or reference URL no longer serves the file
+        │   └── GuardRefused        the network guard refuses a URL (scheme, private address)
         └── FatalError              the job cannot go on (bad key, unknown model, daily quota)
+
+Exit codes: 0 done, 1 some items failed, 2 bad input (InputError, StoreSetupError,
+JobLockedError), 3 the run was stopped (signal, deadline, budget, fatal API error, StoreError),
+4 internal error (a bug).  ``ValueError`` subclasses beside their code (``PathProblem``,
+``TemplateProblem``, ``ImageProblem``, ``FileProblem``, ``YamlProblem``, ``CatalogError``) are
+never shown as they are: their callers turn them into a ``ManifestError`` naming the field.
 
 Lower-level library errors (aiohttp, OSError from sockets) are translated into
 ``ProviderError`` subclasses inside ``batchfuse.providers`` only.  Messages never contain
@@ -26,7 +36,7 @@ import re
 from enum import Enum
 
 #: Exit code of an internal error (a bug in batchfuse), apart from 3 (the run was stopped); the
-#: others are in :mod:`batchfuse.job` and on the exception classes.
+#: others are in :mod:`batchfuse.run.job` and on the exception classes.
 EXIT_INTERNAL = 4
 
 
@@ -79,6 +89,18 @@ class ManifestError(InputError):
         super().__init__(f"{': '.join(where)}: {message}")
 
 
+class ManifestProblems(InputError):
+    """The manifest has problems."""
+
+    def __init__(self, problems: list[ManifestError]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(p.message for p in problems))
+
+
+class EmptyDatabase(InputError):
+    """The database has no schema: no job has ever run against it."""
+
+
 class StoreError(BatchfuseError):
     """The job database cannot be used."""
 
@@ -117,11 +139,15 @@ class ProviderError(BatchfuseError):
         retry_after: float | None = None,
         code: str | None = None,
         resume: dict | None = None,
+        block_reason: str | None = None,
     ) -> None:
         super().__init__(scrub(message) if message else None)
         self.status = status
         self.retry_after = retry_after
+        #: A short machine-readable cause (``timeout``, ``private_address``, the API's status name).
         self.code = code
+        #: Why the API blocked the prompt (Gemini's ``promptFeedback.blockReason``), recorded on the attempt.
+        self.block_reason = block_reason
         #: What the next attempt can pick up instead of starting over (e.g. result URLs
         #: already paid for); recorded on the item, handed back to the provider.
         self.resume = resume
@@ -238,3 +264,11 @@ def _scrub_secret(text: str, secret: str) -> str:
             out.append(text[i])
             i += 1
     return "".join(out)
+
+
+class GoneError(RejectedError):
+    """The URL no longer serves the file (403, 404, 410): an expired or dead link."""
+
+
+class GuardRefused(RejectedError):
+    """The network guard refuses this URL (scheme, address, form): permanent for that URL."""

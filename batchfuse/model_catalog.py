@@ -166,4 +166,12 @@ def lookup(name: str) -> ModelEntry | None:
     return load_catalog().models.get(name)
 
 
-__all__ = ["Catalog", "CatalogError", "ModelEntry", "load_catalog", "lookup", "parse_catalog"]
+def model_entry(name: str) -> ModelEntry:
+    """The entry of a model a provider runs; a name the catalog lacks is a packaging bug."""
+    entry = lookup(name)
+    if entry is None:
+        raise CatalogError(f"model {name!r} is not in {CATALOG_FILE}")
+    return entry
+
+
+__all__ = ["Catalog", "CatalogError", "ModelEntry", "load_catalog", "lookup", "model_entry", "parse_catalog"]

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import aiohttp
 
-from batchfuse.ratelimit import RateLimiter
+from batchfuse.run.ratelimit import RateLimiter
 
 
 async def main(args: argparse.Namespace) -> dict:

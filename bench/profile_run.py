@@ -282,9 +282,11 @@ def components(n: int) -> None:
     """Each per-item step of a run, alone, on a throw-away job (no HTTP)."""
     from PIL import Image
 
-    from batchfuse.job import load, open_store, sync
-    from batchfuse.outputs import OutputFolder, prepare
-    from batchfuse.store.records import AttemptRecord, ItemState
+    from batchfuse.outputs.files import OutputFolder
+    from batchfuse.outputs.png import prepare
+    from batchfuse.plan.preview import load
+    from batchfuse.records import AttemptRecord, ItemState
+    from batchfuse.run.job import open_store, sync
 
     work = Path(tempfile.mkdtemp(prefix="batchfuse-components-"))
     try:
@@ -321,7 +323,7 @@ def components(n: int) -> None:
         _span("outputs.prepare (decode PNG, add iTXt)", prep, n)
         folder = OutputFolder(work / "out", runner)
         try:  # the API since outputs are written in groups: write(PendingOutputs, dirs)
-            from batchfuse.outputs import PendingOutputs
+            from batchfuse.outputs.files import PendingOutputs
 
             def write_one(name: str, image: object) -> list:
                 return folder.write(PendingOutputs([name], [image]))
@@ -365,7 +367,7 @@ def components(n: int) -> None:
 
 def limiter(n: int) -> None:
     """How close RateLimiter(1200) gets to its 1,176/min, with the event loop idle or busy."""
-    from batchfuse.ratelimit import RateLimiter
+    from batchfuse.run.ratelimit import RateLimiter
 
     async def one(busy_ms: float) -> None:
         lim = RateLimiter(1200)

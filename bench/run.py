@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCH, MOCK_CPU, Machine, Report, Target, others_load, pin_self  # noqa: E402
 
 #: In the order they run.
-BENCHMARKS = ["throughput", "rate", "wrong_limit", "scale", "shared_images", "large", "memory"]
+BENCHMARKS = ["throughput", "rate", "rate_limiters", "wrong_limit", "scale", "shared_images", "large", "memory"]
 
 
 def render_report(report: Report) -> list[str]:

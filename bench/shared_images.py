@@ -34,7 +34,8 @@ def noise_png(path: Path, side: int = 836) -> Path:
 
 
 def worker(manifest_path: str, db: str, sample: int) -> None:
-    from batchfuse.job import RunOptions, load, run_job
+    from batchfuse.plan.preview import load
+    from batchfuse.run.job import RunOptions, run_job
 
     loaded = load(Path(manifest_path))
     plan_reads = loaded.planner.inspector.reads

@@ -374,25 +374,24 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
     def _run_once(self) -> None:
         if not self._ready:  # type: ignore[attr-defined]
             timers = [h.when() for h in self._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
-            if timers:
-                self.now = max(self.now, min(timers))
+            if timers:  # a timer due already: a real clock has moved on a little since it was set
+                self.now = min(timers) if min(timers) > self.now else self.now + 1e-9
         super()._run_once()  # type: ignore[misc]
 
 
 @pytest.fixture
 def virtual_clock(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """A :class:`VirtualClockLoop` whose clock the rate limiter, the breaker and the throttler
-    underneath read as ``time.monotonic``; run coroutines with ``loop.run_until_complete``."""
+    """A :class:`VirtualClockLoop` whose clock the rate limiter and the breaker read as
+    ``time.monotonic`` (aiolimiter, under the rate limiter, reads the loop's own clock); run
+    coroutines with ``loop.run_until_complete``."""
     import types
 
-    import asyncio_throttle.throttler
-
-    import batchfuse.breaker
-    import batchfuse.ratelimit
+    import batchfuse.run.breaker
+    import batchfuse.run.ratelimit
 
     loop = VirtualClockLoop()
     clock = types.SimpleNamespace(monotonic=loop.time, time=loop.time)
-    for module in (batchfuse.ratelimit, batchfuse.breaker, asyncio_throttle.throttler):
+    for module in (batchfuse.run.ratelimit, batchfuse.run.breaker):
         monkeypatch.setattr(module, "time", clock)
     try:
         yield loop

@@ -106,6 +106,16 @@ class MockConfig:
     static_dir: str | None = None
     #: Keep each request's parsed JSON body in the request log.
     record_bodies: bool = False
+    #: Batch API: how long a new batch stays ``BATCH_STATE_PENDING``; ``None`` = until a test moves
+    #: it (``POST /_mock/batches/{id}/state``).
+    batch_pending_s: NonNegative | None = 0.1
+    #: Batch API: the least time a batch stays ``RUNNING`` (its lines are made meanwhile);
+    #: ``None`` = until a test moves it.
+    batch_running_s: NonNegative | None = 0.1
+    #: Batch API: results-file lines in shuffled order (seeded by ``seed``), not request order.
+    batch_shuffle: bool = True
+    #: Files API: a file's lifetime (``expirationTime``); the real service keeps files 48 h.
+    file_ttl_s: Positive = 172800.0
 
 
 _FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(MockConfig)}

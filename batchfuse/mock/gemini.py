@@ -1,4 +1,4 @@
-"""Gemini native ``generateContent``: request checks, replies and Google error JSON.
+"""Gemini native ``generateContent``: the handler, replies and Google error JSON (request checks in ``gemini_request.py``).
 
 Faithful both ways: what the real service takes is taken (Google's JSON mapping, see
 ``google_json.py``; the models, sizes and ratios of the catalog), and what it refuses is refused
@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import secrets
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -21,9 +20,10 @@ from aiohttp import web
 from batchfuse.model_catalog import ModelEntry
 
 from .echo import echo_of, echo_reply
-from .faults import Marker, hang, parse_markers, reset_connection, send_truncated
-from .google_json import PART_DATA, normalize_request, snake
-from .images import ImageDataError, Reference, ReferenceDecoder, RenderedImage
+from .faults import hang, reset_connection, send_truncated
+from .file_store import files_of
+from .gemini_request import GeminiRequest, parse_request
+from .images import RenderedImage
 from .models import THOUGHT_IMAGES_PER_REPLY, gemini_model, pixel_size, prompt_tokens, tokens_per_image
 from .state import MockState, state_of
 from .validation import InvalidRequest, read_json_object
@@ -31,10 +31,6 @@ from .validation import InvalidRequest, read_json_object
 #: Largest ``generateContent`` body the API takes: 20 MB, inline images counted as base64.
 MAX_BODY_BYTES = 20 * 1024 * 1024
 TOO_LARGE = f"Request payload size exceeds the limit: {MAX_BODY_BYTES} bytes."
-#: Image input types the Gemini image models take (model cards: "Supported MIME types").
-IMAGE_MIME_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/heic", "image/heif"})
-HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1"})
-_MODALITIES = ({"IMAGE"}, {"TEXT", "IMAGE"})
 API_VERSIONS = ("v1", "v1beta")
 
 QUOTA_METRIC = "generativelanguage.googleapis.com/generate_content_requests"
@@ -46,21 +42,6 @@ NO_KEY_MESSAGE = (
     "Method doesn't allow unregistered callers (callers without established identity). "
     "Please use API Key or other form of API consumer identity to call this API."
 )
-
-
-@dataclass(frozen=True)
-class GeminiRequest:
-    """The parts of a valid request that shape the reply."""
-
-    prompt: str
-    refs: list[Reference]
-    markers: list[Marker]
-    #: ``TEXT`` in here puts a text part before the image.
-    modalities: frozenset[str]
-    ratio: str
-    image_size: str
-    #: ``thinkingConfig.includeThoughts`` as sent (``None``: not set, thoughts shown by default).
-    include_thoughts: bool | None = None
 
 
 # -- replies ---------------------------------------------------------------------------------
@@ -153,188 +134,38 @@ def _image_part(image: RenderedImage, as_text: bool, thought: bool = False) -> d
     return part
 
 
-# -- request checks --------------------------------------------------------------------------
+# -- the handler -----------------------------------------------------------------------------
 
 
-def _image_format(raw: bytes) -> str | None:
-    """The image type the bytes really are, by their signature (``None``: not one we know)."""
-    if raw.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if raw.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if raw[:4] == b"RIFF" and raw[8:12] == b"WEBP":
-        return "image/webp"
-    if raw[4:8] == b"ftyp" and raw[8:12] in HEIF_BRANDS:
-        return "image/heif"
-    if raw[:6] in (b"GIF87a", b"GIF89a"):
-        return "image/gif"
+def key_refusal(request: web.BaseRequest, state: MockState) -> web.Response | None:
+    """The API's answer to a request without a usable ``x-goog-api-key``, or ``None`` if it has one."""
+    if "key" in request.query:
+        message = "API keys in the URL (?key=) are refused by this server; send the x-goog-api-key header."
+        return google_error(400, "INVALID_ARGUMENT", message)
+    verdict = state.check_key(request.headers.get("x-goog-api-key"))
+    if verdict == "missing":
+        return google_error(403, "PERMISSION_DENIED", NO_KEY_MESSAGE)
+    if verdict == "wrong":
+        return key_invalid()
     return None
 
 
-def _check_image(blob: dict[str, Any], where: str) -> tuple[str, bytes]:
-    """The mime type and bytes of an inline image; refuses a type the API does not take, or
-    bytes that are not the type the request claims."""
-    mime = str(blob.get("mimeType", "")).lower()
-    raw = blob.get("data", b"")
-    if mime not in IMAGE_MIME_TYPES:
-        raise InvalidRequest(f"Unsupported MIME type: {mime or '(none)'} at '{where}.inline_data'.")
-    if not raw:
-        raise InvalidRequest(f"{where}.inline_data.data is empty.")
-    actual = _image_format(raw)
-    claimed = "image/heif" if mime == "image/heic" else mime
-    if actual != claimed:
-        looks = f"its bytes are {actual}" if actual else "its bytes are not a known image format"
-        raise InvalidRequest(
-            f"Unable to process input image at '{where}': mime_type is {mime} but {looks}."
-        )
-    return mime, raw
+def model_not_found(model: str, version: str, method: str) -> web.Response:
+    message = (
+        f"models/{model} is not found for API version {version}, or is not supported for "
+        f"{method}. Call ListModels to see the list of available models and their supported methods."
+    )
+    return google_error(404, "NOT_FOUND", message)
 
 
-def _check_contents(req: dict[str, Any]) -> tuple[str, list[tuple[str, bytes]]]:
-    """The prompt (the user turns' text) and each reference image (mime, bytes), in order.
-
-    Google accepts parts in any order, image-only turns and earlier ``model`` turns (history):
-    only ``user`` turns feed the picture here.
-    """
-    contents = req.get("contents") or []
-    if not contents:
-        raise InvalidRequest("* GenerateContentRequest.contents: contents is not specified")
-    texts: list[str] = []
-    images: list[tuple[str, bytes]] = []
-    for c_index, content in enumerate(contents):
-        role = content.get("role", "user")
-        if role not in ("user", "model"):
-            raise InvalidRequest(f"Please use a valid role: user, model. (contents[{c_index}].role is {role!r})")
-        parts = content.get("parts") or []
-        if not parts:
-            raise InvalidRequest(
-                f"* GenerateContentRequest.contents[{c_index}].parts: contents.parts must not be empty."
-            )
-        if role == "model":
-            continue
-        for p_index, part in enumerate(parts):
-            where = f"contents[{c_index}].parts[{p_index}]"
-            if "text" in part:
-                if not part["text"].strip():
-                    raise InvalidRequest(
-                        f"Unable to submit request because it has an empty text parameter at '{where}'. "
-                        "Add a value to the parameter and try again."
-                    )
-                texts.append(part["text"])
-            elif "inlineData" in part:
-                images.append(_check_image(part["inlineData"], where))
-            elif "fileData" in part:
-                raise InvalidRequest(f"{where}: fileData (Files API) is not served by this mock; send inline_data.")
-            elif any(name in part for name in PART_DATA):
-                raise InvalidRequest(f"{where}: only text and inline_data parts are taken by image models.")
-    if not texts and not images:
-        raise InvalidRequest("* GenerateContentRequest.contents: the user turns carry no text and no image.")
-    return "\n".join(texts), images
+#: Canonical status names of the HTTP codes an :class:`InvalidRequest` may carry.
+STATUS_NAMES = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND", 409: "ALREADY_EXISTS"}
 
 
-def _check_number(config: dict[str, Any], name: str, low: float, high: float) -> None:
-    if name in config and not low <= config[name] <= high:
-        raise InvalidRequest(f"{name} must be from {low:g} to {high:g}, got {config[name]!r}")
-
-
-def _check_thinking(config: dict[str, Any], spec: ModelEntry) -> bool | None:
-    """Checks ``thinkingConfig``; returns its ``includeThoughts`` (``None`` if not set)."""
-    thinking = config.get("thinkingConfig")
-    if thinking is None:
-        return None
-    if not spec.thought_images:
-        raise InvalidRequest(f"thinkingConfig is not supported for {spec.name}; it does not think.")
-    if "thinkingBudget" in thinking:
-        raise InvalidRequest(f"thinkingConfig.thinkingBudget is not supported for {spec.name}.")
-    if "thinkingLevel" in thinking:
-        level = thinking["thinkingLevel"].lower()
-        if spec.thinking_levels is None:
-            raise InvalidRequest(f"thinkingConfig.thinkingLevel is not supported for {spec.name}.")
-        if level not in spec.thinking_levels:
-            raise InvalidRequest(
-                f"thinkingConfig.thinkingLevel must be one of {', '.join(spec.thinking_levels)} for "
-                f"{spec.name}, got {thinking['thinkingLevel']!r}"
-            )
-    if "includeThoughts" in thinking and not spec.include_thoughts:
-        raise InvalidRequest(f"thinkingConfig.includeThoughts is not supported for {spec.name}.")
-    return thinking.get("includeThoughts")
-
-
-def _check_generation_config(
-    req: dict[str, Any], spec: ModelEntry
-) -> tuple[frozenset[str], str, str, bool | None]:
-    """Modalities, aspect ratio, image size and includeThoughts from ``generationConfig``."""
-    config = req.get("generationConfig", {})
-    modalities = frozenset({"TEXT", "IMAGE"})  # the API's default
-    if "responseModalities" in config:
-        if not spec.takes_response_modalities:
-            raise InvalidRequest(f"responseModalities is not supported for {spec.name}; leave it out.")
-        value = config["responseModalities"]
-        if len(set(value)) != len(value) or set(value) not in _MODALITIES:
-            raise InvalidRequest(f'responseModalities must be ["IMAGE"] or ["TEXT", "IMAGE"], got {value!r}')
-        modalities = frozenset(value)
-    if config.get("candidateCount", 1) != 1:
-        # Image models make one candidate (model cards: "candidateCount: 1").
-        raise InvalidRequest(f"Multiple candidates is not enabled for models/{spec.name}")
-    _check_number(config, "temperature", 0, 2)
-    _check_number(config, "topP", 0, 1)
-    include_thoughts = _check_thinking(config, spec)
-    image_config = config.get("imageConfig", {})
-    ratio = image_config.get("aspectRatio", "1:1")
-    if ratio not in spec.aspect_ratios:
-        raise InvalidRequest(
-            f"imageConfig.aspectRatio must be one of {', '.join(spec.aspect_ratios)} for {spec.name}, got {ratio!r}"
-        )
-    image_size = "1K"
-    if "imageSize" in image_config:
-        if not spec.takes_image_size:
-            raise InvalidRequest(f"imageConfig.imageSize is not supported for {spec.name}; it makes 1K only.")
-        image_size = image_config["imageSize"]
-        if image_size not in spec.sizes:
-            raise InvalidRequest(
-                f"imageConfig.imageSize must be one of {', '.join(spec.sizes)} for {spec.name}, got {image_size!r}"
-            )
-    return modalities, ratio, image_size, include_thoughts
-
-
-def _check_tools(req: dict[str, Any], spec: ModelEntry, modalities: frozenset[str]) -> None:
-    for index, tool in enumerate(req.get("tools", [])):
-        for name in tool:
-            if not spec.tools:
-                raise InvalidRequest(f"tools are not supported for {spec.name}; leave them out.")
-            if name not in spec.tools:
-                allowed = ", ".join(snake(t) for t in spec.tools)
-                raise InvalidRequest(
-                    f"tools[{index}].{snake(name)} is not supported for {spec.name}; it takes {allowed}."
-                )
-            if name == "googleSearch" and "TEXT" not in modalities:
-                raise InvalidRequest('the google_search tool needs responseModalities ["TEXT", "IMAGE"].')
-
-
-async def parse_request(body: dict[str, Any], spec: ModelEntry, decoder: ReferenceDecoder) -> GeminiRequest:
-    """Check a ``generateContent`` body for ``spec``; raise :class:`InvalidRequest` if refused."""
-    req = normalize_request(body)
-    prompt, blobs = _check_contents(req)
-    modalities, ratio, image_size, include_thoughts = _check_generation_config(req, spec)
-    _check_tools(req, spec, modalities)
-    if len(blobs) > spec.max_reference_images:
-        raise InvalidRequest(
-            f"too many images: {len(blobs)}; {spec.name} accepts at most {spec.max_reference_images}."
-        )
-    try:
-        markers = parse_markers(prompt)
-    except ValueError as exc:
-        raise InvalidRequest(str(exc)) from None
-    refs = []
-    for index, (mime, raw) in enumerate(blobs, start=1):
-        try:
-            refs.append(await decoder.from_bytes(raw, mime, ""))
-        except ImageDataError as exc:
-            raise InvalidRequest(f"reference image {index}: {exc}") from None
-    return GeminiRequest(prompt, refs, markers, modalities, ratio, image_size, include_thoughts)
-
-
-# -- the handler -----------------------------------------------------------------------------
+def invalid_request(exc: InvalidRequest) -> web.Response:
+    """A refused request in Google's envelope (its status, 400 unless it says otherwise)."""
+    status = exc.status if exc.status in STATUS_NAMES else 400
+    return google_error(status, STATUS_NAMES[status], exc.message)
 
 
 async def handle_generate_content(request: web.Request) -> web.StreamResponse:
@@ -348,31 +179,22 @@ async def handle_generate_content(request: web.Request) -> web.StreamResponse:
         return state.finish(
             entry, google_error(404, "NOT_FOUND", f"Method {method or '(none)'!r} is not found.")
         )
-    if "key" in request.query:
-        message = "API keys in the URL (?key=) are refused by this server; send the x-goog-api-key header."
-        return state.finish(entry, google_error(400, "INVALID_ARGUMENT", message))
-    key = request.headers.get("x-goog-api-key")
-    verdict = state.check_key(key)
-    if verdict == "missing":
-        return state.finish(entry, google_error(403, "PERMISSION_DENIED", NO_KEY_MESSAGE))
-    if verdict == "wrong":
-        return state.finish(entry, key_invalid())
-    assert key is not None
+    refused = key_refusal(request, state)
+    if refused is not None:
+        return state.finish(entry, refused)
+    key = request.headers["x-goog-api-key"]
     entry["key_ok"] = True
     spec = gemini_model(model)
     if spec is None:
-        message = (
-            f"models/{model} is not found for API version {version}, or is not supported for "
-            "generateContent. Call ListModels to see the list of available models and their supported methods."
-        )
-        return state.finish(entry, google_error(404, "NOT_FOUND", message))
+        return state.finish(entry, model_not_found(model, version, method))
+    files = files_of(request.app)
     try:
         body = await read_json_object(request, MAX_BODY_BYTES, TOO_LARGE)
         if state.config.record_bodies:
             entry["body"] = body
-        parsed = await parse_request(body, spec, state.references)
+        parsed = await parse_request(body, spec, state.references, files.resolver() if files else None)
     except InvalidRequest as exc:
-        return state.finish(entry, google_error(400, "INVALID_ARGUMENT", exc.message))
+        return state.finish(entry, invalid_request(exc))
     entry["prompt"] = parsed.prompt
     entry["n_images"] = len(parsed.refs)
 
@@ -393,7 +215,7 @@ async def handle_generate_content(request: web.Request) -> web.StreamResponse:
         return state.finish(entry, google_error(400, "INVALID_ARGUMENT", str(exc)))
     if echo is not None:
         count = prompt_tokens(parsed.prompt, len(parsed.refs))
-        reply = await echo_reply(echo, key, "gemini", lambda: _success(state, spec, parsed, count))
+        reply = await echo_reply(echo, key, "gemini", lambda: success_reply(state, spec, parsed, count))
         return state.finish(entry, reply, "echo")
     await state.sleep_latency()
     return await _answer(request, state, entry, spec, parsed, fault, key_id)
@@ -409,49 +231,20 @@ async def _answer(
     key_id: str,
 ) -> web.StreamResponse:
     """The reply once the request is admitted: a fault's, or a real image."""
-    model = spec.name
     prompt_count = prompt_tokens(parsed.prompt, len(parsed.refs))
-    if fault == "500":
-        return state.finish(entry, google_error(500, "INTERNAL", "Internal error encountered."), fault)
-    if fault == "503":
-        return state.finish(
-            entry, google_error(503, "UNAVAILABLE", "The model is overloaded. Please try again later."), fault
-        )
-    if fault == "429":
-        return state.finish(entry, rate_limited(model, 1.0), fault)
-    if fault == "400":
-        return state.finish(
-            entry, google_error(400, "INVALID_ARGUMENT", "Request contains an invalid argument."), fault
-        )
+    reply = fault_reply(spec.name, parsed, fault, prompt_count)
+    if reply is not None:
+        return state.finish(entry, reply, fault)
     if fault == "reset":
         state.record(entry, None, fault)
         return reset_connection(request)
-    if fault == "safety":
-        candidate = {
-            "finishReason": "IMAGE_SAFETY",
-            "index": 0,
-            "finishMessage": "Unable to show the generated image.",
-        }
-        return state.finish(entry, _reply(model, [candidate], _usage(prompt_count, 0)), fault)
-    if fault == "no_image":
-        candidate = {"finishReason": "NO_IMAGE", "index": 0}
-        return state.finish(entry, _reply(model, [candidate], _usage(prompt_count, 0)), fault)
-    if fault == "blocked":
-        feedback = {"blockReason": "SAFETY", "safetyRatings": []}
-        return state.finish(
-            entry, _reply(model, None, _usage(prompt_count, 0), promptFeedback=feedback), fault
-        )
-    if fault == "text_only":
-        text = f"I can describe it, but here is no picture: {parsed.prompt[:60]}"
-        candidate = _candidate([{"text": text}])
-        return state.finish(entry, _reply(model, [candidate], _usage(prompt_count, len(text) // 4)), fault)
     if fault == "hang":
         state.record(entry, None, fault)
         if await hang(state.stopping, state.config.hang_s):
             return reset_connection(request)
-        return await _success(state, spec, parsed, prompt_count)  # already logged as the hang
+        return await success_reply(state, spec, parsed, prompt_count)  # already logged as the hang
 
-    response = await _success(state, spec, parsed, prompt_count)
+    response = await success_reply(state, spec, parsed, prompt_count)
     if fault == "truncate":
         assert isinstance(response.body, bytes)
         state.record(entry, 200, fault)
@@ -460,11 +253,40 @@ async def _answer(
     return state.finish(entry, response)
 
 
+def fault_reply(model: str, parsed: GeminiRequest, fault: str | None, prompt_count: int) -> web.Response | None:
+    """The complete answer a fault gives (an error, or a reply without an image), or ``None``
+    for the faults that are not an answer (transport faults) and for no fault at all."""
+    if fault == "500":
+        return google_error(500, "INTERNAL", "Internal error encountered.")
+    if fault == "503":
+        return google_error(503, "UNAVAILABLE", "The model is overloaded. Please try again later.")
+    if fault == "429":
+        return rate_limited(model, 1.0)
+    if fault == "400":
+        return google_error(400, "INVALID_ARGUMENT", "Request contains an invalid argument.")
+    if fault == "safety":
+        candidate = {
+            "finishReason": "IMAGE_SAFETY",
+            "index": 0,
+            "finishMessage": "Unable to show the generated image.",
+        }
+        return _reply(model, [candidate], _usage(prompt_count, 0))
+    if fault == "no_image":
+        return _reply(model, [{"finishReason": "NO_IMAGE", "index": 0}], _usage(prompt_count, 0))
+    if fault == "blocked":
+        feedback = {"blockReason": "SAFETY", "safetyRatings": []}
+        return _reply(model, None, _usage(prompt_count, 0), promptFeedback=feedback)
+    if fault == "text_only":
+        text = f"I can describe it, but here is no picture: {parsed.prompt[:60]}"
+        return _reply(model, [_candidate([{"text": text}])], _usage(prompt_count, len(text) // 4))
+    return None
+
+
 def _candidate(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return {"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}
 
 
-async def _success(
+async def success_reply(
     state: MockState, spec: ModelEntry, parsed: GeminiRequest, prompt_count: int
 ) -> web.Response:
     """The image reply. A thinking model (catalog ``thought_images``) puts an interim image marked

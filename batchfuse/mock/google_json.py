@@ -198,6 +198,11 @@ def _message(fields: dict[str, Kind], obj: dict[str, Any], path: str) -> dict[st
     return out
 
 
+def normalize_message(fields: dict[str, Kind], body: dict[str, Any]) -> dict[str, Any]:
+    """Any message in one spelling (lowerCamel names, typed scalars), e.g. a batch resource."""
+    return _message(fields, body, "")
+
+
 def normalize_request(body: dict[str, Any]) -> dict[str, Any]:
     """The request in one spelling (lowerCamel names, decoded bytes); refuses what Google refuses."""
     normalized = _message(REQUEST, body, "")

@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .batch_api import add_batch_routes, reset_batches
 from .config import MockConfig, apply_changes
 from .gemini import API_VERSIONS, handle_generate_content
 from .openai import handle_images_generations, handle_result_download, openai_error, safe_static_path
@@ -35,6 +36,7 @@ def create_app(config: MockConfig | None = None) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     state = MockState(config if config is not None else MockConfig())
     app[STATE_KEY] = state
+    add_batch_routes(app)  # Files + Batch APIs under /v1beta (before the catch-all models route)
     for version in API_VERSIONS:  # google-genai calls /v1 unless told otherwise; REST docs use /v1beta
         app.router.add_post(f"/{version}/models/{{name}}", handle_generate_content)
     app.router.add_post("/v1/images/generations", handle_images_generations)
@@ -113,8 +115,10 @@ def apply_fault_changes(state: MockState, changes: dict[str, Any]) -> dict[str, 
 
 
 async def handle_admin_reset(request: web.Request) -> web.Response:
-    """``POST /_mock/reset``: clear the log, marker counters, rate windows, quotas and result URLs."""
+    """``POST /_mock/reset``: clear the log, marker counters, rate windows, quotas and result URLs,
+    and every batch and Files API file."""
     state_of(request).reset()
+    await reset_batches(request.app)
     return web.json_response({"ok": True})
 
 

@@ -1,6 +1,10 @@
 """What a provider is: it checks an item's parameters against its API's rules, turns an
 item into a request, and a reply into images, text and usage — or into a classified
 :class:`~batchfuse.errors.ProviderError`.  The scheduler knows nothing else about APIs.
+
+A provider also owns its configuration (keys under ``provider:`` beyond the generic ``kind,
+base_url, model, api_key_env, mock``, validated by its ``Config`` model), its credentials
+(:meth:`Provider.credentials`) and its HTTP session (:meth:`Provider.open_session`).
 """
 
 from __future__ import annotations
@@ -10,11 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import aiohttp
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from batchfuse.errors import scrub, shorten
 from batchfuse.images import EncodedImageCache, ImageInfo
+from batchfuse.providers.credentials import Credentials, key_from_env
 from batchfuse.providers.fetch import Fetcher
+from batchfuse.records import ItemSpec
 
 #: ``attempts.finish_reason`` holds 50 characters; an echo longer than that is cut, scrubbed first.
 FINISH_REASON_CHARS = 48
@@ -52,17 +58,25 @@ class Problem:
     message: str
 
 
+class NoConfig(BaseModel):
+    """A provider's own settings under ``provider:``; none by default (any extra key is refused)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
 @dataclass
 class ProviderContext:
     """What a provider gets to work with during a run."""
 
     base_url: str
     model: str
-    api_key: str
+    credentials: Credentials
     session: aiohttp.ClientSession
     images: EncodedImageCache
     timeout_s: float
     fetcher: Fetcher
+    #: The provider's own settings (an instance of its ``Config``).
+    config: BaseModel = field(default_factory=NoConfig)
 
 
 class Provider(ABC):
@@ -74,6 +88,27 @@ class Provider(ABC):
     Params: ClassVar[type[BaseModel]]
     #: Model names this API accepts.
     MODELS: ClassVar[tuple[str, ...]]
+    #: The provider's own keys under ``provider:`` (errors name ``provider.<field>``).
+    Config: ClassVar[type[BaseModel]] = NoConfig
+
+    @classmethod
+    def credentials_problem(cls, api_key_env: str | None, config: BaseModel, *, mock: bool) -> Problem | None:
+        """What is missing for :meth:`credentials`, checked offline (``validate``); the default
+        needs ``api_key_env`` for a real API."""
+        if not mock and not api_key_env:
+            return Problem("api_key_env", "is required for a real API")
+        return None
+
+    @classmethod
+    def credentials(cls, api_key_env: str | None, config: BaseModel, file: str, *, mock: bool) -> Credentials:
+        """What this provider signs requests with; raises InputError (naming ``file``) when it
+        cannot have them.  The default: an API key from the environment variable ``api_key_env``."""
+        return key_from_env(api_key_env, file, mock=mock)
+
+    @classmethod
+    def open_session(cls, connector: aiohttp.BaseConnector, config: BaseModel) -> aiohttp.ClientSession:
+        """The HTTP session of a run (the runner's connector marks when a request leaves)."""
+        return aiohttp.ClientSession(connector=connector, trust_env=False)
 
     def __init__(self, ctx: ProviderContext) -> None:
         self.ctx = ctx
@@ -100,11 +135,11 @@ class Provider(ABC):
 
     @classmethod
     @abstractmethod
-    def describe_request(cls, model: str, base_url: str, spec: dict[str, Any]) -> dict[str, Any]:
+    def describe_request(cls, model: str, base_url: str, spec: ItemSpec) -> dict[str, Any]:
         """The request for ``spec`` as ``validate`` shows it: URL and body, no key, no image data."""
 
     @abstractmethod
-    async def generate(self, spec: dict[str, Any], resume: dict[str, Any] | None = None) -> Reply:
+    async def generate(self, spec: ItemSpec, resume: dict[str, Any] | None = None) -> Reply:
         """Send one item and return its images; raise a ProviderError subclass on failure.
 
         ``resume`` is what an earlier attempt's error carried in ``ProviderError.resume``

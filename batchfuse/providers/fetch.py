@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import re
 import socket
 from dataclasses import dataclass
 from urllib.parse import urljoin
@@ -30,7 +31,7 @@ from aiohttp.abc import ResolveResult
 from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
-from batchfuse.errors import RejectedError, TransientError, scrub, shorten
+from batchfuse.errors import GoneError, GuardRefused, RejectedError, TransientError, scrub, shorten
 
 MAX_REDIRECTS = 5
 DEFAULT_MAX_BYTES = 40 * 1024 * 1024
@@ -41,14 +42,6 @@ _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
 _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 #: How a refusal for the address says what would lift it.
 ALLOW_HINT = " (network.allow_private: true in the manifest allows it)"
-
-
-class GoneError(RejectedError):
-    """The URL no longer serves the file (403, 404, 410): an expired or dead link."""
-
-
-class GuardRefused(RejectedError):
-    """The network guard refuses this URL (scheme, address, form): permanent for that URL."""
 
 
 def address_allowed(address: str) -> bool:
@@ -80,6 +73,20 @@ def numeric_ipv4(host: str) -> str | None:
         return socket.inet_ntoa(socket.inet_aton(host))
     except OSError:
         return None
+
+
+#: What the plan takes for a URL rather than a path: anything with a scheme (only http(s) passes).
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+
+
+def has_scheme(src: str) -> bool:
+    """Whether a reference is written as a URL (``scheme://...``) rather than a file path."""
+    return _SCHEME.match(src) is not None
+
+
+def is_url(src: str) -> bool:
+    """Whether a reference is an http(s) URL (what the plan lets through and providers fetch)."""
+    return src.lower().startswith(("http://", "https://"))
 
 
 def url_problem(url: str) -> str | None:

@@ -8,23 +8,31 @@ Request: ``POST {base}/v1beta/models/{model}:generateContent`` with ``x-goog-api
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from batchfuse.errors import FatalError, NoImageError, ProviderError, RejectedError, TransientError, shorten
+from batchfuse.errors import NoImageError, ProviderError, RejectedError, shorten
 from batchfuse.images import ImageInfo
+from batchfuse.model_catalog import model_entry
 from batchfuse.providers.base import FINISH_REASON_CHARS, Problem, Provider, Reply
-from batchfuse.providers.http import HttpReply, error_message, post_json, retry_after_seconds
+from batchfuse.providers.http import (
+    HttpReply,
+    classify_status,
+    decode_b64,
+    error_message,
+    post_json,
+)
 from batchfuse.providers.refs import encoded_refs
+from batchfuse.records import ItemSpec
 
 PRO = "gemini-3-pro-image-preview"
 FLASH = "gemini-2.5-flash-image"
-ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
-MAX_IMAGES = {PRO: 14, FLASH: 14}
+#: The models this provider runs today; what each accepts comes from the model catalog.
+MODELS = (PRO, FLASH)
+ASPECT_RATIOS = model_entry(PRO).aspect_ratios
+MAX_IMAGES = {m: model_entry(m).max_reference_images for m in MODELS}
 #: finishReason / blockReason values that mean "this item will not be made as it is".
 REJECTED_REASONS = {
     "SAFETY",
@@ -43,8 +51,8 @@ _DATA_URL = re.compile(r"(?:!\[[^\]]*\]\()?data:(image/(?:png|jpeg|webp));base64
 class GeminiParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    aspect_ratio: Literal["1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9"] = "1:1"
-    image_size: Literal["1K", "2K", "4K"] = "1K"
+    aspect_ratio: Literal[ASPECT_RATIOS] = "1:1"  # type: ignore[valid-type]
+    image_size: Literal[model_entry(PRO).sizes] = "1K"  # type: ignore[valid-type]
     response_modalities: tuple[Literal["TEXT", "IMAGE"], ...] = ("IMAGE",)
     google_search: bool = False
 
@@ -59,7 +67,7 @@ class GeminiParams(BaseModel):
 class GeminiProvider(Provider):
     kind = "gemini"
     Params = GeminiParams
-    MODELS: ClassVar[tuple[str, ...]] = (PRO, FLASH)
+    MODELS: ClassVar[tuple[str, ...]] = MODELS
     #: A reply may carry more images than asked for; they are kept, named ``-1``, ``-2``, ...
     MAY_ADD_IMAGES = True
 
@@ -67,14 +75,14 @@ class GeminiProvider(Provider):
     def check(cls, model: str, params: BaseModel, images: list[ImageInfo | None]) -> list[Problem]:
         assert isinstance(params, GeminiParams)
         problems = []
-        limit = MAX_IMAGES.get(model, 14)
+        entry = model_entry(model)
+        limit = entry.max_reference_images
         if len(images) > limit:
             problems.append(Problem("images", f"{len(images)} reference images; {model} takes at most {limit}"))
-        if model == FLASH:
-            if params.image_size != "1K":
-                problems.append(Problem("image_size", f"{FLASH} makes 1K images only"))
-            if params.google_search:
-                problems.append(Problem("google_search", f"{FLASH} does not take tools"))
+        if params.image_size not in entry.sizes:
+            problems.append(Problem("image_size", f"{model} makes {', '.join(entry.sizes)} images only"))
+        if params.google_search and "googleSearch" not in entry.tools:
+            problems.append(Problem("google_search", f"{model} does not take tools"))
         elif params.google_search and "TEXT" not in params.response_modalities:
             problems.append(Problem("google_search", "needs response_modalities [TEXT, IMAGE]"))
         return problems
@@ -82,20 +90,25 @@ class GeminiProvider(Provider):
     @classmethod
     def request_params(cls, model: str, params: BaseModel) -> dict[str, Any]:
         assert isinstance(params, GeminiParams)
-        if model == FLASH:
-            return {"aspect_ratio": params.aspect_ratio}
-        return params.model_dump(mode="json")
+        entry, sent = model_entry(model), params.model_dump(mode="json")
+        if not entry.takes_image_size:
+            del sent["image_size"]
+        if not entry.takes_response_modalities:
+            del sent["response_modalities"]
+        if not entry.tools:
+            del sent["google_search"]
+        return sent
 
     @classmethod
     def tokens_per_image(cls, model: str, params: dict[str, Any]) -> int:
-        if model == FLASH:
-            return 1290
-        return 2000 if params.get("image_size") == "4K" else 1210
+        entry = model_entry(model)
+        size = params.get("image_size", "1K") if entry.takes_image_size else entry.sizes[0]
+        return entry.tokens_per_image(size) or 0
 
     @classmethod
-    def describe_request(cls, model: str, base_url: str, spec: dict[str, Any]) -> dict[str, Any]:
+    def describe_request(cls, model: str, base_url: str, spec: ItemSpec) -> dict[str, Any]:
         parts = [
-            {"inline_data": {"mime_type": "image/*", "data": f"<base64 of {r['src']}>"}} for r in spec["images"]
+            {"inline_data": {"mime_type": "image/*", "data": f"<base64 of {r.src}>"}} for r in spec.images
         ]
         return {"url": cls.endpoint(base_url, model), "body": cls.build_body(model, spec, parts)}
 
@@ -104,28 +117,30 @@ class GeminiProvider(Provider):
         return f"{base_url}/v1beta/models/{model}:generateContent"
 
     @classmethod
-    def build_body(cls, model: str, spec: dict[str, Any], parts: list[dict[str, Any]]) -> dict[str, Any]:
-        params = spec["params"]
+    def build_body(cls, model: str, spec: ItemSpec, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        params = spec.params
         image_config: dict[str, Any] = {"aspectRatio": params["aspect_ratio"]}
         generation: dict[str, Any] = {"imageConfig": image_config}
         body: dict[str, Any] = {
-            "contents": [{"parts": [{"text": spec["prompt"]}, *parts]}],
+            "contents": [{"parts": [{"text": spec.prompt}, *parts]}],
             "generationConfig": generation,
         }
-        if model != FLASH:
+        entry = model_entry(model)
+        if entry.takes_response_modalities:
             generation["responseModalities"] = list(params["response_modalities"])
+        if entry.takes_image_size:
             image_config["imageSize"] = params["image_size"]
-            if params.get("google_search"):
-                body["tools"] = [{"google_search": {}}]
+        if entry.tools and params.get("google_search"):
+            body["tools"] = [{"google_search": {}}]
         return body
 
-    async def generate(self, spec: dict[str, Any], resume: dict[str, Any] | None = None) -> Reply:
-        refs = await encoded_refs(self.ctx, spec["images"])
+    async def generate(self, spec: ItemSpec, resume: dict[str, Any] | None = None) -> Reply:
+        refs = await encoded_refs(self.ctx, spec.images)
         parts = [{"inline_data": {"mime_type": r.mime, "data": r.b64}} for r in refs]
         reply = await post_json(
             self.ctx.session,
             self.endpoint(self.ctx.base_url, self.ctx.model),
-            {"x-goog-api-key": self.ctx.api_key},
+            {"x-goog-api-key": self.ctx.credentials.secret()},
             self.build_body(self.ctx.model, spec, parts),
             self.ctx.timeout_s,
         )
@@ -142,32 +157,24 @@ def classify_error(reply: HttpReply) -> ProviderError:
     message = error_message(reply, err.get("message"))
     details = err.get("details") if isinstance(err.get("details"), list) else []
     text = f"HTTP {reply.status}{' ' + status_name if status_name else ''}: {message}"
-    kw: dict[str, Any] = {"status": reply.status, "code": status_name or str(reply.status)}
     reasons = {str(d.get("reason")) for d in details if isinstance(d, dict) and d.get("reason")}
-    if reply.status in (401, 403) or "API_KEY_INVALID" in reasons:
-        return FatalError(f"the API refused the key ({text}); check the key's environment variable", **kw)
-    if reply.status == 404:
-        return FatalError(f"model or endpoint not found ({text}); check provider.model and base_url", **kw)
-    if reply.status == 429:
-        quota_ids = [
-            str(v.get("quotaId", ""))
-            for d in details
-            if isinstance(d, dict) and "QuotaFailure" in str(d.get("@type", ""))
-            for v in d.get("violations", [])
-            if isinstance(v, dict)
-        ]
-        if any("PerDay" in q for q in quota_ids):
-            return FatalError(f"daily quota exhausted ({text}); it resets tomorrow", **kw)
-        delay = retry_after_seconds(reply.headers.get("Retry-After"))
-        for d in details:
-            if isinstance(d, dict) and "RetryInfo" in str(d.get("@type", "")):
-                info = _duration_s(d.get("retryDelay"))
-                if info is not None:
-                    delay = max(delay or 0.0, info)
-        return TransientError(f"rate limited ({text})", retry_after=delay, **kw)
-    if reply.status in (408, 500, 502, 503, 504) or reply.status >= 500:
-        return TransientError(text, retry_after=retry_after_seconds(reply.headers.get("Retry-After")), **kw)
-    return RejectedError(text, **kw)
+    quota_ids = [
+        str(v.get("quotaId", ""))
+        for d in details
+        if isinstance(d, dict) and "QuotaFailure" in str(d.get("@type", ""))
+        for v in d.get("violations", [])
+        if isinstance(v, dict)
+    ]
+    delays = [
+        _duration_s(d.get("retryDelay")) for d in details if isinstance(d, dict) and "RetryInfo" in str(d.get("@type", ""))
+    ]
+    known = [d for d in delays if d is not None]
+    return classify_status(
+        reply, text, status_name or str(reply.status),
+        bad_key="API_KEY_INVALID" in reasons,
+        quota="daily quota exhausted ({text}); it resets tomorrow" if any("PerDay" in q for q in quota_ids) else None,
+        retry_after=max(known) if known else None,
+    )
 
 
 def _duration_s(value: Any) -> float | None:
@@ -186,7 +193,8 @@ def parse_reply(reply: HttpReply) -> Reply:
     block = (data.get("promptFeedback") or {}).get("blockReason")
     if block:
         block = shorten(str(block), 60)
-        raise RejectedError(f"prompt blocked by the API: {block}", status=200, code=block)
+        raise RejectedError(f"prompt blocked by the API: {block}", status=200, code=block,
+                            block_reason=shorten(str(block), FINISH_REASON_CHARS))
     images: list[bytes] = []
     texts: list[str] = []
     finish = None
@@ -197,11 +205,11 @@ def parse_reply(reply: HttpReply) -> Reply:
                 continue  # interim images of Gemini 3's thinking are not outputs
             inline = part.get("inlineData") or part.get("inline_data")
             if inline:
-                images.append(_b64(inline.get("data", "")))
+                images.append(decode_b64(inline.get("data", "")))
             elif isinstance(part.get("text"), str):
                 found = _DATA_URL.findall(part["text"])
                 if found:
-                    images.extend(_b64(b64) for _mime, b64 in found)
+                    images.extend(decode_b64(b64) for _mime, b64 in found)
                     rest = _DATA_URL.sub("", part["text"]).strip()
                     if rest:
                         texts.append(rest)
@@ -231,10 +239,3 @@ def _count(value: Any) -> int | None:
     """A token count as the API should send it (a whole number), else ``None``: nothing else
     the API puts there is stored."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
-def _b64(data: str) -> bytes:
-    try:
-        return base64.b64decode("".join(data.split()), validate=True)
-    except (binascii.Error, ValueError):
-        raise TransientError("an image in the reply is not valid base64", status=200, code="bad_image") from None

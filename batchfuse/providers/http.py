@@ -7,6 +7,8 @@ same request may well succeed a moment later.  Messages are scrubbed of keys.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import email.utils
 import json
 import math
@@ -17,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from batchfuse.errors import TransientError, scrub, shorten
+from batchfuse.errors import FatalError, ProviderError, RejectedError, TransientError, scrub, shorten
 
 #: Replies larger than this are parsed in a worker thread so the event loop keeps moving.
 PARSE_IN_THREAD_BYTES = 512 * 1024
@@ -105,3 +107,49 @@ async def post_json(
                 f"HTTP {status} reply is not valid JSON (truncated or garbled)", status=status, code="bad_json"
             ) from None
     return HttpReply(status, resp_headers, raw, data, latency_ms)
+
+
+def not_an_image(content_type: str) -> str | None:
+    """The media type a download was served as, when it says it is not an image (else None)."""
+    kind = content_type.split(";", 1)[0].strip().lower()
+    if kind and not kind.startswith("image/") and kind != "application/octet-stream":
+        return shorten(kind, 60)
+    return None
+
+
+def decode_b64(data: str) -> bytes:
+    """An image from a reply's base64 (whitespace ignored); a garbled one is a transient fault."""
+    try:
+        return base64.b64decode("".join(data.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise TransientError("an image in the reply is not valid base64", status=200, code="bad_image") from None
+
+
+def classify_status(
+    reply: HttpReply,
+    text: str,
+    code: str,
+    *,
+    bad_key: bool = False,
+    not_found: bool = False,
+    quota: str | None = None,
+    retry_after: float | None = None,
+) -> ProviderError:
+    """The error class of a non-200 reply from its status, as both APIs use them; the provider
+    adds what its error body says (``bad_key``, ``not_found``, an exhausted ``quota`` message
+    with ``{text}`` where the reply's text goes,
+    a longer ``retry_after`` for a 429)."""
+    kw: dict[str, Any] = {"status": reply.status, "code": code}
+    header_wait = retry_after_seconds(reply.headers.get("Retry-After"))
+    if reply.status in (401, 403) or bad_key:
+        return FatalError(f"the API refused the key ({text}); check the key's environment variable", **kw)
+    if reply.status == 404 or not_found:
+        return FatalError(f"model or endpoint not found ({text}); check provider.model and base_url", **kw)
+    if reply.status == 429:
+        if quota is not None:
+            return FatalError(quota.replace("{text}", text, 1), **kw)
+        wait = max(header_wait or 0.0, retry_after) if retry_after is not None else header_wait
+        return TransientError(f"rate limited ({text})", retry_after=wait, **kw)
+    if reply.status == 408 or reply.status >= 500:
+        return TransientError(text, retry_after=header_wait, **kw)
+    return RejectedError(text, **kw)

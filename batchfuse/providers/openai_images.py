@@ -12,8 +12,6 @@ expired link leads to a new generation.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import time
 from typing import Any, ClassVar, Literal
 
@@ -21,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from batchfuse.errors import (
     FatalError,
+    GoneError,
     NoImageError,
     ProviderError,
     RejectedError,
@@ -29,13 +28,24 @@ from batchfuse.errors import (
     shorten,
 )
 from batchfuse.images import ImageInfo
+from batchfuse.model_catalog import model_entry
 from batchfuse.providers.base import Problem, Provider, ProviderContext, Reply
-from batchfuse.providers.fetch import GoneError
-from batchfuse.providers.http import HttpReply, error_message, post_json, retry_after_seconds
-from batchfuse.providers.refs import encoded_ref, is_url
+from batchfuse.providers.fetch import is_url
+from batchfuse.providers.http import (
+    HttpReply,
+    classify_status,
+    decode_b64,
+    error_message,
+    not_an_image,
+    post_json,
+)
+from batchfuse.providers.refs import encoded_ref
+from batchfuse.records import ItemSpec
 
 MODELS = ("gemini-3-pro-image-preview", "gemini-3-pro-image-preview-2k", "gemini-3-pro-image-preview-4k")
-MAX_IMAGES = 14
+#: What the relay accepts and makes, per model, from the model catalog.
+ENTRIES = {m: model_entry(m) for m in MODELS}
+MAX_IMAGES = min(e.max_reference_images for e in ENTRIES.values())
 #: Result links live about 24 h; past this age a recorded link is not worth trying.
 URL_FRESH_S = 23 * 3600
 
@@ -43,7 +53,7 @@ URL_FRESH_S = 23 * 3600
 class OpenAIImagesParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    size: Literal["1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9"] = "1:1"
+    size: Literal[ENTRIES[MODELS[0]].aspect_ratios] = "1:1"  # type: ignore[valid-type]
     response_format: Literal["url", "b64_json"] = "url"
     n: int = Field(1, ge=1, le=10)
 
@@ -55,8 +65,9 @@ class OpenAIImagesProvider(Provider):
 
     @classmethod
     def check(cls, model: str, params: BaseModel, images: list[ImageInfo | None]) -> list[Problem]:
-        if len(images) > MAX_IMAGES:
-            return [Problem("images", f"{len(images)} reference images; {model} takes at most {MAX_IMAGES}")]
+        limit = ENTRIES[model].max_reference_images
+        if len(images) > limit:
+            return [Problem("images", f"{len(images)} reference images; {model} takes at most {limit}")]
         return []
 
     @classmethod
@@ -65,18 +76,19 @@ class OpenAIImagesProvider(Provider):
 
     @classmethod
     def tokens_per_image(cls, model: str, params: dict[str, Any]) -> int:
-        return 2000 if model.endswith("-4k") else 1210
+        entry = ENTRIES[model]
+        return entry.tokens_per_image(entry.relay_size or entry.sizes[0]) or 0
 
     @staticmethod
     def endpoint(base_url: str) -> str:
         return f"{base_url}/v1/images/generations"
 
     @classmethod
-    def build_body(cls, model: str, spec: dict[str, Any], images: list[str]) -> dict[str, Any]:
-        params = spec["params"]
+    def build_body(cls, model: str, spec: ItemSpec, images: list[str]) -> dict[str, Any]:
+        params = spec.params
         body: dict[str, Any] = {
             "model": model,
-            "prompt": spec["prompt"],
+            "prompt": spec.prompt,
             "size": params["size"],
             "response_format": params["response_format"],
             "n": params["n"],
@@ -88,8 +100,8 @@ class OpenAIImagesProvider(Provider):
         return body
 
     @classmethod
-    def describe_request(cls, model: str, base_url: str, spec: dict[str, Any]) -> dict[str, Any]:
-        images = [r["src"] if is_url(r["src"]) else f"data:image/*;base64,<{r['src']}>" for r in spec["images"]]
+    def describe_request(cls, model: str, base_url: str, spec: ItemSpec) -> dict[str, Any]:
+        images = [r.src if is_url(r.src) else f"data:image/*;base64,<{r.src}>" for r in spec.images]
         return {"url": cls.endpoint(base_url), "body": cls.build_body(model, spec, images)}
 
     def __init__(self, ctx: ProviderContext) -> None:
@@ -97,7 +109,7 @@ class OpenAIImagesProvider(Provider):
         #: Whether any result link was downloaded in this run (see :meth:`_refused`).
         self._downloaded = False
 
-    async def generate(self, spec: dict[str, Any], resume: dict[str, Any] | None = None) -> Reply:
+    async def generate(self, spec: ItemSpec, resume: dict[str, Any] | None = None) -> Reply:
         dead: str | None = None
         if resume and time.time() - float(resume.get("created", 0)) < URL_FRESH_S:
             try:
@@ -109,12 +121,12 @@ class OpenAIImagesProvider(Provider):
             except ProviderError as exc:
                 raise _download_failed(exc, resume) from None
         images = [
-            r["src"] if is_url(r["src"]) else (await encoded_ref(self.ctx, r)).data_url for r in spec["images"]
+            r.src if is_url(r.src) else (await encoded_ref(self.ctx, r)).data_url for r in spec.images
         ]
         reply = await post_json(
             self.ctx.session,
             self.endpoint(self.ctx.base_url),
-            {"Authorization": f"Bearer {self.ctx.api_key}"},
+            {"Authorization": f"Bearer {self.ctx.credentials.secret()}"},
             self.build_body(self.ctx.model, spec, images),
             self.ctx.timeout_s,
         )
@@ -122,12 +134,12 @@ class OpenAIImagesProvider(Provider):
             raise classify_error(reply)
         data = reply.data.get("data") if isinstance(reply.data, dict) else None
         created = _created(reply.data.get("created") if isinstance(reply.data, dict) else None)
-        expected = int(spec["params"]["n"])
+        expected = int(spec.params["n"])
         if not isinstance(data, list) or len(data) < expected:
             got = len(data) if isinstance(data, list) else 0
             raise NoImageError(f"the reply carried {got} of {expected} images", status=200, code="no_image")
         if all(isinstance(d, dict) and d.get("b64_json") for d in data):
-            return Reply(images=[_b64(d["b64_json"]) for d in data[:expected]], http_status=200)
+            return Reply(images=[decode_b64(d["b64_json"]) for d in data[:expected]], http_status=200)
         urls = [d.get("url") for d in data[:expected] if isinstance(d, dict)]
         if len(urls) != expected or not all(isinstance(u, str) and u for u in urls):
             raise TransientError("the reply's data entries carry neither url nor b64_json", status=200)
@@ -151,8 +163,7 @@ class OpenAIImagesProvider(Provider):
         """Fetch every result URL; any failure fails the whole set (all or nothing)."""
         fetched = await asyncio.gather(*(self.ctx.fetcher.get(u) for u in urls))
         for f in fetched:
-            kind = f.content_type.split(";", 1)[0].strip().lower()
-            if kind and not kind.startswith("image/") and kind != "application/octet-stream":
+            if (kind := not_an_image(f.content_type)) is not None:
                 raise TransientError(f"a result link served {shorten(kind, 60)}, not an image", code="not_image")
         self._downloaded = True
         return Reply(
@@ -194,18 +205,12 @@ def classify_error(reply: HttpReply) -> ProviderError:
     kind = shorten(str(err.get("type") or ""), 60)
     message = error_message(reply, err.get("message"))
     text = f"HTTP {reply.status}{' ' + code if code else ''}: {message}"
-    kw: dict[str, Any] = {"status": reply.status, "code": code or kind or str(reply.status)}
-    if reply.status in (401, 403) or code == "invalid_api_key":
-        return FatalError(f"the API refused the key ({text}); check the key's environment variable", **kw)
-    if reply.status == 404 or code == "model_not_found":
-        return FatalError(f"model or endpoint not found ({text}); check provider.model and base_url", **kw)
-    if reply.status == 429:
-        if "quota" in code or "quota" in kind:
-            return FatalError(f"quota exhausted ({text})", **kw)
-        return TransientError(f"rate limited ({text})", retry_after=retry_after_seconds(reply.headers.get("Retry-After")), **kw)
-    if reply.status == 408 or reply.status >= 500:
-        return TransientError(text, retry_after=retry_after_seconds(reply.headers.get("Retry-After")), **kw)
-    return RejectedError(text, **kw)
+    return classify_status(
+        reply, text, code or kind or str(reply.status),
+        bad_key=code == "invalid_api_key",
+        not_found=code == "model_not_found",
+        quota="quota exhausted ({text})" if "quota" in code or "quota" in kind else None,
+    )
 
 
 def _created(value: Any) -> float:
@@ -213,10 +218,3 @@ def _created(value: Any) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1e11:
         return float(value)
     return time.time()
-
-
-def _b64(data: str) -> bytes:
-    try:
-        return base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise TransientError("an image in the reply is not valid base64", status=200, code="bad_image") from None

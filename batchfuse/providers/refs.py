@@ -10,26 +10,23 @@ from __future__ import annotations
 
 import asyncio
 from functools import partial
-from typing import Any
 
 from batchfuse.errors import RejectedError, shorten
 from batchfuse.images import EncodedImage, ImageProblem
 from batchfuse.providers.base import ProviderContext
+from batchfuse.providers.fetch import is_url
+from batchfuse.providers.http import not_an_image
+from batchfuse.records import ImageRef
 
 _inflight: dict[tuple[int, str], asyncio.Future[EncodedImage]] = {}
 
 
-def is_url(src: str) -> bool:
-    return src.lower().startswith(("http://", "https://"))
-
-
-async def _load(ctx: ProviderContext, ref: dict[str, Any]) -> EncodedImage:
-    src, digest = ref["src"], ref["digest"]
+async def _load(ctx: ProviderContext, ref: ImageRef) -> EncodedImage:
+    src, digest = ref.src, ref.digest
     try:
         if is_url(src):
             fetched = await ctx.fetcher.get(src)
-            kind = fetched.content_type.split(";", 1)[0].strip().lower()
-            if kind and not kind.startswith("image/") and kind != "application/octet-stream":
+            if (kind := not_an_image(fetched.content_type)) is not None:
                 raise ImageProblem(f"the server says it is {kind}, not an image")
             return await asyncio.to_thread(partial(ctx.images.put, digest, fetched.data, downloaded=True))
         return await asyncio.to_thread(ctx.images.local, src, digest)
@@ -39,12 +36,12 @@ async def _load(ctx: ProviderContext, ref: dict[str, Any]) -> EncodedImage:
         raise RejectedError(f"reference image: {exc.message}", status=exc.status, code=exc.code) from None
 
 
-async def encoded_ref(ctx: ProviderContext, ref: dict[str, Any]) -> EncodedImage:
-    """The encoded form of one reference image (``{"src", "digest"}`` from the item's spec)."""
-    hit = ctx.images.get(ref["digest"])
+async def encoded_ref(ctx: ProviderContext, ref: ImageRef) -> EncodedImage:
+    """The encoded form of one reference image of the item's spec."""
+    hit = ctx.images.get(ref.digest)
     if hit is not None:
         return hit
-    key = (id(ctx.images), ref["digest"])
+    key = (id(ctx.images), ref.digest)
     pending = _inflight.get(key)
     if pending is not None:
         return await asyncio.shield(pending)
@@ -62,5 +59,5 @@ async def encoded_ref(ctx: ProviderContext, ref: dict[str, Any]) -> EncodedImage
     return result
 
 
-async def encoded_refs(ctx: ProviderContext, refs: list[dict[str, Any]]) -> list[EncodedImage]:
+async def encoded_refs(ctx: ProviderContext, refs: tuple[ImageRef, ...]) -> list[EncodedImage]:
     return list(await asyncio.gather(*(encoded_ref(ctx, r) for r in refs)))

@@ -1,4 +1,4 @@
-"""The store: every query batchfuse runs lives in this module.
+"""The store: jobs, planning, runs and recording (claims and leases in ``leases.py``, reads in ``reads.py``).
 
 The methods are synchronous and short; the scheduler calls them from one worker thread so
 the event loop never waits on the database.  Each public method is one transaction.
@@ -19,20 +19,25 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
-    and_,
     bindparam,
     delete,
-    exists,
-    func,
     insert,
-    or_,
     select,
     text,
     update,
 )
 
 from batchfuse import faultpoints
-from batchfuse.errors import InputError, JobLockedError
+from batchfuse.errors import EmptyDatabase, InputError, JobLockedError
+from batchfuse.records import (
+    NO_REQUEST_OUTCOMES,
+    AttemptOutcome,
+    AttemptRecord,
+    ItemState,
+    Job,
+    PlannedRow,
+    PlanSummary,
+)
 from batchfuse.store.engine import (
     SCHEMA_HEAD,
     create_store_engine,
@@ -41,23 +46,15 @@ from batchfuse.store.engine import (
     translated,
     upgrade,
 )
-from batchfuse.store.reads import STALE_RUNNER_S, StoreReads, runner_alive
-from batchfuse.store.records import (
-    NO_REQUEST_OUTCOMES,
-    AttemptRecord,
-    ClaimedItem,
-    ItemState,
-    Job,
-    PlanSummary,
-    SpooledImage,
-)
+from batchfuse.store.leases import StoreLeases
+from batchfuse.store.reads import runner_alive
 from batchfuse.store.schema import attempts, items, jobs, outputs, runs, spool
 
 PLAN_BATCH = 1000
 
 
 def _spec_json(row: PlannedRow) -> str:
-    return json.dumps(row.spec, sort_keys=True, ensure_ascii=False)
+    return json.dumps(row.spec.to_json(), sort_keys=True, ensure_ascii=False)
 
 
 def _unchanged_category(state: str, attempts_used: int) -> str:
@@ -109,7 +106,7 @@ def _item_row(rec: AttemptRecord, runner_id: str, now: float, lease_s: float) ->
     )
 
 
-def _attempt_row(rec: AttemptRecord, run_id: int, dropped: str | None) -> dict[str, Any]:
+def _attempt_row(rec: AttemptRecord, run_id: int, dropped: AttemptOutcome | None) -> dict[str, Any]:
     return dict(
         item_id=rec.item_id,
         run_id=run_id,
@@ -117,7 +114,7 @@ def _attempt_row(rec: AttemptRecord, run_id: int, dropped: str | None) -> dict[s
         spec_hash=rec.spec_hash,
         started_at=rec.started_at,
         ended_at=rec.ended_at,
-        outcome=dropped or rec.outcome,
+        outcome=AttemptOutcome(dropped or rec.outcome).value,
         http_status=rec.http_status,
         error_class=rec.error_class,
         error_message=rec.error_message,
@@ -131,25 +128,13 @@ def _attempt_row(rec: AttemptRecord, run_id: int, dropped: str | None) -> dict[s
     )
 
 
-class EmptyDatabase(InputError):
-    """The database has no schema: no job has ever run against it."""
 
-
-@dataclass(frozen=True)
-class PlannedRow:
-    """One item of the plan as the store keeps it."""
-
-    key: str
-    ordinal: int
-    spec_hash: str
-    spec: dict[str, Any]
-
-
-class Store(StoreReads):
+class Store(StoreLeases):
     """The job database. Open with :meth:`open`; close with :meth:`close`.
 
-    The write side (planning, runs, claims, leases, recording) is here; what ``status``,
-    ``report`` and ``export`` read is in :class:`~batchfuse.store.reads.StoreReads`."""
+    The write side (jobs, planning, runs, recording) is here; claims and leases are in
+    :class:`~batchfuse.store.leases.StoreLeases`, what ``status``, ``report`` and ``export``
+    read in :class:`~batchfuse.store.reads.StoreReads`."""
 
     def __init__(self, engine: Engine, url: str) -> None:
         self.engine = engine
@@ -379,25 +364,6 @@ class Store(StoreReads):
             ).inserted_primary_key[0]
         return job, run_id, runner_id
 
-    @staticmethod
-    def _release_leases(conn: Connection, runner_id: str) -> int:
-        return conn.execute(
-            update(items)
-            .where(items.c.lease_owner == runner_id, items.c.state == ItemState.running.value)
-            .values(state=ItemState.pending.value, lease_owner=None, lease_expires_at=None)
-        ).rowcount
-
-    def heartbeat(self, run_id: int, runner_id: str, lease_s: float) -> None:
-        """Prove this runner is alive and extend the leases on its in-flight items."""
-        now = time.time()
-        with self._write() as conn:
-            conn.execute(update(runs).where(runs.c.id == run_id).values(heartbeat_at=now))
-            conn.execute(
-                update(items)
-                .where(items.c.lease_owner == runner_id, items.c.state == ItemState.running.value)
-                .values(lease_expires_at=now + lease_s)
-            )
-
     def end_run(self, run_id: int, runner_id: str, reason: str, succeeded: int, failed: int, requests: int) -> None:
         with self._write() as conn:
             self._release_leases(conn, runner_id)
@@ -413,146 +379,12 @@ class Store(StoreReads):
                 )
             )
 
-    def claim(
-        self,
-        job: Job,
-        runner_id: str,
-        limit: int,
-        lease_s: float,
-        max_attempts: int,
-        after_ordinal: int = -1,
-        only_keys: list[str] | None = None,
-    ) -> list[ClaimedItem]:
-        """Lease up to ``limit`` runnable items, in plan order, after ``after_ordinal``.
 
-        Runnable: in the plan, with attempts left, and pending or running under an expired
-        lease (its runner died).  On PostgreSQL the rows are locked ``FOR UPDATE SKIP LOCKED``
-        so concurrent runners never claim the same item.
-        """
-        now = time.time()
-        cond = and_(
-            items.c.job_id == job.id,
-            items.c.in_plan,
-            items.c.attempts < max_attempts,
-            items.c.ordinal > after_ordinal,
-            or_(
-                items.c.state == ItemState.pending.value,
-                and_(items.c.state == ItemState.running.value, items.c.lease_expires_at < now),
-            ),
-        )
-        if only_keys is not None:
-            cond = and_(cond, items.c.key.in_(only_keys))
-        with self._write() as conn:
-            rows = conn.execute(
-                select(
-                    items.c.id,
-                    items.c.key,
-                    items.c.ordinal,
-                    items.c.spec_hash,
-                    items.c.spec,
-                    items.c.attempts,
-                    items.c.resume_token,
-                    exists()
-                    .where(spool.c.item_id == items.c.id, spool.c.spec_hash == items.c.spec_hash)
-                    .label("spooled"),
-                )
-                .where(cond)
-                .order_by(items.c.ordinal)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            ).all()
-            if rows:
-                conn.execute(
-                    update(items)
-                    .where(items.c.id.in_([r.id for r in rows]))
-                    .values(
-                        state=ItemState.running.value,
-                        lease_owner=runner_id,
-                        lease_expires_at=now + lease_s,
-                        updated_at=now,
-                    )
-                )
-        return [ClaimedItem.from_row(r) for r in rows]
 
-    def held_specs(self, item_ids: list[int], runner_id: str, lease_s: float, *, extend: bool) -> dict[int, str]:
-        """The items of ``item_ids`` this runner still holds, with their current spec hash.
 
-        Called before a group's outputs take their final names: a runner that stalled past its
-        lease (and whose item another runner took over) never overwrites that runner's outputs,
-        and a result made from a spec the item no longer has is not written.  With ``extend``
-        (runners sharing the job) the leases are extended in the same statement.
-        """
-        if not extend:
-            with self._read() as conn:
-                rows = conn.execute(
-                    select(items.c.id, items.c.spec_hash).where(
-                        items.c.id.in_(item_ids), items.c.lease_owner == runner_id
-                    )
-                ).all()
-            return {r.id: r.spec_hash for r in rows}
-        with self._write() as conn:
-            rows = conn.execute(
-                update(items)
-                .where(items.c.id.in_(item_ids), items.c.lease_owner == runner_id)
-                .values(lease_expires_at=time.time() + lease_s)
-                .returning(items.c.id, items.c.spec_hash)
-            ).all()
-        return {r.id: r.spec_hash for r in rows}
 
-    def live_runners(self, job: Job, stale_s: float = STALE_RUNNER_S) -> int:
-        """How many runners of ``job`` are alive: open runs with a heartbeat in ``stale_s``."""
-        with self._read() as conn:
-            return conn.execute(
-                select(func.count()).where(
-                    runs.c.job_id == job.id,
-                    runs.c.ended_at.is_(None),
-                    runs.c.heartbeat_at > time.time() - stale_s,
-                )
-            ).scalar_one()
 
-    def held_by_others(self, job: Job, runner_id: str) -> int:
-        """Items other runners hold leases on (they come back if those runners die)."""
-        with self._read() as conn:
-            return conn.execute(
-                select(func.count()).where(
-                    items.c.job_id == job.id,
-                    items.c.state == ItemState.running.value,
-                    items.c.lease_owner != runner_id,
-                )
-            ).scalar_one()
 
-    def output_token(self, job: Job, *, create: bool) -> str | None:
-        """The job's output-folder token; with ``create``, made if the job has none yet."""
-        with self._write() as conn:
-            token = conn.execute(select(jobs.c.output_token).where(jobs.c.id == job.id)).scalar_one()
-            if token is None and create:
-                token = os.urandom(16).hex()
-                conn.execute(update(jobs).where(jobs.c.id == job.id).values(output_token=token))
-            return token
-
-    def release(self, runner_id: str, item_ids: list[int]) -> None:
-        """Hand claimed but unsent items back (the run is stopping)."""
-        if not item_ids:
-            return
-        with self._write() as conn:
-            conn.execute(
-                update(items)
-                .where(items.c.id.in_(item_ids), items.c.lease_owner == runner_id)
-                .values(state=ItemState.pending.value, lease_owner=None, lease_expires_at=None)
-            )
-
-    def spooled(self, item_id: int, spec_hash: str) -> list[SpooledImage]:
-        """The spooled images of ``item_id``'s current spec, in reply order."""
-        with self._read() as conn:
-            rows = conn.execute(
-                select(spool.c.idx, spool.c.data, spool.c.source_url, spool.c.source_at)
-                .where(spool.c.item_id == item_id, spool.c.spec_hash == spec_hash)
-                .order_by(spool.c.attempt_id.desc(), spool.c.idx)
-            ).all()
-        latest: dict[int, SpooledImage] = {}
-        for r in rows:  # the newest spooled attempt's images only
-            latest.setdefault(r.idx, SpooledImage(r.idx, bytes(r.data), r.source_url, r.source_at))
-        return [latest[i] for i in sorted(latest)]
 
     # ---------------------------------------------------------------- recording
 
@@ -579,12 +411,12 @@ class Store(StoreReads):
                     select(items.c.id, items.c.spec_hash).where(items.c.id.in_(ids), items.c.lease_owner == runner_id)
                 ).all()
             )
-            dropped: dict[int, str] = {}
+            dropped: dict[int, AttemptOutcome] = {}
             for r in records:
                 if r.item_id not in current:
-                    dropped[r.item_id] = "lease_lost"
+                    dropped[r.item_id] = AttemptOutcome.lease_lost
                 elif current[r.item_id] != r.spec_hash:
-                    dropped[r.item_id] = "superseded"
+                    dropped[r.item_id] = AttemptOutcome.superseded
             attempt_ids = conn.execute(
                 insert(attempts).returning(attempts.c.id, sort_by_parameter_order=True),
                 [_attempt_row(r, run_id, dropped.get(r.item_id)) for r in records],

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from batchfuse.store.records import ItemState, Job
+from batchfuse.records import ItemState, Job
 from batchfuse.store.schema import attempts, items, outputs, runs
 
 #: A runner that has not written a heartbeat for this long is taken for dead.

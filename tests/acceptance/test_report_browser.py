@@ -29,8 +29,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from batchfuse.cli import Group
-from batchfuse.cli_review import export, report
-from batchfuse.report import write_report
+from batchfuse.review.cli_review import export, report
+from batchfuse.review.report import write_report
 from tests.conftest import URL_REF, XSS_PROMPT, db_counts, page_items, run_review_job
 
 CHROMIUM = shutil.which("chromium")

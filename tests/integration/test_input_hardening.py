@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from batchfuse.job import MARKER
+from batchfuse.outputs.marker import MARKER
 from tests.conftest import cli, generation_requests, manifest
 
 HEAD = """job: x

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from batchfuse.export import write_export
-from batchfuse.report import TEXT_LIMIT, THUMB_EXT, THUMB_SIDE, write_report
+from batchfuse.review.export import write_export
+from batchfuse.review.report import TEXT_LIMIT, THUMB_EXT, THUMB_SIDE, write_report
 from tests.conftest import (
     TEST_KEY,
     URL_REF,

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from batchfuse.job import load
-from batchfuse.outputs import read_png_text
+from batchfuse.outputs.png import read_png_text
+from batchfuse.plan.preview import load
 from batchfuse.store.queries import Store
 from tests.conftest import cli, cli_process, generation_requests, manifest, wait_for
 

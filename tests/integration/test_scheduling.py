@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from batchfuse.job import RunOptions, run_job
+from batchfuse.run.job import RunOptions, run_job
 from tests.conftest import cli, cli_process, generation_requests, items, manifest, wait_for
 
 

@@ -10,8 +10,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, text
 
+from batchfuse.records import ItemSpec, PlannedRow
 from batchfuse.store.engine import SCHEMA_HEAD, create_store_engine, head_revision, upgrade
-from batchfuse.store.queries import PlannedRow, Store
+from batchfuse.store.queries import Store
 from batchfuse.store.schema import metadata
 from tests.conftest import cli, generation_requests, manifest
 
@@ -54,7 +55,7 @@ def test_a_job_runs_resumes_and_reports_on_each_backend(job, mock, db_url):
 def _store_with_items(url: str, n: int) -> tuple[Store, object]:
     store = Store.open(url)
     job = store.ensure_job("j", "gemini", "m", "/x.yaml")
-    store.sync_plan(job, (PlannedRow(f"k{i}", i, f"h{i}", {"prompt": "p"}) for i in range(n)), 4)
+    store.sync_plan(job, (PlannedRow(f"k{i}", i, f"h{i}", ItemSpec("p", {})) for i in range(n)), 4)
     return store, job
 
 

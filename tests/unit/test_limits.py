@@ -8,9 +8,9 @@ import time
 import click
 import pytest
 
-from batchfuse.breaker import Breaker
 from batchfuse.cli import ClockTime, Duration
-from batchfuse.ratelimit import AdaptiveLimits, Gate, RateLimiter
+from batchfuse.run.breaker import Breaker
+from batchfuse.run.ratelimit import AdaptiveLimits, Gate, RateLimiter
 
 
 def test_breaker_opens_after_failures_across_items_and_probes_once(virtual_clock):
@@ -94,11 +94,11 @@ def test_the_limiter_keeps_its_schedule_and_holds_everyone_after_a_429(virtual_c
             starts.append(loop.time() - t0)
             if i == 10:
                 loop.advance(interval * 1.7)  # this caller came back late, past its next slot ...
-        assert starts[:11] == pytest.approx([i * interval for i in range(11)])
-        assert starts[11] == pytest.approx(11.7 * interval)  # ... goes at once (no credit piled up),
-        assert 12.2 * interval <= starts[12] <= 12.2 * interval + 0.002  # the next keeps half a slot away,
-        assert starts[13:] == pytest.approx([i * interval for i in range(13, 50)])  # the rest on the old marks
-        assert all(b - a >= interval / 2 - 1e-9 for a, b in zip(starts, starts[1:], strict=False))
+        assert starts[:2] == [0.0, 0.0]  # an empty bucket lets two go at once, never more
+        assert starts[2:11] == pytest.approx([(i - 1) * interval for i in range(2, 11)])
+        assert starts[11] == pytest.approx(10.7 * interval)  # ... goes at once (no credit piled up),
+        assert starts[12:] == pytest.approx([(i - 1) * interval for i in range(12, 50)])  # the rest on the old marks
+        assert all(c - a >= interval - 1e-6 for a, c in zip(starts, starts[2:], strict=False))
         limiter.hold(0.2)
         t1 = loop.time()
         await limiter.acquire()
@@ -131,5 +131,57 @@ def test_many_callers_share_the_schedule(virtual_clock):
     starts = sorted(loop.run_until_complete(scenario()))
     interval = 60 / (600 * 0.98)
     assert len(starts) == 40
-    assert starts[-1] - starts[0] == pytest.approx(39 * interval)
-    assert min(b - a for a, b in zip(starts, starts[1:], strict=False)) == pytest.approx(interval)
+    assert starts[1] == starts[0]  # the first two at once, then one per interval
+    assert [b - a for a, b in zip(starts[1:], starts[2:], strict=False)] == pytest.approx([interval] * 38)
+
+
+def test_a_new_rate_applies_to_the_next_request_without_a_burst(virtual_clock):
+    """What adaptive rate relies on: set_rate keeps what the bucket holds (a fresh bucket would
+    let two requests out at once on every change) and the new spacing starts at once."""
+    loop = virtual_clock
+
+    async def scenario() -> list[float]:
+        limiter = RateLimiter(600)  # ~0.102 s
+        starts = []
+        for i in range(30):
+            if i == 10:
+                limiter.set_rate(600 * 0.85)  # a cut
+            if i == 20:
+                limiter.set_rate(1200)  # back up, faster than at first
+            await limiter.acquire()
+            starts.append(loop.time())
+        return starts
+
+    starts = loop.run_until_complete(scenario())
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    slow, fast = 60 / (510 * 0.98), 60 / (1200 * 0.98)
+    assert gaps[1:9] == pytest.approx([60 / (600 * 0.98)] * 8)
+    assert min(gaps[9:19]) > 0.8 * slow  # no burst at the cut ...
+    assert gaps[10:19] == pytest.approx([slow] * 9)  # ... and the new spacing from the next request on
+    assert min(gaps[19:]) >= fast - 1e-6
+    assert gaps[20:] == pytest.approx([fast] * 9)
+
+
+def test_a_rate_change_under_a_waiting_request_applies_to_the_next_one(virtual_clock):
+    loop = virtual_clock
+
+    async def scenario() -> list[float]:
+        limiter = RateLimiter(600)
+        starts: list[float] = []
+
+        async def caller() -> None:
+            for _ in range(4):
+                await limiter.acquire()
+                starts.append(loop.time())
+
+        tasks = [asyncio.create_task(caller()) for _ in range(3)]
+        while len(starts) < 3:  # the third request is now waiting in the bucket
+            await asyncio.sleep(0.01)
+        limiter.set_rate(6000)  # ten times faster: the waiting request must not be stranded
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
+        return starts
+
+    starts = loop.run_until_complete(scenario())
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    assert len(starts) == 12
+    assert gaps[-5:] == pytest.approx([60 / (6000 * 0.98)] * 5)

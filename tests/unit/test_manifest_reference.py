@@ -13,10 +13,10 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from batchfuse.manifest import ITEM_KEYS, Manifest
 from batchfuse.mock.config import MockConfig
+from batchfuse.plan.manifest import ITEM_KEYS, Manifest
+from batchfuse.plan.schema import manifest_schema
 from batchfuse.providers import PROVIDERS, provider_class
-from batchfuse.schema import manifest_schema
 from tests.conftest import ROOT, cli
 
 REFERENCE = ROOT / "docs" / "manifest.md"

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, PngImagePlugin
 
-from batchfuse.output_paths import NAME_MAX, PathProblem, output_name, portable, same_file_key
-from batchfuse.outputs import add_png_text
-from batchfuse.path_claims import png_job
+from batchfuse.outputs.names import NAME_MAX, PathProblem, output_name, portable, same_file_key
+from batchfuse.outputs.png import add_png_text
+from batchfuse.plan.path_claims import png_job
 
 UNSTORABLE = set(':*?"<>|') | {chr(c) for c in range(1, 32)}
 

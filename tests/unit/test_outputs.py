@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from batchfuse.outputs import PathProblem, add_png_text, check_relative, output_name
+from batchfuse.outputs.names import PathProblem, check_relative, output_name
+from batchfuse.outputs.png import add_png_text
 from batchfuse.templates import TemplateProblem, fields_of, render
 
 

@@ -7,8 +7,8 @@ import random
 import pytest
 
 from batchfuse.errors import ErrorClass
-from batchfuse.retry import RetryPolicy, decide
-from batchfuse.store.records import ItemState
+from batchfuse.records import ItemState
+from batchfuse.run.retry import RetryPolicy, decide
 
 POLICY = RetryPolicy(max_attempts=4, base_delay_s=1.0, max_delay_s=8.0, no_image_attempts=2)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from batchfuse.errors import ManifestError, TransientError, register_secret, scrub, shorten
-from batchfuse.providers.fetch import Fetcher, GuardRefused, address_allowed, origin, url_problem
+from batchfuse.errors import GuardRefused, ManifestError, TransientError, register_secret, scrub, shorten
+from batchfuse.providers.fetch import Fetcher, address_allowed, origin, url_problem
 
 #: Fake keys of the real shapes, assembled here so that no key-shaped literal sits in git.
 GOOGLE_SHAPED = "AIza" + "SyA-1234567890" + "abcdefghijklmnopqrstu"

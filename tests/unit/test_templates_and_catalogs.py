@@ -6,10 +6,10 @@ import io
 
 import pytest
 
-from batchfuse import manifest_yaml
-from batchfuse.catalog import key_problem
-from batchfuse.catalog_files import csv_rows, jsonl_rows
 from batchfuse.errors import ManifestError
+from batchfuse.plan import manifest_yaml
+from batchfuse.plan.catalog import key_problem
+from batchfuse.plan.catalog_files import csv_rows, jsonl_rows
 from batchfuse.templates import TemplateProblem, fields_of, listing, render, shorten
 
 

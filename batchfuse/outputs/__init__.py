@@ -1,0 +1,1 @@
+"""Outputs: file names, atomic writes, image checks, PNG metadata and adoption."""

@@ -1,0 +1,287 @@
+"""Planning: from a manifest to items, each with a stable key and a spec hash.
+
+The spec hash covers what decides the image: provider, model, prompt, parameters and the
+*content* digests of the reference images.  A rerun skips done items whose hash is
+unchanged and re-runs the ones whose hash changed.
+
+Planning is a generator so that a large catalog never sits in memory whole: the CLI runs it
+once to collect every problem (nothing is written if there is one) and once more to write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from batchfuse.errors import ManifestError, ManifestProblems, OutputError
+from batchfuse.images import ImageInfo, ImageInspector, ImageProblem
+from batchfuse.outputs.names import PathProblem, item_names
+from batchfuse.plan.catalog import RawItem, raw_items
+from batchfuse.plan.manifest import (
+    ITEM_KEYS,
+    Manifest,
+    ProviderConfig,
+    describe_errors,
+    did_you_mean,
+    validation_problems,
+)
+from batchfuse.plan.path_claims import PathClaims
+from batchfuse.providers import provider_class
+from batchfuse.providers.base import Provider
+from batchfuse.providers.fetch import has_scheme, url_problem
+from batchfuse.records import ImageRef, ItemSpec, PlannedRow
+from batchfuse.templates import TemplateProblem, fields_of, render, shorten
+
+MAX_PROBLEMS = 50
+
+
+def _hashable(values: dict[str, Any]) -> Any:
+    try:
+        key = frozenset(values.items())
+        hash(key)
+        return key
+    except TypeError:
+        return None
+
+
+def _duplicates_problem(duplicates: dict[str, list[int | None]], file: str) -> ManifestError:
+    """One line listing duplicate keys and the rows they stand in."""
+
+    def where(rows: list[int | None]) -> str:
+        numbers = [str(r) for r in rows if r is not None]
+        return f" (rows {', '.join(numbers)})" if numbers else ""
+
+    keys = sorted(duplicates)
+    shown = ", ".join(f"{k}{where(duplicates[k])}" for k in keys[:10])
+    more = f" and {len(keys) - 10} more" if len(keys) > 10 else ""
+    field = "key" if any(r is not None for r in duplicates[keys[0]]) else "id"
+    return ManifestError(file, f"duplicate item keys: {shown}{more}", field=field)
+
+
+def spec_hash(kind: str, model: str, prompt: str, params: dict[str, Any], digests: list[str]) -> str:
+    canonical = json.dumps(
+        {"provider": kind, "model": model, "prompt": prompt, "params": params, "images": digests},
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class Planner:
+    """Turns a validated manifest into planned rows, collecting problems as it goes."""
+
+    manifest: Manifest
+    manifest_path: Path
+    inspector: ImageInspector = field(default_factory=ImageInspector)
+
+    def __post_init__(self) -> None:
+        self.file = str(self.manifest_path)
+        self.base_dir = self.manifest_path.parent.absolute()
+        try:
+            self.provider: type[Provider] = provider_class(self.manifest.provider.kind)
+        except KeyError as exc:
+            raise ManifestError(self.file, str(exc.args[0]), field="provider.kind") from None
+        model = self.manifest.provider.model
+        if model not in self.provider.MODELS:
+            raise ManifestError(
+                self.file,
+                f"unknown model {model!r}{did_you_mean(model, self.provider.MODELS)}; "
+                f"{self.provider.kind} knows {', '.join(self.provider.MODELS)}",
+                field="provider.model",
+            )
+        self.provider_config = self._provider_config()
+        try:
+            self.defaults = self.provider.Params.model_validate(self.manifest.defaults).model_dump()
+        except ValidationError as exc:
+            raise ManifestProblems(
+                validation_problems(exc, self.file, self.provider.Params, prefix="defaults")
+            ) from None
+        self.param_names = tuple(self.provider.Params.model_fields)
+        try:
+            numbered = "n" in fields_of(self.manifest.output.filename)
+        except TemplateProblem:  # reported for each item
+            numbered = True
+        #: Whether a reply may carry more images than asked for, written as ``name-1``, ``name-2``.
+        self._extras = getattr(self.provider, "MAY_ADD_IMAGES", False) and not numbered
+        # Memos for large catalogs, where thousands of rows share images and parameters.
+        self._refs: dict[str, tuple[dict[str, Any], ImageInfo] | ImageProblem] = {}
+        self._params: dict[Any, BaseModel] = {}
+        #: Every output name of the plan, kept by :meth:`validate` for the check against other jobs.
+        self.claims: PathClaims | None = None
+
+    def _validated_params(self, overrides: dict[str, Any]) -> BaseModel:
+        """The item's parameters: defaults with its overrides, validated once per distinct set."""
+        key = _hashable(overrides)
+        if key is not None and key in self._params:
+            return self._params[key]
+        params = self.provider.Params.model_validate({**self.defaults, **overrides})
+        if key is not None:
+            self._params[key] = params
+        return params
+
+    def _local_ref(self, src: str) -> tuple[dict[str, Any], ImageInfo] | ImageProblem:
+        """A local reference image, checked once per command however many items share it."""
+        hit = self._refs.get(src)
+        if hit is None:
+            path = os.path.normpath(os.path.join(self.base_dir, src))
+            try:
+                info = self.inspector.inspect(path)
+                hit = (ImageRef(path, info.digest), info)
+            except ImageProblem as exc:
+                hit = exc
+            self._refs[src] = hit
+        return hit
+
+    @property
+    def output_dir(self) -> Path:
+        return (self.base_dir / self.manifest.output.dir).resolve()
+
+    def validate(self) -> int:
+        """Check every item and every output path (unique, storable, writable on disk); raises
+        :class:`ManifestProblems` listing the problems. Returns the count."""
+        claims = PathClaims(self.output_dir, self.manifest.job, self._extras)
+        try:
+            problem = claims.root_problem()
+        except OutputError as exc:  # a read-only file system: exit 3, but named like the rest
+            raise OutputError(f"{self.file}: output.dir: {exc.message}") from None
+        if problem:
+            raise ManifestError(self.file, problem, field="output.dir")
+        problems: list[ManifestError] = []
+        n = sum(1 for _ in self.rows(problems, claims))
+        if problems:
+            raise ManifestProblems(problems[:MAX_PROBLEMS])
+        self.claims = claims
+        return n
+
+    def _provider_config(self) -> BaseModel:
+        """The keys under ``provider:`` beyond the generic ones, validated by the provider's own model."""
+        try:
+            return self.provider.Config.model_validate(self.manifest.provider.model_extra or {})
+        except ValidationError as exc:
+            # unknown keys are suggested from the generic fields and the provider's own alike
+            known = type("ProviderKeys", (self.provider.Config, ProviderConfig), {})
+            raise ManifestProblems(validation_problems(exc, self.file, known, prefix="provider")) from None
+
+    def rows(self, problems: list[ManifestError], claims: PathClaims | None = None) -> Iterator[PlannedRow]:
+        """The planned rows; with ``claims``, each item's output names are claimed there too."""
+        first_row: dict[str, int | None] = {}  # key -> its row: all that is kept per item
+        duplicates: dict[str, list[int | None]] = {}
+        duplicate_file = ""
+        for raw in raw_items(self.manifest, self.manifest_path):
+            if isinstance(raw, ManifestError):
+                problems.append(raw)
+                continue
+            planned = self._row(raw, problems)
+            if planned is None:
+                continue
+            row, names = planned
+            if row.key in first_row:
+                duplicates.setdefault(row.key, [first_row[row.key]]).append(raw.row)
+                duplicate_file = duplicate_file or raw.file
+                continue
+            first_row[row.key] = raw.row
+            clash = claims.claim(names, (row.key, raw.row)) if claims is not None else None
+            if clash:
+                problems.append(raw.error(clash, "output.filename"))
+                continue
+            yield row
+        if duplicates:
+            problems.append(_duplicates_problem(duplicates, duplicate_file))
+
+    def _row(self, item: RawItem, problems: list[ManifestError]) -> tuple[PlannedRow, list[str]] | None:
+        """The item's planned row and its output names, or None after adding its problems."""
+        raw = item.fields
+
+        def problem(fld: str | None, message: str) -> None:
+            problems.append(item.error(message, fld))
+
+        if item.key is None:
+            problem("id", "is required")
+            return None
+        key = item.key
+        overrides = {k: v for k, v in raw.items() if k in self.param_names}
+        own = {k: v for k, v in raw.items() if k not in self.param_names and k not in ITEM_KEYS}
+        if item.row is None:  # inline items: a near-miss of a known key is a typo, not a field
+            for name in own:
+                hint = did_you_mean(name, ITEM_KEYS + self.param_names)
+                if hint:
+                    problem(name, f"unknown key{hint}")
+                    return None
+        model = self.manifest.provider.model
+        try:
+            params = self._validated_params(overrides)
+        except ValidationError as exc:
+            for fld, message in describe_errors(exc, self.provider.Params):
+                problem(fld, message)
+            return None
+        values: dict[str, Any] = {
+            **{k: v for k, v in own.items() if isinstance(v, (str, int, float, bool))},
+            **params.model_dump(mode="json"),
+            "job": self.manifest.job,
+            "item": key,
+            "id": key,
+        }
+        prompt_template = raw.get("prompt", self.manifest.prompt)
+        if not isinstance(prompt_template, str) or not prompt_template.strip():
+            problem("prompt", "is required (a non-empty string)")
+            return None
+        try:
+            prompt = render(prompt_template, values)
+        except TemplateProblem as exc:
+            problem("prompt", str(exc))
+            return None
+        image_templates = raw.get("images", self.manifest.images) or []
+        if not isinstance(image_templates, list) or not all(isinstance(i, str) for i in image_templates):
+            problem("images", "must be a list of file paths or http(s) URLs")
+            return None
+        refs: list[ImageRef] = []
+        infos: list[ImageInfo | None] = []
+        for i, template in enumerate(image_templates):
+            fld = f"images[{i}]"
+            try:
+                src = render(template, values)
+            except TemplateProblem as exc:
+                problem(fld, str(exc))
+                return None
+            if has_scheme(src):
+                if (refused := url_problem(src)) is not None:
+                    problem(fld, refused)
+                    return None
+                refs.append(ImageRef(src, "url:" + src))
+                infos.append(None)
+                continue
+            ref = self._local_ref(src)
+            if isinstance(ref, ImageProblem):
+                problem(fld, f"{shorten(src, 200)}: {ref}")
+                return None
+            refs.append(ref[0])
+            infos.append(ref[1])
+        broken = self.provider.check(model, params, infos)
+        if broken:
+            for p in broken:
+                problem(p.field, p.message)
+            return None
+        request_params = self.provider.request_params(model, params)
+        spec = ItemSpec(
+            prompt=prompt,
+            params=request_params,
+            images=tuple(refs),
+            vars={k: v for k, v in values.items() if k not in request_params},
+        )
+        try:  # named exactly as the runner will name them, every image of the request
+            names = item_names(self.manifest.output.filename, spec, self.provider.images_per_item(request_params))
+        except PathProblem as exc:
+            problem("output.filename", str(exc))
+            return None
+        digest = spec_hash(self.provider.kind, model, prompt, request_params, [r.digest for r in refs])
+        return PlannedRow(key=key, ordinal=item.ordinal, spec_hash=digest, spec=spec), names
+

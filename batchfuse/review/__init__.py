@@ -1,0 +1,1 @@
+"""Review: status, export and the static report of a job."""

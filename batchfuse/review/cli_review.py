@@ -1,0 +1,128 @@
+"""``batchfuse report`` and ``batchfuse export``: the morning review of a job, read-only.
+
+Both commands read the store and the output folder and change neither.  They live apart
+from :mod:`batchfuse.cli` (which registers them with ``main.add_command``) and must not
+import it, or the registration would be circular.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import click
+
+from batchfuse.plan.planner import Planner
+from batchfuse.records import Job
+from batchfuse.review.export import WRITERS, atomic_text_file, write_export
+from batchfuse.review.reading import reading_job
+from batchfuse.review.report import summary_line, write_report
+from batchfuse.store.queries import Store
+
+manifest_arg = click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+db_option = click.option(
+    "--db",
+    metavar="PATH_OR_URL",
+    help="Database path or SQLAlchemy URL (default: batchfuse.db beside the manifest).",
+)
+
+
+@dataclass(frozen=True)
+class ReviewedJob:
+    """A job that has been run: its store (open), its record and its output folder."""
+
+    store: Store
+    job: Job
+    output_dir: Path
+
+
+@contextmanager
+def open_job(manifest: Path, db: str | None) -> Iterator[ReviewedJob]:
+    """The job of ``manifest`` opened for reading, with its output folder."""
+    with reading_job(manifest, db) as (m, store, job):
+        yield ReviewedJob(store, job, Planner(m, manifest).output_dir)
+
+
+def default_report_name(job: str) -> str:
+    """``<job>.report.html``, the job's name made safe as a file name: one report per job, so
+    two manifests in one folder do not overwrite each other's."""
+    return (re.sub(r"[^\w.-]+", "-", job).strip(".-")[:100] or "job") + ".report.html"
+
+
+@click.command("report")
+@manifest_arg
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="FILE",
+    help="The HTML file to write (default: JOB.report.html beside the manifest); thumbnails go in FILE_thumbs/.",
+)
+@db_option
+def report(manifest: Path, output: Path | None, db: str | None) -> None:
+    """Write a static HTML contact sheet of the job, with thumbnails; opens from disk."""
+    with open_job(manifest, db) as reviewed:
+        dest = output or manifest.parent / default_report_name(reviewed.job.name)
+        counts = reviewed.store.counts(reviewed.job)
+        result = write_report(
+            reviewed.store.item_rows(reviewed.job),
+            counts=counts,
+            job_name=reviewed.job.name,
+            output_dir=reviewed.output_dir,
+            manifest_dir=manifest.resolve().parent,
+            dest=dest,
+        )
+    if any(result.items[s] != counts.get(s, 0) for s in result.items):
+        click.echo(
+            "warning: the job changed while the report was written (is a run live?); "
+            "the counts at the top are the store's from the start",
+            err=True,
+        )
+    click.echo(summary_line(result))
+
+
+@click.command("export")
+@manifest_arg
+@click.option("--format", "fmt", type=click.Choice(sorted(WRITERS)), required=True, help="Output format.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+    metavar="FILE",
+    help="Write here instead of standard output ('-' is standard output).",
+)
+@db_option
+def export(manifest: Path, fmt: str, output: Path | None, db: str | None) -> None:
+    """One row per item (key, state, attempts, outputs, sha256, error, tokens) as CSV or JSON Lines."""
+    with open_job(manifest, db) as reviewed, _destination(output) as out:
+        write_export(reviewed.store.item_rows(reviewed.job), fmt, reviewed.output_dir, out)
+
+
+@contextmanager
+def _destination(output: Path | None) -> Iterator[TextIO]:
+    """Standard output (always UTF-8, whatever the locale) or a file written atomically."""
+    if output is not None and str(output) != "-":
+        with atomic_text_file(output) as f:
+            yield f
+        return
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:  # an embedding replaced stdout with a text-only stream: use it as it is
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    sys.stdout.flush()
+    stream = io.TextIOWrapper(buffer, encoding="utf-8", newline="")
+    try:
+        yield stream
+        stream.flush()
+    finally:
+        try:
+            stream.detach()  # leave sys.stdout's buffer open for whoever writes after us
+        except ValueError:
+            pass

@@ -1,0 +1,46 @@
+"""Opening a job's database for reading (status, report, export): never created, never migrated."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from batchfuse.errors import EmptyDatabase, InputError
+from batchfuse.plan.manifest import Manifest, load_manifest
+from batchfuse.records import Job
+from batchfuse.store.engine import missing_sqlite_file, resolve_db_url
+from batchfuse.store.queries import Store
+
+
+@contextlib.contextmanager
+def reading_job(path: Path, db: str | None = None) -> Iterator[tuple[Manifest, Store, Job]]:
+    """The manifest's job opened for reading; InputError if it has never been run.
+
+    A missing SQLite file is reported rather than opened (opening would create an empty
+    database just to say there is nothing in it), and readers never migrate.
+    """
+    manifest = load_manifest(path)
+    url = resolve_db_url(db, path)
+    not_run = f"{path}: job {manifest.job!r} has not been run yet"
+    missing = missing_sqlite_file(url)
+    if missing is not None:
+        raise InputError(f"{not_run} (no database at {missing})")
+    try:
+        store = Store.open(url, migrate=False)
+    except EmptyDatabase:
+        raise InputError(f"{not_run} (no such job in the database)") from None
+    try:
+        job = store.find_job(manifest.job)
+        if job is None:
+            raise InputError(f"{not_run} (no such job in the database)")
+        yield manifest, store, job
+    finally:
+        store.close()
+
+
+def job_status(path: Path, db: str | None = None) -> dict[str, Any]:
+    """The job's state as ``batchfuse status --json`` prints it."""
+    with reading_job(path, db) as (_, store, job):
+        return store.status(job)

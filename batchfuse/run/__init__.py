@@ -1,0 +1,1 @@
+"""Running a job: the composition root, scheduler, recorder, pacing, breaker, budget and retry."""
