@@ -30,7 +30,7 @@ def write(tmp_path: Path, options: dict) -> Path:
         ({"latency_ms": "150"}, "latency_ms: Input should be a valid number, got '150'"),
         ({"thought_images": "yes"}, "thought_images: Input should be a valid boolean, got 'yes'"),
         ({"images_per_reply": 1.5}, "images_per_reply: Input should be a valid integer, got 1.5"),
-        ({"image_mode": "fancy"}, "image_mode: Input should be 'collage' or 'solid', got 'fancy'"),
+        ({"image_mode": "fancy"}, "image_mode: Input should be 'collage', 'solid' or 'noise', got 'fancy'"),
         ({"latencyms": 1}, "unknown mock config field 'latencyms'"),
     ],
 )
