@@ -196,6 +196,10 @@ def run(
 ) -> None:
     """Run every item that is not done; resumes after crashes and failures."""
     deadlines = [t for t in (until, time.time() + max_runtime if max_runtime is not None else None) if t]
+    if log_file is not None:
+        from batchfuse.review.own_files import check_not_own_file
+
+        check_not_own_file(log_file, manifest, db, "--log-file")
     logs.configure(log_file, log_format, debug=bool(os.environ.get("BATCHFUSE_DEBUG")))
     options = RunOptions(
         db=db,

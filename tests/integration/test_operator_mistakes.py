@@ -41,3 +41,33 @@ def test_a_changed_filename_cannot_give_a_recorded_output_to_another_item(job, m
     assert len(generation_requests(mock)) == sent
     assert dump(job.db) == before
     assert out.read_bytes() == before_bytes
+
+
+# ------------------------------------------------------------------ 2. writing over the job's own files
+
+
+def _ran(job, mock) -> None:
+    job.write(manifest(mock.url, [{"id": "a", "prompt": "p"}]))
+    assert cli("run", job.manifest).exit_code == 0
+
+
+def _own_files(job) -> list[Path]:
+    out = next(job.root.rglob("a.png")).parent
+    files = [job.manifest, out / "new.csv"]
+    if job.db.exists():
+        files += [job.db, job.root / "batchfuse.db-wal"]
+    return files
+
+
+def test_log_file_export_and_report_refuse_the_jobs_own_files(job, mock):
+    _ran(job, mock)
+    for target in _own_files(job):
+        before = {p: p.read_bytes() for p in (job.manifest, job.db) if p.exists()}
+        for args in (("run", job.manifest, "--log-file", target),
+                     ("export", job.manifest, "--format", "csv", "-o", target),
+                     ("report", job.manifest, "-o", target)):
+            line = one_error_line(cli(*args))
+            assert str(target.name) in line, (args, line)
+            assert {p: p.read_bytes() for p in before} == before, args
+        if target.name == "new.csv":
+            assert not target.exists()
