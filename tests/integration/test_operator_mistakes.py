@@ -71,3 +71,20 @@ def test_log_file_export_and_report_refuse_the_jobs_own_files(job, mock):
             assert {p: p.read_bytes() for p in before} == before, args
         if target.name == "new.csv":
             assert not target.exists()
+
+
+# ------------------------------------------------------------------ 3. passwords in a database URL's query
+
+
+def test_a_password_in_the_database_urls_query_is_never_printed(job, mock):
+    job.write(manifest(mock.url, [{"id": "a", "prompt": "p"}]))
+    secret, other = "Qz7secretPASSword9", "Kx5sslSECRETpass3"
+    url = f"postgresql+psycopg://postgres:{secret}x@127.0.0.1:1/test?password={secret}&sslpassword={other}&connect_timeout=2"
+    for args in (("run", job.manifest), ("status", job.manifest), ("validate", job.manifest), ("db", "upgrade")):
+        result = cli(*args, "--db", url)
+        command = args[0]
+        text = result.stdout + result.stderr
+        assert result.exit_code != 0, (command, text)
+        for s in (secret, other, secret[:8], other[:8]):
+            assert s not in text, (command, text)
+        assert "Traceback" not in text
