@@ -72,7 +72,7 @@ def report(manifest: Path, output: Path | None, db: str | None) -> None:
         check_not_own_file(output, manifest, db, "-o")
     with open_job(manifest, db) as reviewed:
         dest = output or manifest.parent / default_report_name(reviewed.job.name)
-        counts = reviewed.store.counts(reviewed.job)
+        counts = reviewed.store.shown_counts(reviewed.job)
         result = write_report(
             reviewed.store.item_rows(reviewed.job),
             counts=counts,

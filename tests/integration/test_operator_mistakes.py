@@ -88,3 +88,40 @@ def test_a_password_in_the_database_urls_query_is_never_printed(job, mock):
         for s in (secret, other, secret[:8], other[:8]):
             assert s not in text, (command, text)
         assert "Traceback" not in text
+
+
+# ------------------------------------------------------------------ 4. a dead runner's claims in export and report
+
+
+def test_export_and_report_show_a_dead_runners_claims_as_orphaned(job, mock):
+    import csv
+    import io
+    import signal
+
+    from tests.conftest import cli_process, wait_for
+
+    def running() -> int:
+        try:
+            return job.sql("SELECT count(*) FROM items WHERE state = 'running'")[0][0]
+        except Exception:  # the database is still being made
+            return 0
+
+    mock.faults(hold=True)
+    job.write(manifest(mock.url, [{"id": f"i{k}", "prompt": f"p{k}"} for k in range(6)], limits={"concurrency": 2}))
+    proc = cli_process("run", job.manifest)
+    wait_for(lambda: running() >= 2 and mock.faults()["held"] >= 2, "two requests in flight", proc=proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    claimed = running()
+    mock.faults(hold=False)
+
+    exported = cli("export", job.manifest, "--format", "csv")
+    assert exported.exit_code == 0, exported.stderr
+    states = [row["state"] for row in csv.DictReader(io.StringIO(exported.stdout))]
+    assert states.count("orphaned") == claimed and "running" not in states, states
+    reported = cli("report", job.manifest, "-o", job.root / "r.html")
+    assert reported.exit_code == 0, reported.stderr
+    assert "0 running" in reported.stdout and f"{claimed} orphaned" in reported.stdout, reported.stdout
+    page = (job.root / "r.html").read_text(encoding="utf-8")
+    assert f'<li data-count="orphaned"><b>{claimed}</b>' in page
+    assert '<li data-count="running"><b>0</b>' in page
