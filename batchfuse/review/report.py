@@ -348,7 +348,7 @@ def write_report(
     started = time.monotonic()
     dest = dest.resolve()
     folder = thumbs_dir_for(dest)
-    tally: Counter[str] = Counter({s: 0 for s in STATES})
+    tally: Counter[str] = Counter({s: 0 for s in STATES if s != "orphaned"})  # orphaned only when there are some
     resolver = RefResolver(manifest_dir)
     with (
         ThreadPoolExecutor(max_workers=workers or min(16, os.cpu_count() or 2)) as pool,
@@ -417,14 +417,15 @@ def _head(job_name: str, output_dir: Path, counts: dict[str, int]) -> str:
     """Everything before the item data; the counts are in the HTML itself (readable without JS)."""
     e = html.escape
     total = counts.get("total", sum(counts.get(s, 0) for s in STATES))
+    shown = [s for s in STATES if s != "orphaned" or counts.get(s)]  # orphaned only when there are some
     count_items = "".join(
         f'<li data-count="{s}"><b>{counts.get(s, 0) if s != "total" else total}</b> {s}</li>'
-        for s in ("total", *STATES)
+        for s in ("total", *shown)
     )
     buttons = "".join(
         f'<button type="button" data-state="{s}" aria-pressed="{str(s == "all").lower()}">'
         f"{s} <span>{total if s == 'all' else counts.get(s, 0)}</span></button>"
-        for s in ("all", "failed", "succeeded", "pending", "running", "orphaned")
+        for s in ("all", "failed", "succeeded", "pending", *shown[3:])
     )
     made = time.strftime("%Y-%m-%d %H:%M")
     return _PAGE.substitute(
