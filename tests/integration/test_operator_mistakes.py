@@ -125,3 +125,36 @@ def test_export_and_report_show_a_dead_runners_claims_as_orphaned(job, mock):
     page = (job.root / "r.html").read_text(encoding="utf-8")
     assert f'<li data-count="orphaned"><b>{claimed}</b>' in page
     assert '<li data-count="running"><b>0</b>' in page
+
+
+# ------------------------------------------------------------------ 5. the resolved deadline is said
+
+
+def _said(deadline, now) -> str:
+    if deadline.date() == now.date():
+        return f"running until {deadline:%Y-%m-%d %H:%M}"
+    if (deadline.date() - now.date()).days == 1:
+        return f"running until {deadline:%H:%M} tomorrow ({deadline:%Y-%m-%d})"
+    return f"running until {deadline:%Y-%m-%d %H:%M}"
+
+
+def test_run_says_when_until_and_max_runtime_end_with_the_date(job, mock):
+    from datetime import datetime, timedelta
+
+    job.write(manifest(mock.url, [{"id": "a", "prompt": "p"}]))
+    now = datetime.now()
+    past = now - timedelta(minutes=3)
+    until = past.replace(second=0, microsecond=0)
+    if until <= now:
+        until += timedelta(days=1)
+    log = job.root / "logs" / "run.log"
+    result = cli("run", job.manifest, "--until", f"{past:%H:%M}", "--log-file", log)
+    assert result.exit_code == 0, result.stderr
+    expected = _said(until, now)
+    assert [line for line in result.stderr.splitlines() if line.startswith("running until")] == [expected], result.stderr
+    assert expected in log.read_text(encoding="utf-8")
+
+    result = cli("run", job.manifest, "--max-runtime", "2h")
+    lines = [line for line in result.stderr.splitlines() if line.startswith("running until")]
+    assert len(lines) == 1, result.stderr
+    assert lines[0] in {_said(now + timedelta(hours=2, minutes=d), now) for d in (0, 1, 2)}, lines
