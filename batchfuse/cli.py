@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import logging
 import os
 import re
 import signal
@@ -196,7 +197,15 @@ def run(
 ) -> None:
     """Run every item that is not done; resumes after crashes and failures."""
     deadlines = [t for t in (until, time.time() + max_runtime if max_runtime is not None else None) if t]
+    if log_file is not None:
+        from batchfuse.review.own_files import check_not_own_file
+
+        check_not_own_file(log_file, manifest, db, "--log-file")
     logs.configure(log_file, log_format, debug=bool(os.environ.get("BATCHFUSE_DEBUG")))
+    if deadlines:
+        said = _deadline_line(min(deadlines))
+        click.echo(said, err=True)
+        logging.getLogger("batchfuse.run").info(said, extra={"event": "deadline", "deadline": min(deadlines)})
     options = RunOptions(
         db=db,
         retry_failed=retry_failed,
@@ -207,6 +216,14 @@ def run(
     )
     result = asyncio.run(_run(manifest, options))
     sys.exit(result)
+
+
+def _deadline_line(deadline: float) -> str:
+    """When a run started with --until or --max-runtime stops starting requests, with its date."""
+    when, today = datetime.fromtimestamp(deadline), datetime.now().date()
+    if (when.date() - today).days == 1:
+        return f"running until {when:%H:%M} tomorrow ({when:%Y-%m-%d})"
+    return f"running until {when:%Y-%m-%d %H:%M}"
 
 
 def _to_do_line(counts: dict[str, int], to_do: int, retry_failed: bool) -> str:

@@ -21,6 +21,7 @@ import click
 from batchfuse.plan.planner import Planner
 from batchfuse.records import Job
 from batchfuse.review.export import WRITERS, atomic_text_file, write_export
+from batchfuse.review.own_files import check_not_own_file
 from batchfuse.review.reading import reading_job
 from batchfuse.review.report import summary_line, write_report
 from batchfuse.store.queries import Store
@@ -67,9 +68,11 @@ def default_report_name(job: str) -> str:
 @db_option
 def report(manifest: Path, output: Path | None, db: str | None) -> None:
     """Write a static HTML contact sheet of the job, with thumbnails; opens from disk."""
+    if output is not None:
+        check_not_own_file(output, manifest, db, "-o")
     with open_job(manifest, db) as reviewed:
         dest = output or manifest.parent / default_report_name(reviewed.job.name)
-        counts = reviewed.store.counts(reviewed.job)
+        counts = reviewed.store.shown_counts(reviewed.job)
         result = write_report(
             reviewed.store.item_rows(reviewed.job),
             counts=counts,
@@ -100,6 +103,8 @@ def report(manifest: Path, output: Path | None, db: str | None) -> None:
 @db_option
 def export(manifest: Path, fmt: str, output: Path | None, db: str | None) -> None:
     """One row per item (key, state, attempts, outputs, sha256, error, tokens) as CSV or JSON Lines."""
+    if output is not None and str(output) != "-":
+        check_not_own_file(output, manifest, db, "-o")
     with open_job(manifest, db) as reviewed, _destination(output) as out:
         write_export(reviewed.store.item_rows(reviewed.job), fmt, reviewed.output_dir, out)
 

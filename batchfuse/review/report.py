@@ -46,7 +46,7 @@ THUMB_FORMAT, THUMB_EXT = ("WEBP", ".webp") if features.check("webp") else ("JPE
 BATCH = 500
 #: Cards per page in the browser.
 PAGE_SIZE = 100
-STATES = ("succeeded", "failed", "pending", "running")
+STATES = ("succeeded", "failed", "pending", "running", "orphaned")
 #: Longest prompt or error shown on a card: a page of 10,000 items must stay a few MB.
 TEXT_LIMIT = 4000
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -348,7 +348,7 @@ def write_report(
     started = time.monotonic()
     dest = dest.resolve()
     folder = thumbs_dir_for(dest)
-    tally: Counter[str] = Counter({s: 0 for s in STATES})
+    tally: Counter[str] = Counter({s: 0 for s in STATES if s != "orphaned"})  # orphaned only when there are some
     resolver = RefResolver(manifest_dir)
     with (
         ThreadPoolExecutor(max_workers=workers or min(16, os.cpu_count() or 2)) as pool,
@@ -381,7 +381,9 @@ def summary_line(result: ReportResult) -> str:
     c, t = result.items, result.thumbnails
     line = (
         f"report: {result.path} — {c['total']} items: {c['succeeded']} succeeded, {c['failed']} failed, "
-        f"{c['pending']} pending, {c['running']} running; thumbnails: {t['made']} made, {t['reused']} reused"
+        f"{c['pending']} pending, {c['running']} running"
+        + (f", {c['orphaned']} orphaned" if c.get("orphaned") else "")
+        + f"; thumbnails: {t['made']} made, {t['reused']} reused"
     )
     if t["missing"] or t["unreadable"]:
         line += f", {t['missing']} missing, {t['unreadable']} unreadable"
@@ -415,14 +417,15 @@ def _head(job_name: str, output_dir: Path, counts: dict[str, int]) -> str:
     """Everything before the item data; the counts are in the HTML itself (readable without JS)."""
     e = html.escape
     total = counts.get("total", sum(counts.get(s, 0) for s in STATES))
+    shown = [s for s in STATES if s != "orphaned" or counts.get(s)]  # orphaned only when there are some
     count_items = "".join(
         f'<li data-count="{s}"><b>{counts.get(s, 0) if s != "total" else total}</b> {s}</li>'
-        for s in ("total", *STATES)
+        for s in ("total", *shown)
     )
     buttons = "".join(
         f'<button type="button" data-state="{s}" aria-pressed="{str(s == "all").lower()}">'
         f"{s} <span>{total if s == 'all' else counts.get(s, 0)}</span></button>"
-        for s in ("all", "failed", "succeeded", "pending", "running")
+        for s in ("all", "failed", "succeeded", "pending", *shown[3:])
     )
     made = time.strftime("%Y-%m-%d %H:%M")
     return _PAGE.substitute(

@@ -37,7 +37,8 @@ def _other_job(manifest_path: str) -> _OtherJob | None:
 
 
 def check_other_jobs(store: Store | None, planner: Planner) -> None:
-    """Refuse the plan if a name it claims is an output, recorded or planned, of another job in
+    """Refuse the plan if a name it claims is a recorded output of another item of this job (a
+    changed output.filename), or an output, recorded or planned, of another job in
     the database (a job whose manifest is this one, renamed, does not count), or an existing PNG
     that is not this job's recorded output and whose metadata names another job."""
     claims = planner.claims
@@ -49,7 +50,7 @@ def check_other_jobs(store: Store | None, planner: Planner) -> None:
 
     def wanted(name: str, manifest_path: str) -> bool:
         if name == job:
-            return bool(claims.existing)
+            return True  # its recorded outputs: no other item may be given one of them
         other = _other_job(manifest_path) if manifest_path != own else None
         mapped = claims.relative(other.root) if other else None
         if other is None or mapped is None:
@@ -70,6 +71,14 @@ def check_other_jobs(store: Store | None, planner: Planner) -> None:
     for found in job_outputs(store, job, wanted) if store is not None else ():
         if found.name == job:
             ours = {same_file_key(path) for _, path in found.recorded}
+            for their_key, path in found.recorded:
+                hit = claims.clash(same_file_key(path))
+                if hit is not None and hit[0][0] != their_key:
+                    add(hit[0], (
+                        f"{hit[1]!r} is the recorded output of item {printable(their_key)} of this job; "
+                        f"give output.filename a form that keeps item {printable(their_key)}'s name, "
+                        "or use another output.dir"
+                    ))
             continue
         other, mapped = others[found.name]
         names = list(found.recorded)

@@ -13,6 +13,7 @@ SQLITE_BUSY half-way through.  The driver's own implicit transactions are switch
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
     ArgumentError,
     DatabaseError,
@@ -31,7 +32,7 @@ from sqlalchemy.exc import (
     ProgrammingError,
 )
 
-from batchfuse.errors import BatchfuseError, InputError, StoreError, StoreSetupError
+from batchfuse.errors import BatchfuseError, InputError, StoreError, StoreSetupError, register_secret
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
 SCHEMA_HEAD = "0004"
 #: Every revision this batchfuse knows; any other was made by a newer one.
 KNOWN_REVISIONS = frozenset(f"{n:04d}" for n in range(1, int(SCHEMA_HEAD) + 1))
+#: A password query parameter in a URL that cannot be parsed: its value is hidden all the same.
+_PASSWORD_PARAM = re.compile(r"([?&][^=&]*password[^=&]*=)[^&]*", re.IGNORECASE)
 
 
 def _busy_timeout_ms() -> int:
@@ -53,16 +56,17 @@ def db_url(db: str) -> str:
     """A database given as a path or an SQLAlchemy URL, as a URL; an in-memory one is refused."""
     if "://" not in db:
         return "sqlite:///" + str(Path(db).expanduser().resolve())
+    register_url_secrets(db)
     try:
         parsed = make_url(db)
     except ArgumentError:
         raise StoreSetupError(
-            f"database {db!r} is neither a file path nor a database URL "
+            f"database {describe_url(db)!r} is neither a file path nor a database URL "
             "(like sqlite:///path/to/batchfuse.db or postgresql+psycopg://user@host/db)"
         ) from None
     if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
         raise InputError(
-            f"database {db}: an in-memory database forgets the job when the command ends; "
+            f"database {describe_url(db)}: an in-memory database forgets the job when the command ends; "
             "give a file path (or a PostgreSQL URL)"
         )
     return db
@@ -81,9 +85,34 @@ def missing_sqlite_file(url: str) -> Path | None:
     return None if path.exists() else path
 
 
+def _password_params(parsed: URL) -> dict[str, str | tuple[str, ...]]:
+    """The query parameters of ``parsed`` that hold a password (``password=``, ``sslpassword=``)."""
+    return {k: v for k, v in parsed.query.items() if "password" in k.lower()}
+
+
+def register_url_secrets(url: str) -> None:
+    """Make :func:`scrub` remove the URL's passwords (its userinfo and query ones) wherever they appear."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return
+    values = [parsed.password, *_password_params(parsed).values()]
+    for value in values:
+        for v in (value,) if isinstance(value, str) or value is None else value:
+            if v:
+                register_secret(str(v))
+
+
 def describe_url(url: str) -> str:
-    """The URL as it may be shown to a user: never with a password."""
-    return make_url(url).render_as_string(hide_password=True)
+    """The URL as it may be shown to a user: never with a password, in its userinfo or query."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return _PASSWORD_PARAM.sub(r"\1***", url)
+    hidden = _password_params(parsed)
+    if hidden:
+        parsed = parsed.update_query_dict({k: "***" for k in hidden})
+    return parsed.render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
 
 
 def _read_only_url(path: Path) -> str:

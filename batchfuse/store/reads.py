@@ -44,9 +44,39 @@ class StoreReads:
         result["total"] = sum(result.values())
         return result
 
+    def _live_runners(self, conn: Connection, job: Job) -> set[str]:
+        """The ids of the job's runners that are alive (an item claimed by any other is orphaned)."""
+        open_runs = conn.execute(
+            select(runs.c.runner_id, runs.c.host, runs.c.pid, runs.c.heartbeat_at).where(
+                runs.c.job_id == job.id, runs.c.ended_at.is_(None)
+            )
+        ).all()
+        now = time.time()
+        return {r.runner_id for r in open_runs if runner_alive(r.host, r.pid, r.heartbeat_at, now)}
+
+    def _in_flight(self, conn: Connection, job: Job) -> dict[str, int]:
+        """How many of the job's items each runner holds (state ``running``)."""
+        return dict(
+            conn.execute(
+                select(items.c.lease_owner, func.count())
+                .where(items.c.job_id == job.id, items.c.in_plan, items.c.state == ItemState.running.value)
+                .group_by(items.c.lease_owner)
+            ).all()
+        )
+
+    def shown_counts(self, job: Job) -> dict[str, int]:
+        """:meth:`counts` as status, report and export show them: ``running`` only for items a
+        live runner holds; those claimed by a runner that is gone are ``orphaned`` (they run next time)."""
+        counts = self.counts(job)
+        with self._read() as conn:
+            in_flight = self._in_flight(conn, job)
+            live = self._live_runners(conn, job) if in_flight else set()
+        orphaned = sum(n for owner, n in in_flight.items() if owner not in live)
+        return {**counts, "running": counts["running"] - orphaned, "orphaned": orphaned}
+
     def status(self, job: Job) -> dict[str, Any]:
         """Everything ``batchfuse status`` shows."""
-        counts = self.counts(job)
+        counts = self.shown_counts(job)
         with self._read() as conn:
             n_attempts, tokens = conn.execute(
                 select(func.count(attempts.c.id), func.coalesce(func.sum(attempts.c.total_tokens), 0))
@@ -84,28 +114,15 @@ class StoreReads:
             run_rows = conn.execute(
                 select(runs).where(runs.c.job_id == job.id).order_by(runs.c.started_at.desc()).limit(10)
             ).all()
-            in_flight = dict(
-                conn.execute(
-                    select(items.c.lease_owner, func.count())
-                    .where(items.c.job_id == job.id, items.c.in_plan, items.c.state == ItemState.running.value)
-                    .group_by(items.c.lease_owner)
-                ).all()
-            )
-            open_runs = conn.execute(
-                select(runs.c.runner_id, runs.c.host, runs.c.pid, runs.c.heartbeat_at).where(
-                    runs.c.job_id == job.id, runs.c.ended_at.is_(None)
-                )
-            ).all()
+            in_flight = self._in_flight(conn, job)
+            live = self._live_runners(conn, job)
         now = time.time()
-        live = {r.runner_id for r in open_runs if runner_alive(r.host, r.pid, r.heartbeat_at, now)}
-        # claimed by a runner that is gone: they are not running, and the next run takes them
-        orphaned = sum(n for owner, n in in_flight.items() if owner not in live)
         worked = [r for r in run_rows if (r.succeeded + r.failed) and (r.ended_at or r.heartbeat_at) > r.started_at]
         throughput = None
         if worked:
             last = worked[0]
             throughput = (last.succeeded + last.failed) / ((last.ended_at or now) - last.started_at)
-        left = counts["pending"] + counts["running"]
+        left = counts["pending"] + counts["running"] + counts["orphaned"]
         return {
             "job": job.name,
             "items_per_s": throughput,
@@ -115,8 +132,8 @@ class StoreReads:
                 "succeeded": counts["succeeded"],
                 "failed": counts["failed"],
                 "pending": counts["pending"],
-                "running": counts["running"] - orphaned,
-                "orphaned": orphaned,
+                "running": counts["running"],
+                "orphaned": counts["orphaned"],
                 "removed": removed,
             },
             "attempts": n_attempts,
@@ -175,7 +192,10 @@ class StoreReads:
             )
 
     def item_rows(self, job: Job) -> Iterator[dict[str, Any]]:
-        """Every item in the plan with its outputs, a page at a time (for export and reports)."""
+        """Every item in the plan with its outputs, a page at a time (for export and reports); an
+        item claimed by a runner that is gone is in the state ``orphaned``, as in :meth:`shown_counts`."""
+        with self._read() as conn:
+            live = self._live_runners(conn, job)
         last = -1
         while True:
             with self._read() as conn:
@@ -203,7 +223,7 @@ class StoreReads:
             for r in page:
                 yield {
                     "key": r.key,
-                    "state": r.state,
+                    "state": "orphaned" if r.state == ItemState.running.value and r.lease_owner not in live else r.state,
                     "attempts": r.attempts,
                     "spec": json.loads(r.spec),
                     "error_class": r.error_class,
