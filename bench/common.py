@@ -26,6 +26,8 @@ from typing import Any
 
 import yaml
 
+from batchfuse.mock.manifests import mock_job
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 #: The interpreter running the benchmarks (the project's .venv): every child uses it too.
@@ -343,29 +345,14 @@ def last_json_line(text: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------------- helpers
 
 
+#: A benchmark job's limits: wide concurrency, patient timeouts.
+BENCH_LIMITS = {"concurrency": 64, "requests_per_minute": None, "max_attempts": 8, "timeout_s": 60,
+                "backoff_base_s": 0.5, "backoff_max_s": 30}
+
+
 def manifest(url: str, job: str, **sections: Any) -> dict[str, Any]:
-    """A Gemini manifest against the mock at ``url``; ``sections`` add or replace top-level keys
-    (dicts are merged one level deep)."""
-    data: dict[str, Any] = {
-        "job": job,
-        "provider": {"kind": "gemini", "base_url": url, "model": MODEL, "api_key_env": KEY_ENV},
-        "defaults": {"aspect_ratio": "1:1", "image_size": "1K"},
-        "limits": {
-            "concurrency": 64,
-            "requests_per_minute": None,
-            "max_attempts": 8,
-            "timeout_s": 60,
-            "backoff_base_s": 0.5,
-            "backoff_max_s": 30,
-        },
-        "output": {"dir": "out", "filename": "{item}.png"},
-    }
-    for key, value in sections.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key] = {**data[key], **value}
-        else:
-            data[key] = value
-    return data
+    """A Gemini manifest against the mock at ``url`` with the benchmarks' limits."""
+    return mock_job(url, job, KEY_ENV, BENCH_LIMITS, **sections)
 
 
 def write_manifest(path: Path, data: dict[str, Any]) -> Path:

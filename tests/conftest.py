@@ -26,6 +26,7 @@ from click.testing import CliRunner
 
 from batchfuse.cli import main
 from batchfuse.mock import MockConfig, MockServerThread
+from batchfuse.mock.manifests import mock_job
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_IMAGES = ROOT / "jobs" / "images"
@@ -144,33 +145,13 @@ def items(n: int, prefix: str = "i", prompt: str = "prompt {i}") -> list[dict[st
     return [{"id": f"{prefix}{i:03d}", "prompt": prompt.format(i=i)} for i in range(n)]
 
 
+#: Small limits and fast timeouts: tests wait for conditions, never for a long backoff.
+TEST_LIMITS = {"concurrency": 4, "requests_per_minute": None, "max_attempts": 4, "timeout_s": 5, "backoff_base_s": 0.01}
+
+
 def manifest(base_url: str, items: list[dict[str, Any]], **overrides: Any) -> dict[str, Any]:
     """A manifest dict for tests: small limits, fast timeouts; ``overrides`` replace sections."""
-    data: dict[str, Any] = {
-        "job": "test-job",
-        "provider": {
-            "kind": "gemini",
-            "base_url": base_url,
-            "model": "gemini-3-pro-image-preview",
-            "api_key_env": "DMXAPI_KEY",
-        },
-        "defaults": {"aspect_ratio": "1:1", "image_size": "1K"},
-        "limits": {
-            "concurrency": 4,
-            "requests_per_minute": None,
-            "max_attempts": 4,
-            "timeout_s": 5,
-            "backoff_base_s": 0.01,
-        },
-        "output": {"dir": "out", "filename": "{item}.png"},
-        "items": items,
-    }
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key] = {**data[key], **value}
-        else:
-            data[key] = value
-    return data
+    return mock_job(base_url, "test-job", "DMXAPI_KEY", TEST_LIMITS, **{"items": items, **overrides})
 
 
 # -- a job to review (report and export tests, in the integration and acceptance tiers) --------
