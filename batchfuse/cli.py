@@ -59,6 +59,7 @@ class Group(click.Group):
         "export": "batchfuse.review.cli_review:export",
         "mock-server": "batchfuse.mock.cli:mock_server",
         "schema": "batchfuse.plan.schema:schema",
+        "models": "batchfuse.plan.models_cmd:models",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -152,6 +153,10 @@ def validate(manifest: Path, db: str | None) -> None:
     env = m.provider.api_key_env
     click.echo(f"{manifest}: ok — job {m.job!r}, {plural(loaded.items, 'item')}")
     click.echo(f"provider: {m.provider.kind} {m.provider.model} at {m.provider.base_url}")
+    for warning in loaded.planner.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    for line in _fitted_lines(loaded.planner.fitted):
+        click.echo(line)
     click.echo(_plan_line(plan))
     to_send = plan.new + plan.changed + plan.to_run + plan.to_retry
     click.echo(
@@ -169,6 +174,18 @@ def validate(manifest: Path, db: str | None) -> None:
         click.echo("first request: " + json.dumps(request, ensure_ascii=False))
     if m.provider.base_url != "mock" and env and not os.environ.get(env):
         click.echo(f"warning: {env} is not set; run needs it", err=True)
+
+
+def _fitted_lines(fitted: dict[str, Any], shown: int = 10) -> list[str]:
+    """What ``reference_images.fit`` did, item by item (the first ``shown``)."""
+    if not fitted:
+        return []
+    lines = [f"fitted to the request limit: {plural(len(fitted), 'item')} (reference images re-encoded)"]
+    for key, how in list(fitted.items())[:shown]:
+        lines.append(f"  {key}: {how.before / 2**20:.1f} MB -> {how.after / 2**20:.1f} MB at {how.step}")
+    if len(fitted) > shown:
+        lines.append(f"  ... and {len(fitted) - shown} more")
+    return lines
 
 
 @main.command()
