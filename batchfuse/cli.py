@@ -164,7 +164,12 @@ def validate(manifest: Path, db: str | None) -> None:
         f"concurrency {m.limits.concurrency}, {m.limits.requests_per_minute or 'no'} requests/minute"
     )
     cost = f", about {est.cost:,.2f} in money" if est.cost is not None else " (set pricing for money)"
-    click.echo(f"estimate: {est.images:,} images, {est.tokens:,} output tokens{cost}")
+    if est.cost is None and est.list_cost is not None:
+        cost = f", about ${est.list_cost:,.2f} at the catalog's list prices (set pricing for your own)"
+    thinking = "" if est.thoughts == 0 else (
+        " + thinking tokens (unknown until the first replies report them)" if est.thoughts is None
+        else f" + about {est.thoughts:,} thinking tokens (the job's average so far)")
+    click.echo(f"estimate: {est.images:,} images, {est.tokens:,} output tokens{thinking}{cost}")
     budget = [f"max_images {m.limits.max_images}" if m.limits.max_images else "",
               f"max_cost {m.limits.max_cost:g}" if m.limits.max_cost else ""]
     if any(budget):

@@ -185,6 +185,8 @@ class AttemptRecord:
     prompt_tokens: int | None = None
     output_tokens: int | None = None
     total_tokens: int | None = None
+    #: Thinking tokens the reply reported (``thoughtsTokenCount``), billed as output.
+    thoughts_tokens: int | None = None
     finish_reason: str | None = None
     block_reason: str | None = None
     text: str | None = None

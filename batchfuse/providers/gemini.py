@@ -42,6 +42,8 @@ MAX_REQUEST_BYTES = 20_971_520
 #: Most images one item may ask for with ``variants`` (each is its own request).
 MAX_VARIANTS = 16
 SEED_MAX = 2**31 - 1
+#: An aspect ratio as the APIs write it (which ones a model takes is checked against its rules).
+RATIO = r"^[1-9][0-9]{0,2}:[1-9][0-9]{0,2}$"
 #: ``safetySettings[].category`` and ``.threshold`` values of the Gemini API (HarmCategory,
 #: HarmBlockThreshold: https://ai.google.dev/gemini-api/docs/safety-settings).
 HARM_CATEGORIES = ("HARM_CATEGORY_HARASSMENT", "HARM_CATEGORY_HATE_SPEECH", "HARM_CATEGORY_SEXUALLY_EXPLICIT",
@@ -75,7 +77,7 @@ class GeminiParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     #: Checked against the model's rules (catalog or ``provider.model_info``) by :meth:`GeminiProvider.check`.
-    aspect_ratio: str = "1:1"
+    aspect_ratio: str = Field("1:1", pattern=RATIO)
     image_size: str = "1K"
     response_modalities: tuple[Literal["TEXT", "IMAGE"], ...] = ("IMAGE",)
     google_search: bool = False

@@ -68,7 +68,7 @@ class OpenAIImagesParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     #: An aspect ratio, checked against the model's rules by :meth:`OpenAIImagesProvider.check`.
-    size: str = "1:1"
+    size: str = Field("1:1", pattern=r"^[1-9][0-9]{0,2}:[1-9][0-9]{0,2}$")
     response_format: Literal["url", "b64_json"] = "url"
     n: int = Field(1, ge=1, le=10)
     # Controls the relay does not take: accepted here only to be refused by name (see NOT_TAKEN).

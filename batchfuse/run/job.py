@@ -25,7 +25,7 @@ from batchfuse.outputs.files import OutputFolder
 from batchfuse.outputs.marker import check_output_folder
 from batchfuse.plan.catalog import raw_items
 from batchfuse.plan.manifest import did_you_mean
-from batchfuse.plan.preview import Loaded, cost_per_image, load, mock_config
+from batchfuse.plan.preview import Loaded, cost_per_image, cost_per_token, load, mock_config
 from batchfuse.providers.base import ProviderContext
 from batchfuse.providers.fetch import Fetcher, origin
 from batchfuse.records import Job, PlanSummary
@@ -161,6 +161,7 @@ def scheduler_config(loaded: Loaded, options: RunOptions, only: list[str] | None
         max_images=m.limits.max_images,
         max_cost=m.limits.max_cost,
         cost_per_image=cost_per_image(loaded),
+        cost_per_token=cost_per_token(loaded),
         images_per_item=loaded.planner.provider.images_per_item,
         deadline=options.deadline,
         grace_s=options.grace_s,
