@@ -111,11 +111,16 @@ class Planner:
         #: Items whose reference images were re-encoded to fit the request limit (key -> how).
         self.fitted: dict[str, Fitted] = {}
         try:
-            self.defaults = self.provider.Params.model_validate(self.manifest.defaults).model_dump()
+            defaults = self.provider.Params.model_validate(self.manifest.defaults)
         except ValidationError as exc:
             raise ManifestProblems(
                 validation_problems(exc, self.file, self.provider.Params, prefix="defaults")
             ) from None
+        self.defaults = defaults.model_dump()
+        # a default the model does not take is said once, not for every item
+        broken = [p for p in self.provider.check(self.model, defaults, []) if p.field in self.manifest.defaults]
+        if broken:
+            raise ManifestProblems([ManifestError(self.file, p.message, field=f"defaults.{p.field}") for p in broken])
         self.param_names = tuple(self.provider.Params.model_fields)
         try:
             numbered = "n" in fields_of(self.manifest.output.filename)
@@ -290,7 +295,7 @@ class Planner:
         if spec is None:
             return None
         planned = []
-        for variant_key, variant_spec in variants(key, spec, getattr(params, "variants", 1)):
+        for variant_key, variant_spec in variants(key, spec, getattr(params, "variants", None) or 1):
             try:  # named exactly as the runner will name them, every image of the request
                 names = item_names(
                     self.manifest.output.filename, variant_spec, self.provider.images_per_item(variant_spec.params)

@@ -105,7 +105,7 @@ def estimate(loaded: Loaded, settled: dict[str, str], thoughts_per_request: floa
         size = _size_of(entry, row.spec.params)
         price = entry.price_per_image(size) if size is not None and entry.checked else None
         list_cost = None if list_cost is None or price is None else list_cost + n * price
-    thinks = entry.thought_images or bool(entry.thinking_levels) or not entry.checked
+    thinks = provider.REPORTS_THOUGHTS and (entry.thought_images or bool(entry.thinking_levels) or not entry.checked)
     thoughts = round(requests * thoughts_per_request) if thoughts_per_request is not None else (None if thinks else 0)
     pricing = loaded.manifest.pricing
     cost = None

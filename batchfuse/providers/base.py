@@ -97,6 +97,8 @@ class Provider(ABC):
     MODELS: ClassVar[tuple[str, ...]]
     #: Largest request body in bytes when the model's entry does not say (None: no known limit).
     MAX_REQUEST_BYTES: ClassVar[int | None] = None
+    #: Whether replies report thinking tokens (``Reply.thoughts_tokens``) for a model that thinks.
+    REPORTS_THOUGHTS: ClassVar[bool] = False
     #: The provider's own keys under ``provider:`` (errors name ``provider.<field>``).
     Config: ClassVar[type[BaseModel]] = NoConfig
 

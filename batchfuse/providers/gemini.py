@@ -42,6 +42,8 @@ MAX_REQUEST_BYTES = 20_971_520
 #: Most images one item may ask for with ``variants`` (each is its own request).
 MAX_VARIANTS = 16
 SEED_MAX = 2**31 - 1
+#: Every ``imageSize`` any Gemini image model makes.
+SIZES = ("512", "1K", "2K", "4K")
 #: An aspect ratio as the APIs write it (which ones a model takes is checked against its rules).
 RATIO = r"^[1-9][0-9]{0,2}:[1-9][0-9]{0,2}$"
 #: ``safetySettings[].category`` and ``.threshold`` values of the Gemini API (HarmCategory,
@@ -119,6 +121,7 @@ class GeminiProvider(Provider):
     Params = GeminiParams
     MODELS: ClassVar[tuple[str, ...]] = MODELS
     MAX_REQUEST_BYTES = MAX_REQUEST_BYTES
+    REPORTS_THOUGHTS = True
     #: A reply may carry more images than asked for; they are kept, named ``-1``, ``-2``, ...
     MAY_ADD_IMAGES = True
 
@@ -137,7 +140,9 @@ class GeminiProvider(Provider):
                 "aspect_ratio", f"must be one of {', '.join(entry.aspect_ratios)} (got {params.aspect_ratio!r})"
             ))
         if params.image_size not in entry.sizes:
-            problems.append(Problem("image_size", f"{name} makes {', '.join(entry.sizes)} images only"))
+            problems.append(Problem("image_size", f"{name} makes {', '.join(entry.sizes)} images only"
+                                    if params.image_size in SIZES else
+                                    f"must be one of {', '.join(entry.sizes)} (got {params.image_size!r})"))
         if params.google_search and "googleSearch" not in entry.tools:
             problems.append(Problem("google_search", f"{name} does not take tools"))
         elif params.google_search and "TEXT" not in params.response_modalities:
