@@ -12,7 +12,9 @@ Gemini provider checks the real body before it sends).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from batchfuse.images import ImageInfo, ImageProblem, b64_len, encode, read_file
@@ -61,7 +63,19 @@ class BodySizer:
         return hit
 
     def size(self, spec: ItemSpec, infos: list[ImageInfo | None], fit: str | None) -> int:
-        return self.body(spec, [self.image_b64(r, i, fit if i is not None else None) for r, i in zip(spec.images, infos, strict=True)])
+        pairs = list(zip(spec.images, infos, strict=True))
+        todo = [(r, i) for r, i in pairs if i is not None and (r.digest, fit) not in self._sizes
+                and not (fit is None and i.sent_as_is(self.max_side))]
+        if len(todo) > 1:  # encode the item's images side by side (Pillow lets go of the GIL)
+            with ThreadPoolExecutor(max_workers=min(len(todo), os.cpu_count() or 1, 4)) as pool:
+                list(pool.map(lambda pair: self._try(pair[0], pair[1], fit), todo))
+        return self.body(spec, [self.image_b64(r, i, fit if i is not None else None) for r, i in pairs])
+
+    def _try(self, ref: ImageRef, info: ImageInfo, fit: str | None) -> None:
+        try:
+            self.image_b64(ref, info, fit)
+        except ImageProblem:  # memoized; raised again where the sizes are read
+            pass
 
     def fit(self, spec: ItemSpec, infos: list[ImageInfo | None], limit: int, steps: list[str]) -> tuple[ItemSpec, Fitted] | int:
         """The spec with the gentlest step that fits (found by bisection: later steps are smaller),

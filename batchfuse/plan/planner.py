@@ -118,7 +118,7 @@ class Planner:
             ) from None
         self.defaults = defaults.model_dump()
         # a default the model does not take is said once, not for every item
-        broken = [p for p in self.provider.check(self.model, defaults, []) if p.field in self.manifest.defaults]
+        broken = [p for p in self.provider.check(self.model, defaults, []) if p.alone and p.field in self.manifest.defaults]
         if broken:
             raise ManifestProblems([ManifestError(self.file, p.message, field=f"defaults.{p.field}") for p in broken])
         self.param_names = tuple(self.provider.Params.model_fields)

@@ -59,6 +59,9 @@ class Problem:
 
     field: str
     message: str
+    #: Whether the field's value alone breaks the rule (so a default with it is wrong for every
+    #: item); False when it depends on other parameters an item may set.
+    alone: bool = True
 
 
 class NoConfig(BaseModel):

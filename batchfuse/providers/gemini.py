@@ -146,7 +146,7 @@ class GeminiProvider(Provider):
         if params.google_search and "googleSearch" not in entry.tools:
             problems.append(Problem("google_search", f"{name} does not take tools"))
         elif params.google_search and "TEXT" not in params.response_modalities:
-            problems.append(Problem("google_search", "needs response_modalities [TEXT, IMAGE]"))
+            problems.append(Problem("google_search", "needs response_modalities [TEXT, IMAGE]", alone=False))
         if params.thinking_level is not None:
             if not entry.thinking_levels:
                 problems.append(Problem("thinking_level", f"{name} does not take a thinking level"))

@@ -215,6 +215,8 @@ async def run_job(
     options = options or RunOptions()
     control = control or RunControl()
     loaded = await asyncio.to_thread(load, path)
+    for warning in loaded.planner.warnings:  # an unlisted model: said once, as validate says it
+        log.warning(warning, extra={"event": "warning"})
     credentials = loaded.planner.provider.credentials(
         loaded.manifest.provider.api_key_env, loaded.planner.provider_config, str(loaded.path),
         mock=loaded.manifest.provider.base_url == "mock",

@@ -51,6 +51,7 @@ def test_an_unlisted_model_warns_once_and_the_api_decides(job, mock):
     run = cli("run", job.manifest)
     assert run.exit_code == 3, run.stderr
     assert "404" in run.stderr and "acme-image-9" in run.stderr
+    assert run.stderr.count("model acme-image-9 is not in the catalog: rules and prices unchecked") == 1
     assert job.sql("SELECT DISTINCT outcome, http_status FROM attempts") == [("fatal", 404)]
     assert set(job.state_of().values()) == {"pending"}
 
@@ -209,3 +210,18 @@ def test_controls_left_unset_keep_the_spec_of_older_plans(job, mock):
     params = {"aspect_ratio": "4:5", "image_size": "1K", "response_modalities": ["IMAGE"], "google_search": False}
     expected = spec_hash("gemini", "gemini-3-pro-image-preview", "p", params, [])
     assert job.scalar("SELECT spec_hash FROM items") == expected
+
+
+def test_declared_rules_the_api_refuses_end_in_rejected_items(job, mock):
+    """model_info over a catalog entry: what the API then refuses (400) rejects the item, it does
+    not stop the run."""
+    info = {"takes_image_size": True, "sizes": ["1K", "2K"]}
+    job.write(manifest(mock.url, [{"id": "big", "prompt": "p", "image_size": "2K"}, {"id": "small", "prompt": "q"}],
+                       provider=_provider(mock, "gemini-2.5-flash-image", model_info=info)))
+    run = cli("run", job.manifest)
+    assert run.exit_code == 1, run.stderr
+    # 2.5 Flash Image takes no imageSize, which the declared rules now send for both items
+    assert job.state_of() == {"big": "failed", "small": "failed"}
+    outcomes = {row[0] for row in job.sql("SELECT outcome FROM attempts")}
+    assert outcomes == {"rejected"}
+    assert all(r["status"] == 400 for r in generation_requests(mock))

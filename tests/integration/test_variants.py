@@ -19,7 +19,7 @@ def test_variants_make_one_request_each_with_their_own_seed_and_name(job, mock):
     assert "6 items" in result.stdout and "would send 6 requests" in result.stdout
     run = cli("run", job.manifest)
     assert run.exit_code == 0, run.stderr
-    assert sorted(p.name for p in job.out.iterdir()) == [
+    assert sorted(p.name for p in job.out.glob("*.png")) == [
         "cup-1.png", "cup-2.png", "mug-1.png", "mug-2.png", "mug-3.png", "plate.png"]
     rows = dict(job.sql("SELECT items.key, outputs.path FROM outputs JOIN items ON items.id = outputs.item_id"))
     assert rows == {"mug#1": "mug-1.png", "mug#2": "mug-2.png", "mug#3": "mug-3.png",
@@ -45,7 +45,7 @@ def test_fewer_variants_keep_the_ones_made_and_more_make_only_the_new(job, mock)
     assert "2 new, 0 changed, 2 unchanged done" in plan.stdout, plan.stdout
     assert cli("run", job.manifest).exit_code == 0
     assert len(generation_requests(mock)) == 4
-    assert sorted(p.name for p in job.out.iterdir()) == ["mug-1.png", "mug-2.png", "mug-3.png", "mug-4.png"]
+    assert sorted(p.name for p in job.out.glob("*.png")) == ["mug-1.png", "mug-2.png", "mug-3.png", "mug-4.png"]
 
 
 def test_variant_in_the_filename_template(job, mock):
