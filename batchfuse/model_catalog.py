@@ -214,6 +214,11 @@ class PricePerImage(BaseModel):
     online: dict[str, float] = Field(default_factory=dict)
     batch: dict[str, float] = Field(default_factory=dict)
 
+    @field_validator("online", "batch", mode="before")
+    @classmethod
+    def _sizes_as_text(cls, v: Any) -> Any:
+        return {str(k) if isinstance(k, int) else k: x for k, x in v.items()} if isinstance(v, dict) else v
+
 
 class ModelInfo(BaseModel):
     """``provider.model_info``: the rules and price of a model the catalog does not list (or
@@ -235,6 +240,18 @@ class ModelInfo(BaseModel):
     output_tokens_per_image: dict[Literal["512", "1K", "2K", "4K"], int] | None = None
     price_per_image_usd: PricePerImage | None = None
     max_request_bytes: int | None = Field(None, ge=1024, le=10**10)
+
+    @field_validator("sizes", "relay_size", "output_tokens_per_image", mode="before")
+    @classmethod
+    def _sizes_as_text(cls, v: Any) -> Any:
+        """``512`` written unquoted is the size ``"512"``."""
+        if isinstance(v, int) and not isinstance(v, bool):
+            return str(v)
+        if isinstance(v, list):
+            return [str(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in v]
+        if isinstance(v, dict):
+            return {str(k) if isinstance(k, int) else k: x for k, x in v.items()}
+        return v
 
     @field_validator("aspect_ratios")
     @classmethod

@@ -100,6 +100,11 @@ class GeminiParams(BaseModel):
             raise ValueError("must be [IMAGE] or [TEXT, IMAGE]")
         return ("TEXT", "IMAGE") if "TEXT" in v else ("IMAGE",)
 
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _size_as_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v  # image_size: 512, unquoted
+
     @field_validator("seed")
     @classmethod
     def _seed(cls, v: int | str | None) -> int | str | None:

@@ -64,3 +64,13 @@ def test_resolve_unlisted_declared_and_listed():
     assert declared.checked and declared.sizes == ("2K",) and declared.origin == "model_info"
     over = resolve("gemini-3-pro-image-preview", "gemini", ModelInfo(max_reference_images=3))
     assert over.max_reference_images == 3 and over.sizes == ("1K", "2K", "4K")
+
+
+def test_size_512_may_be_written_unquoted():
+    from batchfuse.providers.gemini import GeminiParams
+
+    assert GeminiParams(image_size=512).image_size == "512"
+    info = ModelInfo.model_validate({"sizes": [512, "1K"], "price_per_image_usd": {"online": {512: 0.01}},
+                                     "output_tokens_per_image": {512: 700}})
+    assert info.sizes == ["512", "1K"] and info.output_tokens_per_image == {"512": 700}
+    assert resolve("x", "gemini", info).price_per_image("512") == 0.01
