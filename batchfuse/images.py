@@ -152,7 +152,7 @@ def normalize(data: bytes, max_side: int = DEFAULT_MAX_SIDE) -> tuple[str, bytes
     if len(encoded) > MAX_INLINE_BYTES:
         raise ImageProblem(
             f"image is {len(encoded) // 1_000_000} MB after scaling to {max_side} px; "
-            f"lower images.max_side to fit the API's inline limit"
+            f"lower reference_images.max_side to fit the API's inline limit"
         )
     return mime, encoded
 

@@ -171,19 +171,28 @@ def scheduler_config(loaded: Loaded, options: RunOptions, only: list[str] | None
     )
 
 
-def check_only(loaded: Loaded, only: list[str] | None) -> None:
-    """``--only`` keys must name items of the manifest (InputError naming the others)."""
+def check_only(loaded: Loaded, only: list[str] | None) -> list[str] | None:
+    """``--only`` keys must name items of the manifest (InputError naming the others); an item
+    with ``variants`` stands for all its variant rows (``mug`` -> ``mug#1``, ``mug#2``, ...)."""
     if not only:
-        return
+        return only
     keys = [r.key for r in raw_items(loaded.manifest, loaded.path) if not isinstance(r, ManifestError)]
     known = set(keys)
-    unknown = [k for k in dict.fromkeys(only) if k not in known]
+    variant_rows: dict[str, list[str]] = {}
+    if any("#" in k for k in only) or getattr(loaded.planner.provider.Params, "model_fields", {}).get("variants"):
+        for row in loaded.planner.rows([]):
+            base, sep, number = row.key.rpartition("#")
+            if sep and number.isdigit() and row.key not in known:
+                variant_rows.setdefault(base, []).append(row.key)
+    rows = {k for group in variant_rows.values() for k in group}
+    unknown = [k for k in dict.fromkeys(only) if k not in known and k not in rows]
     if unknown:
         hint = did_you_mean(unknown[0], keys)
         raise InputError(
             f"{loaded.path}: --only: job {loaded.manifest.job!r} has no item "
             f"{', '.join(repr(k) for k in unknown)}{hint} (keys are the items' ids, case-sensitive)"
         )
+    return [key for k in dict.fromkeys(only) for key in variant_rows.get(k, [k])]
 
 
 async def _take_job(store: Store, db: AsyncStore, loaded: Loaded, options: RunOptions) -> tuple[Job, int, str]:
@@ -221,7 +230,7 @@ async def run_job(
         loaded.manifest.provider.api_key_env, loaded.planner.provider_config, str(loaded.path),
         mock=loaded.manifest.provider.base_url == "mock",
     )
-    await asyncio.to_thread(check_only, loaded, options.only)
+    only_keys = await asyncio.to_thread(check_only, loaded, options.only)
     m = loaded.manifest
     store = await asyncio.to_thread(open_store, loaded, options.db)
     db = AsyncStore(store)
@@ -238,7 +247,7 @@ async def run_job(
                 await db.retry_failed(job)
             if not shared:  # alone on the job: whatever is in the temp folder is a dead run's
                 await asyncio.to_thread(outputs.clean_temp)
-            only = options.only
+            only = only_keys
             if options.sample:
                 keys = await db.runnable_keys(job, m.limits.max_attempts)
                 only = spread(keys, options.sample)

@@ -53,3 +53,16 @@ def test_variant_in_the_filename_template(job, mock):
                        output={"filename": "{item}/v{variant}.png"}))
     assert cli("run", job.manifest).exit_code == 0
     assert sorted(str(p.relative_to(job.out)) for p in job.out.rglob("*.png")) == ["mug/v1.png", "mug/v2.png"]
+
+
+def test_only_takes_an_item_for_all_its_variants_or_one_variant(job, mock):
+    job.write(manifest(mock.url, [{"id": "mug", "prompt": "a mug", "variants": 3}, {"id": "cup", "prompt": "a cup"}]))
+    one = cli("run", job.manifest, "--only", "mug#2")
+    assert one.exit_code == 0, one.stderr
+    assert {k for k, s in job.state_of().items() if s == "succeeded"} == {"mug#2"}
+    rest = cli("run", job.manifest, "--only", "mug")
+    assert rest.exit_code == 0, rest.stderr
+    assert {k for k, s in job.state_of().items() if s == "succeeded"} == {"mug#1", "mug#2", "mug#3"}
+    assert len(generation_requests(mock)) == 3
+    wrong = cli("run", job.manifest, "--only", "mug#9")
+    assert wrong.exit_code == 2 and "has no item 'mug#9'" in wrong.stderr
