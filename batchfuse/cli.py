@@ -172,7 +172,7 @@ def validate(manifest: Path, db: str | None) -> None:
     thinking = "" if est.thoughts == 0 else (
         " + thinking tokens (unknown until the first replies report them)" if est.thoughts is None
         else f" + about {est.thoughts:,} thinking tokens (the job's average so far)")
-    click.echo(f"estimate: {est.images:,} images, {est.tokens:,} output tokens{thinking}{cost}")
+    click.echo(f"estimate: {est.images:,} image{'' if est.images == 1 else 's'}, {est.tokens:,} output tokens{thinking}{cost}")
     budget = [f"max_images {m.limits.max_images}" if m.limits.max_images else "",
               f"max_cost {m.limits.max_cost:g}" if m.limits.max_cost else ""]
     if any(budget):

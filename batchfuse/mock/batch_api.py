@@ -58,7 +58,7 @@ async def handle_create_batch(request: web.Request) -> web.StreamResponse:
     entry["model"] = model
     if refused is not None:
         return state.finish(entry, refused)
-    spec = gemini_model(model)
+    spec = gemini_model(model, state.config.model_aliases)
     if spec is None:
         return state.finish(entry, model_not_found(model, "v1beta", "batchGenerateContent"))
     try:

@@ -106,6 +106,9 @@ class MockConfig:
     #: OpenAI ``url`` replies: link results under this base URL instead of the request's own
     #: scheme and host (a relay handing out links to another host, or to its LAN address).
     result_base: str | None = None
+    #: More model names to serve, each like the catalog model it maps to (a relay or an API that
+    #: offers a model the catalog does not list yet): ``{"my-new-model": "gemini-2.5-flash-image"}``.
+    model_aliases: dict[str, str] = dataclasses.field(default_factory=dict)
     #: Files in this folder are served at ``GET /files/{name}`` (reference images over http).
     static_dir: str | None = None
     #: Keep each request's parsed JSON body in the request log.

@@ -183,7 +183,7 @@ async def handle_generate_content(request: web.Request) -> web.StreamResponse:
         return state.finish(entry, refused)
     key = request.headers["x-goog-api-key"]
     entry["key_ok"] = True
-    spec = gemini_model(model)
+    spec = gemini_model(model, state.config.model_aliases)
     if spec is None:
         return state.finish(entry, model_not_found(model, version, method))
     files = files_of(request.app)

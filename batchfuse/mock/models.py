@@ -6,6 +6,8 @@ Sizes, ratios, token counts and request rules all come from ``batchfuse/model_ca
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from batchfuse.model_catalog import ModelEntry, load_catalog
 
 #: Output tokens the mock reports as ``thoughtsTokenCount`` per interim image. No source gives
@@ -13,15 +15,16 @@ from batchfuse.model_catalog import ModelEntry, load_catalog
 THOUGHT_IMAGES_PER_REPLY = 1
 
 
-def gemini_model(name: str) -> ModelEntry | None:
-    """The catalog entry of a model served by ``generateContent``, or ``None``."""
-    entry = load_catalog().models.get(name)
+def gemini_model(name: str, aliases: Mapping[str, str] | None = None) -> ModelEntry | None:
+    """The catalog entry of a model served by ``generateContent``, or ``None``; ``aliases`` (the
+    mock's ``model_aliases``) serves more names, each like the catalog model it names."""
+    entry = load_catalog().models.get((aliases or {}).get(name, name))
     return entry if entry is not None and entry.serves("gemini") else None
 
 
-def openai_model(name: str) -> ModelEntry | None:
+def openai_model(name: str, aliases: Mapping[str, str] | None = None) -> ModelEntry | None:
     """The catalog entry of a model name the OpenAI-compatible relay serves, or ``None``."""
-    entry = load_catalog().models.get(name)
+    entry = load_catalog().models.get((aliases or {}).get(name, name))
     return entry if entry is not None and entry.serves("openai_images") else None
 
 

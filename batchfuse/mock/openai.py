@@ -183,7 +183,7 @@ async def parse_request(body: dict[str, Any], request: web.Request, state: MockS
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("model is required and must be a string.", param="model")
-    entry = openai_model(model)
+    entry = openai_model(model, state.config.model_aliases)
     if entry is None or entry.relay_size is None:
         raise InvalidRequest(
             f"The model `{model}` does not exist or you do not have access to it.", 404, "model_not_found", "model"

@@ -79,7 +79,7 @@ def test_model_info_declares_the_rules_of_an_unlisted_model(job, mock):
     result = cli("validate", job.manifest)
     assert result.exit_code == 0, result.stderr
     assert "warning" not in result.stderr  # declared: checked
-    assert "estimate: 1 images, 1,500 output tokens, about $0.50 at the catalog's list prices" in result.stdout
+    assert "estimate: 1 image, 1,500 output tokens, about $0.50 at the catalog's list prices" in result.stdout
     # its rules are enforced like a catalog entry's
     job.write(manifest(mock.url, [{"id": "a", "prompt": "p", "aspect_ratio": "16:9",
                                    "images": ["images/scene.png", "images/logo.png"]}],
@@ -93,6 +93,23 @@ def test_model_info_declares_the_rules_of_an_unlisted_model(job, mock):
     once = cli("validate", job.manifest)
     assert once.stderr == "error: job.yaml: defaults.image_size: acme-image-9 makes 2K images only\n".replace(
         "job.yaml", str(job.manifest)), once.stderr
+
+
+def test_an_unlisted_model_with_declared_rules_runs_where_the_api_serves_it(job, mock):
+    # the API (here the mock, told to serve the name like 3 Pro Image) knows a model the catalog does not
+    mock.configure(model_aliases={"acme-image-9": "gemini-3-pro-image-preview"}, image_scale=0.05)
+    info = {"sizes": ["1K", "2K"], "aspect_ratios": ["1:1", "16:9"], "max_reference_images": 2,
+            "output_tokens_per_image": {"1K": 1120, "2K": 1120}, "price_per_image_usd": {"online": {"1K": 0.1}}}
+    items = [{"id": "wide", "prompt": "p", "aspect_ratio": "16:9", "images": ["images/scene.png"]},
+             {"id": "square", "prompt": "q", "aspect_ratio": "1:1"}]
+    job.write(manifest(mock.url, items, provider=_provider(mock, "acme-image-9", model_info=info)))
+    assert cli("validate", job.manifest).exit_code == 0
+    run = cli("run", job.manifest)
+    assert run.exit_code == 0, run.stderr
+    assert set(job.state_of().values()) == {"succeeded"}
+    assert [r["model"] for r in generation_requests(mock)] == ["acme-image-9"] * 2
+    sizes = dict(job.sql("SELECT i.key, o.width * 1.0 / o.height FROM outputs o JOIN items i ON i.id = o.item_id"))
+    assert float(sizes["square"]) == 1.0 and abs(float(sizes["wide"]) - 16 / 9) < 0.05
 
 
 def test_model_info_is_validated_strictly(job, mock):
