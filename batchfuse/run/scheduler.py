@@ -43,6 +43,7 @@ from batchfuse.records import ClaimedItem, Job
 from batchfuse.run.breaker import Breaker
 from batchfuse.run.budget import Budget
 from batchfuse.run.outcomes import Outcomes
+from batchfuse.run.progress import plural
 from batchfuse.run.ratelimit import AdaptiveLimits, Gate, RateLimiter
 from batchfuse.run.recorder import Recorder
 from batchfuse.run.retry import RetryPolicy
@@ -156,8 +157,8 @@ class Scheduler(Outcomes):
         self.stats.in_flight_at_stop = self.stats.in_flight
         self._show_stop()
         log.warning(
-            "run stopping: %s; nothing more is sent, %d request(s) in flight finish within %gs",
-            reason, self.stats.in_flight, self.config.grace_s,
+            "run stopping: %s; nothing more is sent, %s in flight finish within %gs",
+            reason, plural(self.stats.in_flight, "request"), self.config.grace_s,
             extra={"event": "stopping", "reason": reason, "in_flight": self.stats.in_flight, "at": time.time()},
         )
         if self._tasks:
@@ -188,7 +189,7 @@ class Scheduler(Outcomes):
 
     def _grace_over(self) -> None:
         if self._tasks:
-            log.warning("grace period over: cancelling %d in-flight item(s)", len(self._tasks))
+            log.warning("grace period over: cancelling %s in flight", plural(len(self._tasks), "item"))
             self.cancel_in_flight()
 
     def _breaker_changed(self, message: str) -> None:
@@ -233,8 +234,9 @@ class Scheduler(Outcomes):
             await self.recorder.close()
         if self.stopping:
             log.warning(
-                "stopped: %d request(s) were in flight at the stop and finished; %d claims returned untouched "
-                "(not attempts; they run next time)", self.stats.in_flight_at_stop, self.stats.returned,
+                "stopped: %s in flight at the stop finished; %s returned untouched "
+                "(not attempts; they run next time)", plural(self.stats.in_flight_at_stop, "request"),
+                plural(self.stats.returned, "claim"),
                 extra={"event": "stopped", "in_flight": self.stats.in_flight_at_stop, "returned": self.stats.returned},
             )
 
@@ -470,7 +472,11 @@ class Scheduler(Outcomes):
         return started, (time.monotonic() - t0) * 1000, reply, error
 
     async def _observe(self, item: ClaimedItem, error: ProviderError | None, seq: int) -> None:
-        """Feed the outcome to the outage breaker and the adaptive limits."""
+        """Feed the outcome to the outage breaker and the adaptive limits; a fatal error stops the
+        run here, while this request still holds its slot, so no waiting request takes the slot
+        and leaves before the stop."""
+        if error is not None and error.error_class is ErrorClass.fatal:
+            self.stop(error.message, error)
         rate_limited = error is not None and error.status == 429 and error.error_class is ErrorClass.transient
         outage = error is not None and error.error_class is ErrorClass.transient and not rate_limited
         self.breaker.record(ok=not outage, item=item.key)

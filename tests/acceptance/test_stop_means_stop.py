@@ -7,6 +7,7 @@ its "stopping" event; nothing else here depends on the clock."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 from pathlib import Path
@@ -65,3 +66,15 @@ def test_no_request_leaves_after_sigint(job, mock):
     assert proc.returncode == 3, err
     check_nothing_left_after_the_stop(job, mock, log)
     assert "interrupted by SIGINT" in err and "claims returned" in err, err
+
+
+def test_a_fatal_answer_stops_the_run_before_a_waiting_request_takes_its_slot(job, mock):
+    # one request at a time: the 404 of an unknown model must stop the run before the next item goes
+    provider = {"kind": "gemini", "base_url": mock.url, "model": "no-such-image-model", "api_key_env": "DMXAPI_KEY"}
+    job.write(manifest(mock.url, [{"id": f"i{i}", "prompt": f"p{i}"} for i in range(5)],
+                       provider=provider, limits={"concurrency": 1}))
+    result = cli("run", job.manifest)
+    assert result.exit_code == 3, result.stderr
+    assert len(generation_requests(mock)) == 1, result.stderr
+    assert job.sql("SELECT outcome, http_status FROM attempts") == [("fatal", 404)]
+    assert re.search(r"stopped: 0 requests in flight at the stop finished; \d+ claims? returned untouched", result.stderr), result.stderr
