@@ -61,6 +61,8 @@ class Member:
     attempt: int
     #: Still the batch's to apply: held by it, under the spec it was sent with, not yet applied.
     open: bool
+    #: A line with this key was applied already.
+    applied: bool = False
 
 
 def _batch_row(r: Any) -> BatchRow:
@@ -151,6 +153,7 @@ class BatchQueries:
             r.line_key: Member(
                 ClaimedItem.from_row(r), r.line_key, r.attempt,
                 r.applied_at is None and r.lease_owner == owner and r.spec_hash == r.sent_hash,
+                r.applied_at is not None,
             )
             for r in rows
         }
