@@ -340,7 +340,7 @@ def batches_cancel(manifest: Path, db: str | None) -> None:
     from batchfuse.run.job import cancel_batches
 
     n, returned = asyncio.run(cancel_batches(manifest, RunOptions(db=db)))
-    click.echo(f"cancelled {plural(n, 'batch')}; {plural(returned, 'item')} pending again")
+    click.echo(f"cancelled {plural(n, 'batch', 'batches')}; {plural(returned, 'item')} pending again")
 
 
 @main.group()

@@ -15,7 +15,7 @@ def _price(value: float | None) -> str:
 
 def batch_line(outcome: Any, stats: RunStats) -> str:
     """``batch: ...`` after a batch-mode run (``outcome`` is a ``batchfuse.batch.BatchOutcome``)."""
-    parts = [f"{plural(outcome.created, 'batch')} created"]
+    parts = [f"{plural(outcome.created, 'batch', 'batches')} created"]
     if outcome.adopted:
         parts.append(f"{outcome.adopted} adopted after a crash")
     parts.append(f"{outcome.applied} results applied at the batch price ({_price(outcome.batch_price)})")
@@ -27,7 +27,7 @@ def batch_line(outcome: Any, stats: RunStats) -> str:
         parts.append(f"{outcome.unknown_lines} result lines with unknown keys and "
                      f"{outcome.duplicate_lines} repeated ones not applied")
     if outcome.out:
-        parts.append(f"{plural(outcome.out, 'item')} still out in {plural(outcome.batches_out, 'batch')} "
+        parts.append(f"{plural(outcome.out, 'item')} still out in {plural(outcome.batches_out, 'batch', 'batches')} "
                      "(the next run collects them)")
     return "batch: " + ", ".join(parts)
 
