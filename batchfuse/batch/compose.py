@@ -44,7 +44,7 @@ def make_context(
         outputs=outputs, config=m.batch, policy=config.policy, output_template=config.output_template,
         model=config.model, workdir=loaded.planner.output_dir / WORKDIR, stats=stats, lease_s=config.lease_s,
         max_attempts=m.limits.max_attempts, only_keys=config.only_keys, deadline=config.deadline,
-        stop_requested=stop_requested, images_per_item=config.images_per_item,
+        stop_requested=stop_requested, images_per_item=config.images_per_item(loaded.planner.defaults),
     )
     ctx.budget_items = budget_items(loaded, config, db, job)
     return ctx
@@ -56,7 +56,7 @@ def budget_items(loaded: Loaded, config: SchedulerConfig, db: AsyncStore, job: J
     if config.max_images is None and config.max_cost is None:
         return None
     out = BatchQueries(db.store).items_out(job)
-    per = max(1, config.images_per_item)
+    per = max(1, config.images_per_item(loaded.planner.defaults))
     limits: list[int] = []
     if config.max_images is not None:
         limits.append(config.max_images // per - out)

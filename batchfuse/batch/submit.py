@@ -40,7 +40,7 @@ CREATE_TRIES = 6
 
 def display_name(job_name: str) -> str:
     """``batchfuse-<job>-<token>``: unique to one batch, found again by listing."""
-    slug = re.sub(r"[^A-Za-z0-9_.]+", "_", job_name)[:80]
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", job_name)[:80]
     return f"batchfuse-{slug}-{secrets.token_hex(8)}"
 
 

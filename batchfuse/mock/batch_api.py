@@ -167,7 +167,9 @@ async def handle_delete_batch(request: web.Request) -> web.StreamResponse:
 async def handle_admin_batch_state(request: web.Request) -> web.Response:
     """``POST /_mock/batches/{id}/state`` with ``{"state": "RUNNING" | "SUCCEEDED" | "FAILED" |
     "CANCELLED" | "EXPIRED"}`` (``BATCH_STATE_`` prefix optional): move the batch on now and
-    answer its ``Operation``. ``SUCCEEDED`` answers once its results exist."""
+    answer its ``Operation``. ``SUCCEEDED`` answers once its results exist.  For tests of the
+    reader: ``"extra_lines": [row, ...]`` adds rows to the results file, ``"repeat_keys": [key,
+    ...]`` repeats those keys' rows."""
     store = _batches(request)
     batch = store.get(request.match_info["id"].removeprefix("batches/"))
     if batch is None:
@@ -175,6 +177,8 @@ async def handle_admin_batch_state(request: web.Request) -> web.Response:
     try:
         body = await request.json()
         wanted = str(body["state"]).upper().removeprefix("BATCH_STATE_")
+        batch.extra_rows += list(body.get("extra_lines", []))
+        batch.repeat_keys |= {str(k) for k in body.get("repeat_keys", [])}
         await store.force(batch, wanted)
     except (ValueError, KeyError, TypeError) as exc:
         message = f'body must be {{"state": one of {", ".join(STATES[1:])}}}: {exc}'

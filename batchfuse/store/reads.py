@@ -137,6 +137,7 @@ class StoreReads:
                 "running": counts["running"],
                 "orphaned": counts["orphaned"],
                 "removed": removed,
+                **({"in_batch": counts["in_batch"]} if "in_batch" in counts else {}),
             },
             "attempts": n_attempts,
             "attempts_by_outcome": by_outcome,

@@ -5,13 +5,16 @@ reference images uploaded once, budgets, status and cancel."""
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
 from PIL import Image
 
-from tests.conftest import cli, manifest, wait_for
+from tests.conftest import TEST_KEY, cli, manifest
 from tests.conftest import items as numbered
+from tests.test_mock_server import http
 
+KEY = {"x-goog-api-key": TEST_KEY}
 RATIOS = ["1:1", "16:9", "9:16", "4:3", "3:4", "21:9"]
 
 
@@ -51,3 +54,129 @@ def test_items_of_several_ratios_come_back_each_to_its_own_item(job, mock):
 
 def generation_requests_online(mock: Any) -> list[dict[str, Any]]:
     return [r for r in mock.requests() if r["path"].endswith(":generateContent")]
+
+
+def force(mock: Any, remote: str, state: str, **extra: Any) -> dict[str, Any]:
+    reply = http("POST", f"{mock.url}/_mock/{remote}/state", body={"state": state, **extra}, timeout=60)
+    assert reply.status == 200, reply.body
+    return reply.json()
+
+
+def test_line_errors_follow_the_online_rules_and_a_transient_one_goes_into_the_next_batch(job, mock):
+    items = [
+        {"id": "ok", "prompt": "a chair"},
+        {"id": "bad", "prompt": "[[mock:400]] a lamp"},
+        {"id": "unsafe", "prompt": "[[mock:safety]] a door"},
+        {"id": "busy-once", "prompt": "[[mock:503*1]] a window"},
+    ]
+    job.write(batch_manifest(mock.url, items))
+    result = cli("run", job.manifest)
+    assert result.exit_code == 1, result.stderr  # some items failed
+    assert job.state_of() == {"ok": "succeeded", "bad": "failed", "unsafe": "failed", "busy-once": "succeeded"}
+    assert len(creates(mock)) == 2  # the 503 line went into a second batch, alone
+    rows = dict(job.sql("SELECT line_key, outcome FROM batch_items"))
+    assert rows == {"ok#1": "succeeded", "bad#1": "rejected", "unsafe#1": "rejected",
+                    "busy-once#1": "transient", "busy-once#2": "succeeded"}
+    errors = dict(job.sql("SELECT items.key, attempts.error_message FROM attempts JOIN items ON items.id = item_id "
+                          "WHERE attempts.outcome = 'rejected'"))
+    assert "IMAGE_SAFETY" in errors["unsafe"] and "HTTP 400" in errors["bad"]
+
+
+def test_unknown_and_repeated_keys_are_counted_never_applied(job, mock):
+    mock.configure(batch_pending_s=None)
+    job.write(batch_manifest(mock.url, numbered(4), wait=False))
+    first = cli("run", job.manifest)
+    assert first.exit_code == 3, first.stderr
+    assert "4 items still out in 1 batch" in first.stderr
+    (remote,) = [r[1] for r in batch_rows(job)]
+    stranger = {"key": "i999#1", "response": {"candidates": []}}
+    force(mock, remote, "SUCCEEDED", extra_lines=[stranger, {"no": "key"}], repeat_keys=["i001#1"])
+    second = cli("run", job.manifest)
+    assert second.exit_code == 0, second.stderr
+    assert set(job.state_of().values()) == {"succeeded"}
+    assert job.sql("SELECT unknown_lines, duplicate_lines, state FROM batches") == [(2, 1, "applied")]
+    assert job.scalar("SELECT count(*) FROM attempts") == 4  # the repeated line made no second attempt
+    assert "2 result lines with unknown keys and 1 repeated ones not applied" in second.stderr
+    assert len(creates(mock)) == 1
+
+
+def test_an_expired_batch_hands_its_items_back_and_the_next_run_completes_them(job, mock):
+    mock.configure(batch_pending_s=None)
+    job.write(batch_manifest(mock.url, numbered(5), wait=False))
+    assert cli("run", job.manifest).exit_code == 3
+    (remote,) = [r[1] for r in batch_rows(job)]
+    status = json.loads(cli("status", job.manifest, "--json").stdout)
+    assert status["items"]["in_batch"] == 5 and status["batches"][0]["state"] == "pending"
+    assert sorted(status["batches"][0]["items"]) == [f"i{i:03d}" for i in range(5)]
+    force(mock, remote, "EXPIRED")
+    mock.configure(batch_pending_s=0.0)
+    job.write(batch_manifest(mock.url, numbered(5)))  # this time it waits for its batch
+    rerun = cli("run", job.manifest)
+    assert rerun.exit_code == 0, rerun.stderr
+    assert set(job.state_of().values()) == {"succeeded"}
+    assert [r[2] for r in batch_rows(job)] == ["expired", "applied"]
+    assert len(creates(mock)) == 2
+    returned = job.sql("SELECT outcome, count(*) FROM batch_items GROUP BY outcome ORDER BY outcome")
+    assert returned == [("returned", 5), ("succeeded", 5)]
+    text = cli("status", job.manifest).stdout
+    assert "expired" in text and "ended EXPIRED" in text
+
+
+def test_status_lists_batches_and_cancel_hands_the_items_back(job, mock):
+    mock.configure(batch_pending_s=None)
+    job.write(batch_manifest(mock.url, numbered(3), wait=False))
+    assert cli("run", job.manifest).exit_code == 3
+    text = cli("status", job.manifest).stdout
+    assert "in batch   3" in text and "batchfuse-test-job-" in text and " pending: 3 requests" in text
+    cancelled = cli("batches", "cancel", job.manifest)
+    assert cancelled.exit_code == 0, cancelled.stderr
+    assert "cancelled 1 batch; 3 items pending again" in cancelled.stdout
+    assert set(job.state_of().values()) == {"pending"}
+    assert [r[2] for r in batch_rows(job)] == ["cancelled"]
+    assert [r for r in mock.requests() if r["path"].endswith(":cancel")]
+
+
+def test_a_shared_reference_image_is_uploaded_once_and_requests_refer_to_it(job, mock):
+    noise = Image.frombytes("RGB", (300, 300), random.Random(1).randbytes(300 * 300 * 3))
+    noise.save(job.root / "images" / "photo.png")  # about 270 KB: one inline copy would show
+    items = [{**it, "images": ["images/photo.png"]} for it in numbered(12)]
+    job.write(batch_manifest(mock.url, items, max_requests=5))
+    result = cli("run", job.manifest)
+    assert result.exit_code == 0, result.stderr
+    assert uploaded(mock) == {"image/png": 1, "application/jsonl": 3}  # one image, three input files
+    assert job.scalar("SELECT count(*) FROM uploaded_files") == 1
+    assert "1 reference image uploaded" in result.stderr
+    lines = [r for r in mock.requests() if r["api"] == "gemini-batch"]
+    assert len(lines) == 12 and all(r["n_images"] == 1 for r in lines)  # each line has the image, by URI
+    assert input_bytes(mock) < 12 * 1000 < (job.root / "images" / "photo.png").stat().st_size  # no inline copy
+    rerun_items = [{**it, "prompt": it["prompt"] + " again"} for it in items]
+    job.write(batch_manifest(mock.url, rerun_items, max_requests=20))
+    assert cli("run", job.manifest).exit_code == 0
+    assert uploaded(mock) == {"image/png": 1, "application/jsonl": 4}  # the image is still alive at the API
+
+
+def uploaded(mock: Any) -> dict[str, int]:
+    """Files at the mock's Files API by type (results files excluded)."""
+    files = http("GET", f"{mock.url}/v1beta/files?pageSize=100", headers=KEY).json().get("files", [])
+    counts: dict[str, int] = {}
+    for f in files:
+        if f.get("source") != "GENERATED":
+            counts[f["mimeType"]] = counts.get(f["mimeType"], 0) + 1
+    return counts
+
+
+def input_bytes(mock: Any) -> int:
+    files = http("GET", f"{mock.url}/v1beta/files?pageSize=100", headers=KEY).json().get("files", [])
+    return sum(int(f["sizeBytes"]) for f in files if f["mimeType"] == "application/jsonl" and f["source"] != "GENERATED")
+
+
+def test_items_out_in_batches_count_against_max_images(job, mock):
+    mock.configure(batch_pending_s=None)
+    data = batch_manifest(mock.url, numbered(12), wait=False)
+    data["limits"]["max_images"] = 5
+    job.write(data)
+    assert cli("run", job.manifest).exit_code == 3
+    assert job.scalar("SELECT sum(request_count) FROM batches") == 5
+    assert cli("run", job.manifest).exit_code == 3
+    assert job.scalar("SELECT sum(request_count) FROM batches") == 5  # the 5 out count as spent
+    assert len(creates(mock)) == 1
