@@ -34,6 +34,8 @@ class BatchOutcome:
     online_keys: list[str] = field(default_factory=list)
     #: Of ``online_keys``, how many the fallback took out of their batches.
     fallback: int = 0
+    #: The fallback came: everything runnable (the run's ``--only`` still holds) runs online now.
+    online_all: bool = False
     #: Items still out in batches when the run ended (collected by a later run).
     out: int = 0
     batches_out: int = 0
@@ -69,6 +71,7 @@ async def run_batches(ctx: BatchContext) -> BatchOutcome:
                 await collector.poll(await ctx.q(ctx.batches.batch, b.id))  # type: ignore[arg-type]
         if fallback_at is not None and time.time() >= fallback_at:
             await _fall_back(ctx, collector, outcome)
+            outcome.online_all = True
             break
         await submitter.submit_new()
         live: list[BatchRow] = await ctx.q(ctx.batches.open_batches, ctx.job)  # type: ignore[assignment]

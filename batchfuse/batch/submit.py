@@ -164,7 +164,6 @@ class Submitter:
         faultpoints.hit("batch.created")
         self.created += 1
         await self._record_created(b, remote)
-        path.unlink(missing_ok=True)
         log.info("batch %s submitted: %d items (%s)", b.display_name, b.request_count, remote.name,
                  extra={"event": "batch_submitted", "batch": b.display_name, "remote": remote.name,
                         "items": b.request_count})
@@ -172,3 +171,4 @@ class Submitter:
     async def _record_created(self, b: BatchRow, remote: RemoteBatch) -> None:
         await self.ctx.q(self.ctx.batches.update, b.id, remote_name=remote.name, state=remote.state,
                          submitted_at=time.time(), checked_at=time.time())
+        (self.ctx.workdir / f"batch-{b.id}-input.jsonl").unlink(missing_ok=True)  # the API has it

@@ -25,6 +25,7 @@ from typing import Any
 
 import aiohttp
 
+from batchfuse import faultpoints
 from batchfuse.errors import FatalError, ProviderError, TransientError, scrub, shorten
 from batchfuse.providers.base import ProviderContext
 from batchfuse.providers.batch_base import (
@@ -233,6 +234,8 @@ class GeminiBatch(BatchBackend):
                 with dest.open(mode) as f:
                     async for chunk in resp.content.iter_chunked(DOWNLOAD_CHUNK):
                         f.write(chunk)
+                        f.flush()
+                        faultpoints.hit("batch.download")
                     f.flush()
                     os.fsync(f.fileno())
         except (asyncio.TimeoutError, TimeoutError):

@@ -283,9 +283,10 @@ async def run_job(
                         lambda: scheduler.stop_reason,
                     )
                     control.batch = batched
-                    config.only_keys = batched.online_keys or None
+                    if not batched.online_all:
+                        config.only_keys = batched.online_keys or None
                     reason = batched.reason or reason
-                if (options.mode or m.provider.mode) != "batch" or config.only_keys:
+                if (options.mode or m.provider.mode) != "batch" or config.only_keys or batched.online_all:
                     await scheduler.run()
                 if scheduler.stop_reason:
                     reason, error = scheduler.stop_reason, scheduler.stop_error
