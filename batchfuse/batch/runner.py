@@ -18,6 +18,7 @@ from batchfuse.batch.collect import Collector
 from batchfuse.batch.context import BatchContext
 from batchfuse.batch.refs import RefUploads
 from batchfuse.batch.submit import Submitter
+from batchfuse.errors import TransientError
 from batchfuse.providers.batch_base import LIVE
 from batchfuse.store.batches import BatchRow
 
@@ -64,16 +65,22 @@ async def run_batches(ctx: BatchContext) -> BatchOutcome:
         if (why := ctx.stop_requested()) is not None:
             outcome.reason = why
             break
-        open_rows: list[BatchRow] = await ctx.q(ctx.batches.open_batches, ctx.job)  # type: ignore[assignment]
-        await submitter.adopt_or_launch([b for b in open_rows if b.remote_name is None])
-        for b in open_rows:
-            if b.remote_name is not None or b.state == "succeeded":
-                await collector.poll(await ctx.q(ctx.batches.batch, b.id))  # type: ignore[arg-type]
-        if fallback_at is not None and time.time() >= fallback_at:
-            await _fall_back(ctx, collector, outcome)
-            outcome.online_all = True
-            break
-        await submitter.submit_new()
+        try:
+            open_rows: list[BatchRow] = await ctx.q(ctx.batches.open_batches, ctx.job)  # type: ignore[assignment]
+            await submitter.adopt_or_launch([b for b in open_rows if b.remote_name is None])
+            for b in open_rows:
+                if b.remote_name is not None or b.state == "succeeded":
+                    await collector.poll(await ctx.q(ctx.batches.batch, b.id))  # type: ignore[arg-type]
+            if fallback_at is not None and time.time() >= fallback_at:
+                await _fall_back(ctx, collector, outcome)
+                outcome.online_all = True
+                break
+            await submitter.submit_new()
+        except TransientError as exc:  # the API is busy or away: what is recorded is picked up next round
+            log.warning("batch API: %s; trying again in %g s", exc.message, ctx.config.poll_s,
+                        extra={"event": "batch_api_error", "error": exc.message})
+            if await ctx.pause(ctx.config.poll_s):
+                continue
         live: list[BatchRow] = await ctx.q(ctx.batches.open_batches, ctx.job)  # type: ignore[assignment]
         _warn_stale(ctx, live, warned)
         if not live:

@@ -9,8 +9,9 @@ import collections
 
 import pytest
 
-from tests.conftest import cli, cli_process, manifest
+from tests.conftest import TEST_KEY, cli, cli_process, manifest
 from tests.conftest import items as numbered
+from tests.test_mock_server import http
 
 N = 20
 
@@ -86,3 +87,28 @@ def test_the_fallback_runs_stragglers_online_before_the_deadline(job, mock):
     assert len(online) == N
     assert f"{N} items run online at the full price ($0.134/image)" in run.stderr
     assert creates(mock) == 1
+
+
+def test_ten_thousand_items_sharing_one_reference_upload_it_once_and_the_input_stays_small(job, mock):
+    mock.configure(batch_pending_s=None)  # submitted, not made: the test is about what is sent
+    n = 10_000
+    data = manifest(mock.url, [], batch={"max_requests": 5000, "wait": False}, limits={"timeout_s": 120})
+    data["provider"]["mode"] = "batch"
+    del data["items"]
+    data["prompt"] = "product {sku} in the scene"
+    data["images"] = ["images/scene.png"]
+    data["matrix"] = {"sku": [f"P{i:05d}" for i in range(n)]}
+    data["output"] = {"dir": "out", "filename": "{sku}.png"}
+    job.write(data)
+    run = cli("run", job.manifest)
+    assert run.exit_code == 3, run.stderr  # submitted; a later run collects
+    assert f"{n} items still out in 2 batches" in run.stderr
+    assert creates(mock) == 2
+    assert job.scalar("SELECT count(*) FROM uploaded_files") == 1
+    assert "1 reference image uploaded" in run.stderr
+    files = http("GET", f"{mock.url}/v1beta/files?pageSize=100", headers={"x-goog-api-key": TEST_KEY}).json()["files"]
+    inputs = [int(f["sizeBytes"]) for f in files if f["mimeType"] == "application/jsonl"]
+    images = [f for f in files if f["mimeType"].startswith("image/")]
+    assert len(inputs) == 2 and len(images) == 1
+    assert sum(inputs) / n < 500, "the input file carries more than a reference per line"
+    assert job.scalar("SELECT count(DISTINCT item_id) FROM batch_items") == n
