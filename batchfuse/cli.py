@@ -26,7 +26,7 @@ from batchfuse.errors import EXIT_INTERNAL, BatchfuseError
 from batchfuse.records import PlanSummary
 from batchfuse.review.reading import job_status
 from batchfuse.run import logs
-from batchfuse.run.batch_text import batch_line, batches_text
+from batchfuse.run.batch_text import batch_line, batches_text, price_lines
 from batchfuse.run.job import (
     EXIT_STOPPED,
     RunControl,
@@ -161,6 +161,8 @@ def validate(manifest: Path, db: str | None) -> None:
     )
     cost = f", about {est.cost:,.2f} in money" if est.cost is not None else " (set pricing for money)"
     click.echo(f"estimate: {est.images:,} images, {est.tokens:,} output tokens{cost}")
+    for line in price_lines(m.provider.mode, preview.catalog_cost, m.batch.fallback_online):
+        click.echo(line)
     budget = [f"max_images {m.limits.max_images}" if m.limits.max_images else "",
               f"max_cost {m.limits.max_cost:g}" if m.limits.max_cost else ""]
     if any(budget):

@@ -51,3 +51,41 @@ def batches_text(batches: list[dict[str, Any]], limit: int = 20) -> str:
     if len(batches) > limit:
         lines.append(f"  ... and {len(batches) - limit} older (status --json lists all)")
     return "\n".join(lines)
+
+
+def catalog_costs(loaded: Any, settled: dict[str, str]) -> tuple[float | None, float | None]:
+    """What running the rest of the plan would cost at the model catalog's prices, per image
+    size: (batch price, online price); None where the catalog has no price."""
+    from batchfuse.model_catalog import lookup
+
+    entry = lookup(loaded.manifest.provider.model)
+    if entry is None:
+        return None, None
+    provider = loaded.planner.provider
+    batch: float | None = 0.0
+    online: float | None = 0.0
+    for row in loaded.planner.rows([]):
+        if settled.get(row.key) == row.spec_hash:
+            continue
+        size = row.spec.params.get("image_size") or entry.sizes[0]
+        n = provider.images_per_item(row.spec.params)
+        b, o = entry.price_per_image(size, batch=True), entry.price_per_image(size)
+        batch = None if batch is None or b is None else batch + n * b
+        online = None if online is None or o is None else online + n * o
+    return batch, online
+
+
+def price_lines(mode: str, costs: tuple[float | None, float | None], fallback: bool) -> list[str]:
+    """``validate``'s lines on the catalog's prices; in batch mode both, since stragglers the
+    fallback runs online pay the full price."""
+    batch, online = costs
+    if online is None:
+        return []
+    if mode != "batch":
+        return [f"at the model catalog's online price: about ${online:,.2f} (batch mode: about ${batch:,.2f})"
+                if batch is not None else f"at the model catalog's online price: about ${online:,.2f}"]
+    lines = [f"batch mode: about ${batch:,.2f} at the catalog's batch price" if batch is not None
+             else "batch mode: the catalog has no batch price for this model"]
+    if fallback:
+        lines.append(f"  items the fallback runs online pay the online price: up to ${online:,.2f} if all of them did")
+    return lines

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from batchfuse.plan.preview import Estimate, Loaded, estimate, load
 from batchfuse.records import ItemSpec, PlanSummary
+from batchfuse.run.batch_text import catalog_costs
 from batchfuse.run.job import sync
 from batchfuse.run.other_jobs import check_other_jobs
 from batchfuse.store.engine import missing_sqlite_file, resolve_db_url
@@ -22,6 +23,8 @@ class Preview:
     #: The first item's spec, to show the request it makes.
     first: ItemSpec | None
     estimate: Estimate
+    #: Batch and online totals at the model catalog's prices (None: no price known).
+    catalog_cost: tuple[float | None, float | None] = (None, None)
 
 
 def plan_preview(path: Path, db: str | None = None) -> Preview:
@@ -40,4 +43,5 @@ def plan_preview(path: Path, db: str | None = None) -> Preview:
     else:
         check_other_jobs(None, loaded.planner)
     first = next(iter(loaded.planner.rows([])), None)
-    return Preview(loaded, summary, first.spec if first else None, estimate(loaded, settled))
+    return Preview(loaded, summary, first.spec if first else None, estimate(loaded, settled),
+                   catalog_costs(loaded, settled))

@@ -180,3 +180,13 @@ def test_items_out_in_batches_count_against_max_images(job, mock):
     assert cli("run", job.manifest).exit_code == 3
     assert job.scalar("SELECT sum(request_count) FROM batches") == 5  # the 5 out count as spent
     assert len(creates(mock)) == 1
+
+
+def test_validate_shows_the_batch_price_and_the_online_price_for_the_fallback(job, mock):
+    items = [{**it, "image_size": "4K" if i % 5 < 2 else "1K"} for i, it in enumerate(numbered(10))]
+    job.write(batch_manifest(mock.url, items))
+    shown = cli("validate", job.manifest)
+    assert shown.exit_code == 0, shown.stderr
+    # 6 at 1K ($0.067 batch, $0.134 online) and 4 at 4K ($0.12 / $0.24)
+    assert "batch mode: about $0.88 at the catalog's batch price" in shown.stdout, shown.stdout
+    assert "up to $1.76 if all of them did" in shown.stdout
