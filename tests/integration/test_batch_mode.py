@@ -190,3 +190,28 @@ def test_validate_shows_the_batch_price_and_the_online_price_for_the_fallback(jo
     # 6 at 1K ($0.067 batch, $0.134 online) and 4 at 4K ($0.12 / $0.24)
     assert "batch mode: about $0.88 at the catalog's batch price" in shown.stdout, shown.stdout
     assert "up to $1.76 if all of them did" in shown.stdout
+
+
+def remote_batches(mock: Any) -> list[dict[str, Any]]:
+    return http("GET", f"{mock.url}/v1beta/batches?pageSize=100", headers=KEY).json().get("operations", [])
+
+
+def test_a_429_on_create_waits_lists_and_creates_once(job, mock):
+    assert http("POST", f"{mock.url}/_mock/batches/create_faults", body={"next": ["429"]}).status == 200
+    job.write(batch_manifest(mock.url, numbered(3)))
+    result = cli("run", job.manifest)
+    assert result.exit_code == 0, result.stderr
+    assert [r["fault"] for r in creates(mock)] == ["429", None]  # refused, then made
+    assert len(remote_batches(mock)) == 1
+    assert set(job.state_of().values()) == {"succeeded"}
+
+
+def test_a_create_whose_answer_was_lost_is_adopted_not_repeated(job, mock):
+    assert http("POST", f"{mock.url}/_mock/batches/create_faults", body={"next": ["lost"]}).status == 200
+    job.write(batch_manifest(mock.url, numbered(3)))
+    result = cli("run", job.manifest)
+    assert result.exit_code == 0, result.stderr
+    assert [r["fault"] for r in creates(mock)] == ["lost"]  # one create: the batch was found by listing
+    assert len(remote_batches(mock)) == 1
+    assert set(job.state_of().values()) == {"succeeded"}
+    assert job.scalar("SELECT count(*) FROM attempts") == 3
