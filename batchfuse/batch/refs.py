@@ -19,6 +19,9 @@ from batchfuse.records import ImageRef
 log = logging.getLogger("batchfuse.run")
 #: An uploaded file must outlive a batch created now by this much (a batch's target is 24 h).
 KEEP_S = 26 * 3600
+#: Within one run, a file known to the run is used until this close to its expiry (an API that
+#: keeps files for less than ``KEEP_S`` would otherwise get one upload per request).
+IN_RUN_S = 600
 
 
 class RefUploads:
@@ -37,8 +40,8 @@ class RefUploads:
         key = f"{ref.digest}@{self.ctx.provider.images.max_side}"
         now = time.time()
         known = self._files.get(key)
-        if known is not None and (known.expires_at is None or known.expires_at > now + KEEP_S):
-            return known
+        if known is not None and (known.expires_at is None or known.expires_at > now + IN_RUN_S):
+            return known  # uploaded (or checked) in this run: good for the batches it submits
         stored = await self.ctx.q(self.ctx.batches.uploaded, self.endpoint, key, now + KEEP_S)
         if stored is not None:
             found = RemoteFile(stored["name"], stored["uri"], stored["mime"], stored["size"], stored["expires_at"])

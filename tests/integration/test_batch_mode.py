@@ -124,10 +124,12 @@ def test_an_expired_batch_hands_its_items_back_and_the_next_run_completes_them(j
 
 def test_status_lists_batches_and_cancel_hands_the_items_back(job, mock):
     mock.configure(batch_pending_s=None)
-    job.write(batch_manifest(mock.url, numbered(3), wait=False))
+    job.write(batch_manifest(mock.url, numbered(3), wait=False, stale_after_h=1e-6))  # stale at once
     assert cli("run", job.manifest).exit_code == 3
     text = cli("status", job.manifest).stdout
     assert "in batch   3" in text and "batchfuse-test-job-" in text and " pending: 3 requests" in text
+    assert "STALE" in text and "items: i000, i001, i002" in text
+    assert json.loads(cli("status", job.manifest, "--json").stdout)["batches"][0]["stale"] is True
     cancelled = cli("batches", "cancel", job.manifest)
     assert cancelled.exit_code == 0, cancelled.stderr
     assert "cancelled 1 batch; 3 items pending again" in cancelled.stdout
@@ -215,3 +217,32 @@ def test_a_create_whose_answer_was_lost_is_adopted_not_repeated(job, mock):
     assert len(remote_batches(mock)) == 1
     assert set(job.state_of().values()) == {"succeeded"}
     assert job.scalar("SELECT count(*) FROM attempts") == 3
+
+
+def test_an_expired_reference_upload_is_uploaded_again(job, mock):
+    items = [{**it, "images": ["images/scene.png"]} for it in numbered(3)]
+    job.write(batch_manifest(mock.url, items))
+    assert cli("run", job.manifest).exit_code == 0
+    assert uploaded(mock)["image/png"] == 1
+    # 48 hours later: the API has deleted the file, and the store knows it has expired
+    (name,) = [r[0] for r in job.sql("SELECT remote_name FROM uploaded_files")]
+    assert http("DELETE", f"{mock.url}/v1beta/{name}", headers=KEY).status == 200
+    execute(job, "UPDATE uploaded_files SET expires_at = 1000")
+    job.write(batch_manifest(mock.url, [{**it, "prompt": it["prompt"] + " again"} for it in items]))
+    rerun = cli("run", job.manifest)
+    assert rerun.exit_code == 0, rerun.stderr
+    assert uploaded(mock)["image/png"] == 1 and "1 reference image uploaded" in rerun.stderr  # a new one
+    assert job.sql("SELECT remote_name != '" + name + "' FROM uploaded_files") == [(True,)]
+    assert set(job.state_of().values()) == {"succeeded"}
+
+
+def execute(job: Any, statement: str) -> None:
+    """A write to the job's database, committed (time passing, as the store would see it)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(job.url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(statement))
+    finally:
+        engine.dispose()
