@@ -35,7 +35,7 @@ from batchfuse.store.batches import FOREVER, BatchRow, Member
 
 log = logging.getLogger("batchfuse.run")
 #: Lines applied per group (one commit each), and the bytes a group may hold at most.
-GROUP_LINES, GROUP_BYTES = 16, 64 * 1024 * 1024
+GROUP_LINES, GROUP_BYTES = 64, 64 * 1024 * 1024
 DOWNLOAD_TRIES = 5
 
 
@@ -63,10 +63,12 @@ class Collector:
         if b.state == SUCCEEDED and remote.state == SUCCEEDED:
             values.pop("ended_at", None)
         await ctx.q(ctx.batches.update, b.id, **values)
+        reason = f"batch {b.display_name} ended {remote.state.upper()}" + (f": {remote.error}" if remote.error else "")
         if remote.state == SUCCEEDED:
             await self.apply(await ctx.q(ctx.batches.batch, b.id))  # type: ignore[arg-type]
+        elif remote.state in ENDED and remote.result_file:  # ended early, with what it made so far
+            await self.apply(await ctx.q(ctx.batches.batch, b.id), remote.state, reason)  # type: ignore[arg-type]
         elif remote.state in ENDED:
-            reason = f"batch {b.display_name} ended {remote.state.upper()}" + (f": {remote.error}" if remote.error else "")
             n = await ctx.q(ctx.batches.hand_back, b.id, remote.state, reason)
             log.warning("%s; its %s items are pending again", reason, n,
                         extra={"event": "batch_ended", "batch": b.display_name, "state": remote.state, "returned": n})
@@ -89,7 +91,8 @@ class Collector:
             return True
         return False
 
-    async def apply(self, b: BatchRow) -> None:
+    async def apply(self, b: BatchRow, end_state: str = "applied", reason: str | None = None) -> None:
+        """Apply a batch's results file; items with no line in it go back to pending."""
         ctx = self.ctx
         if not b.result_file or not await self.download(b):
             return
@@ -117,8 +120,8 @@ class Collector:
                     return
         finally:
             await recorder.close()
-        n = await ctx.q(ctx.batches.hand_back, b.id, "applied", f"no result line for it in batch {b.display_name}",
-                        "missing")
+        n = await ctx.q(ctx.batches.hand_back, b.id, end_state,
+                        reason or f"no result line for it in batch {b.display_name}", "missing")
         if n:
             log.warning("batch %s: %d items had no result line; they are pending again", b.display_name, n)
         path.unlink(missing_ok=True)

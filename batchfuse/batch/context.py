@@ -20,6 +20,8 @@ from batchfuse.store.batches import BatchQueries
 
 #: How often a waiting run looks whether it was asked to stop (seconds).
 TICK_S = 0.1
+#: How often a batch run proves it is alive (well under the store's 60 s staleness).
+HEARTBEAT_S = 15.0
 
 
 @dataclass
@@ -52,16 +54,26 @@ class BatchContext:
 
     def __post_init__(self) -> None:
         self.batches = BatchQueries(self.db.store)
+        self._beat = -HEARTBEAT_S
 
     async def q(self, fn: Callable[..., object], *args: object, **kw: object) -> object:
         """A store call on the store's thread."""
         return await self.db.in_thread(fn, *args, **kw)
 
     async def pause(self, seconds: float) -> bool:
-        """Wait ``seconds`` unless a stop comes first; True when it did."""
+        """Wait ``seconds`` unless a stop comes first; True when it did.  The run's heartbeat
+        goes on meanwhile (a batch run may wait for hours: it is alive all the same)."""
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             if self.stop_requested():
                 return True
+            await self.heartbeat()
             await asyncio.sleep(min(TICK_S, max(0.0, end - time.monotonic())))
         return bool(self.stop_requested())
+
+    async def heartbeat(self) -> None:
+        """Tell the store this runner is alive, at most every ``HEARTBEAT_S``."""
+        now = time.monotonic()
+        if self.run_id and now - self._beat >= HEARTBEAT_S:
+            self._beat = now
+            await self.db.heartbeat(self.run_id, self.runner_id, self.lease_s)

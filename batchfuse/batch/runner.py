@@ -66,7 +66,8 @@ async def run_batches(ctx: BatchContext) -> BatchOutcome:
             outcome.reason = why
             break
         try:
-            open_rows: list[BatchRow] = await ctx.q(ctx.batches.open_batches, ctx.job)  # type: ignore[assignment]
+            await ctx.heartbeat()
+            open_rows: list[BatchRow] = await ctx.q(ctx.batches.take, ctx.job, ctx.runner_id)  # type: ignore[assignment]
             await submitter.adopt_or_launch([b for b in open_rows if b.remote_name is None])
             for b in open_rows:
                 if b.remote_name is not None or b.state == "succeeded":
@@ -114,7 +115,7 @@ async def run_batches(ctx: BatchContext) -> BatchOutcome:
 async def _fall_back(ctx: BatchContext, collector: Collector, outcome: BatchOutcome) -> None:
     """Cancel the batches still out and hand their items back for an online run (a batch that
     finished meanwhile is applied instead; the online pass claims only what is pending)."""
-    rows: list[BatchRow] = await ctx.q(ctx.batches.open_batches, ctx.job)  # type: ignore[assignment]
+    rows: list[BatchRow] = await ctx.q(ctx.batches.take, ctx.job, ctx.runner_id)  # type: ignore[assignment]
     for b in rows:
         if b.state not in LIVE and b.remote_name is not None:
             continue

@@ -102,7 +102,7 @@ class BatchQueries:
                 insert(batches).values(
                     job_id=job.id, display_name=display_name, backend=backend, model=model, state="preparing",
                     request_count=len(members), created_at=now, download_offset=0, applied_offset=0,
-                    unknown_lines=0, duplicate_lines=0,
+                    unknown_lines=0, duplicate_lines=0, runner_id=runner_id,
                 )
             ).inserted_primary_key[0]
             conn.execute(insert(batch_items), [
@@ -122,6 +122,23 @@ class BatchQueries:
                 .order_by(batches.c.id)
             ).all()
         return [_batch_row(r) for r in rows]
+
+    def take(self, job: Job, runner_id: str) -> list[BatchRow]:
+        """The job's open batches this runner may work on, taken over from runners that are gone:
+        a batch another live runner is creating or applying is left to it (on PostgreSQL several
+        runners share a job; one of them creates each batch, once)."""
+        with self.store._write() as conn:
+            rows = conn.execute(
+                select(batches).where(batches.c.job_id == job.id, batches.c.state.in_(OPEN_STATES))
+                .order_by(batches.c.id).with_for_update()
+            ).all()
+            others = {r.runner_id for r in rows if r.runner_id not in (None, runner_id)}
+            live = self.store._live_runners(conn, job) if others else set()
+            mine = [r for r in rows if r.runner_id in (None, runner_id) or r.runner_id not in live]
+            ids = [r.id for r in mine if r.runner_id != runner_id]
+            if ids:
+                conn.execute(update(batches).where(batches.c.id.in_(ids)).values(runner_id=runner_id))
+        return [_batch_row(r) for r in mine]
 
     def batch(self, batch_id: int) -> BatchRow:
         with self.store._read() as conn:

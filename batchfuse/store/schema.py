@@ -183,6 +183,9 @@ batches = Table(
     Column("unknown_lines", Integer, nullable=False, default=0),
     Column("duplicate_lines", Integer, nullable=False, default=0),
     Column("error", Text),
+    #: The runner working on the batch (creating, polling, applying); another takes it over
+    #: only when that runner is gone.
+    Column("runner_id", String(64)),
     Index("ix_batches_job", "job_id", "state"),
 )
 

@@ -39,6 +39,7 @@ def upgrade() -> None:
         sa.Column("unknown_lines", sa.Integer(), nullable=False),
         sa.Column("duplicate_lines", sa.Integer(), nullable=False),
         sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("runner_id", sa.String(length=64), nullable=True),
         sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name=op.f("fk_batches_job_id_jobs"), ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_batches")),
         sa.UniqueConstraint("display_name", name=op.f("uq_batches_display_name")),

@@ -43,7 +43,9 @@ def check_done_once(job, mock) -> None:
     "batch.created:1:kill",    # the server made the batch; its answer never recorded
     "batch.poll:2:kill",       # while polling
     "batch.download:1:kill",   # in the middle of the results download
-    "batch.apply:1:kill",      # after the first group of lines was applied
+    "batch.apply:1:kill",      # after a group of lines was applied, before the batch is closed
+    "output.rename:3:kill",    # while a result's image takes its final name
+    "db.record:1:kill",        # inside the transaction recording the first results
 ])
 def test_a_kill_at_each_step_of_a_batch_never_makes_a_second_batch_or_pays_twice(job, mock, point):
     mock.configure(image_mode="noise", image_scale=1 / 8)  # results of about a MiB: several download pieces
