@@ -167,6 +167,7 @@ class Collector:
     async def _apply_line(self, m: Member, reply: Reply | None, error: ProviderError | None,
                           recorder: Recorder) -> str:
         ctx, item, now = self.ctx, m.item, time.time()
+        ctx.stats.requests += 1  # one line of a batch: one request, billed at the batch price
         base = dict(item_id=item.id, number=m.attempt, spec_hash=item.spec_hash, started_at=now, ended_at=now)
         if reply is not None:
             try:

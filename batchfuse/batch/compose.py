@@ -76,6 +76,7 @@ async def run_batch_mode(*args: Any) -> BatchOutcome:
         size = loaded.planner.defaults.get("image_size")
         size = size if size in entry.sizes else entry.sizes[0]
         outcome.batch_price, outcome.online_price = entry.price_per_image(size, batch=True), entry.price_per_image(size)
+        outcome.price_size = size
     return outcome
 
 

@@ -49,6 +49,7 @@ class BatchOutcome:
     #: Per image at the default size, from the model catalog (None when unknown).
     batch_price: float | None = None
     online_price: float | None = None
+    price_size: str = ""
     #: Why the run ended before every batch had ended (None: they all did).
     reason: str | None = None
 

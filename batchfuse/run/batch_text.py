@@ -9,8 +9,10 @@ from batchfuse.run.progress import fmt_duration, plural
 from batchfuse.run.stats import RunStats
 
 
-def _price(value: float | None) -> str:
-    return f"${value:.4g}/image" if value is not None else "price unknown"
+def _price(value: float | None, size: str = "") -> str:
+    if value is None:
+        return "price unknown"
+    return f"${value:.4g}/image" + (f" at {size}" if size else "")
 
 
 def batch_line(outcome: Any, stats: RunStats) -> str:
@@ -18,11 +20,11 @@ def batch_line(outcome: Any, stats: RunStats) -> str:
     parts = [f"{plural(outcome.created, 'batch', 'batches')} created"]
     if outcome.adopted:
         parts.append(f"{outcome.adopted} adopted after a crash")
-    parts.append(f"{outcome.applied} results applied at the batch price ({_price(outcome.batch_price)})")
+    parts.append(f"{outcome.applied} results applied at the batch price ({_price(outcome.batch_price, outcome.price_size)})")
     if outcome.uploads:
         parts.append(f"{plural(outcome.uploads, 'reference image')} uploaded")
     if outcome.fallback:
-        parts.append(f"{outcome.fallback} items run online at the full price ({_price(outcome.online_price)})")
+        parts.append(f"{outcome.fallback} items run online at the full price ({_price(outcome.online_price, outcome.price_size)})")
     if outcome.unknown_lines or outcome.duplicate_lines:
         parts.append(f"{outcome.unknown_lines} result lines with unknown keys and "
                      f"{outcome.duplicate_lines} repeated ones not applied")

@@ -87,7 +87,7 @@ def test_the_fallback_runs_stragglers_online_before_the_deadline(job, mock):
     assert [r for r in mock.requests() if r["path"].endswith(":cancel")]
     online = [r for r in mock.requests() if r["api"] == "gemini"]
     assert len(online) == N
-    assert f"{N} items run online at the full price ($0.134/image)" in run.stderr
+    assert f"{N} items run online at the full price ($0.134/image at 1K)" in run.stderr
     assert creates(mock) == 1
 
 

@@ -130,6 +130,9 @@ def test_status_lists_batches_and_cancel_hands_the_items_back(job, mock):
     assert "in batch   3" in text and "batchfuse-test-job-" in text and " pending: 3 requests" in text
     assert "STALE" in text and "items: i000, i001, i002" in text
     assert json.loads(cli("status", job.manifest, "--json").stdout)["batches"][0]["stale"] is True
+    again = cli("run", job.manifest)  # nothing new to submit; the stale batch is said in the log
+    assert again.exit_code == 3 and "has been pending for" in again.stderr, again.stderr
+    assert len(creates(mock)) == 1
     cancelled = cli("batches", "cancel", job.manifest)
     assert cancelled.exit_code == 0, cancelled.stderr
     assert "cancelled 1 batch; 3 items pending again" in cancelled.stdout
