@@ -251,23 +251,29 @@ class GeminiBatch(BatchBackend):
         return {"key": key, "request": GeminiProvider.build_body(self.ctx.model, spec, parts)}
 
     def result_line(self, line: dict[str, Any]) -> ResultLine:
-        key = line.get("key")
-        key = str(key) if key is not None else None
-        if isinstance(line.get("response"), dict):
-            try:
-                return ResultLine(key, reply=reply_from_dict(line["response"]))
-            except ProviderError as exc:
-                return ResultLine(key, error=exc)
-        err = line.get("error") if isinstance(line.get("error"), dict) else {}
-        status_name = str(err.get("status") or "")
-        if not err:
-            return ResultLine(key, error=TransientError("a result line with neither response nor error", code="bad_line"))
-        status = LINE_STATUS.get(status_name, 500)
-        error = classify_error(HttpReply(status, {}, b"", {"error": err}, 0.0))
-        if isinstance(error, FatalError):
-            # One line's 403/404 (an expired reference file, say) is not the whole job's: retry it.
-            error = TransientError(error.message, status=status, code=status_name or str(status))
-        return ResultLine(key, error=error)
+        return result_line(line)
+
+
+def result_line(line: dict[str, Any]) -> ResultLine:
+    """One line of a Gemini results file, judged exactly like an online reply (the same parser
+    and error classes; a line's 403/404 is retried rather than fatal: it is one request's)."""
+    key = line.get("key")
+    key = str(key) if key is not None else None
+    if isinstance(line.get("response"), dict):
+        try:
+            return ResultLine(key, reply=reply_from_dict(line["response"]))
+        except ProviderError as exc:
+            return ResultLine(key, error=exc)
+    err = line.get("error") if isinstance(line.get("error"), dict) else {}
+    status_name = str(err.get("status") or "")
+    if not err:
+        return ResultLine(key, error=TransientError("a result line with neither response nor error", code="bad_line"))
+    status = LINE_STATUS.get(status_name, 500)
+    error = classify_error(HttpReply(status, {}, b"", {"error": err}, 0.0))
+    if isinstance(error, FatalError):
+        # One line's 403/404 (an expired reference file, say) is not the whole job's: retry it.
+        error = TransientError(error.message, status=status, code=status_name or str(status))
+    return ResultLine(key, error=error)
 
 
 def reply_from_dict(data: dict[str, Any]) -> Any:
