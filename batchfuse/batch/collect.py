@@ -27,7 +27,7 @@ from batchfuse.outputs.files import PendingOutputs
 from batchfuse.outputs.names import output_name
 from batchfuse.outputs.png import prepare
 from batchfuse.providers.base import Reply
-from batchfuse.providers.batch_base import ENDED, SUCCEEDED, RemoteBatch
+from batchfuse.providers.batch_base import ENDED, FAILED, SUCCEEDED, RemoteBatch
 from batchfuse.records import AttemptOutcome, AttemptRecord, ItemState, SpooledImage
 from batchfuse.run.recorder import Recorder
 from batchfuse.run.retry import decide
@@ -68,8 +68,9 @@ class Collector:
             await self.apply(await ctx.q(ctx.batches.batch, b.id))  # type: ignore[arg-type]
         elif remote.state in ENDED and remote.result_file:  # ended early, with what it made so far
             await self.apply(await ctx.q(ctx.batches.batch, b.id), remote.state, reason)  # type: ignore[arg-type]
-        elif remote.state in ENDED:
-            n = await ctx.q(ctx.batches.hand_back, b.id, remote.state, reason)
+        elif remote.state in ENDED:  # a FAILED batch counts as an attempt, so it cannot loop
+            n = await ctx.q(ctx.batches.hand_back, b.id, remote.state, reason, "returned",
+                            ctx.max_attempts if remote.state == FAILED else None)
             log.warning("%s; its %s items are pending again", reason, n,
                         extra={"event": "batch_ended", "batch": b.display_name, "state": remote.state, "returned": n})
         return remote

@@ -70,9 +70,15 @@ async def run_batches(ctx: BatchContext) -> BatchOutcome:
             await ctx.heartbeat()
             open_rows: list[BatchRow] = await ctx.q(ctx.batches.take, ctx.job, ctx.runner_id)  # type: ignore[assignment]
             await submitter.adopt_or_launch([b for b in open_rows if b.remote_name is None])
+            cancelled = []
             for b in open_rows:
                 if b.remote_name is not None or b.state == "succeeded":
-                    await collector.poll(await ctx.q(ctx.batches.batch, b.id))  # type: ignore[arg-type]
+                    remote = await collector.poll(await ctx.q(ctx.batches.batch, b.id))  # type: ignore[arg-type]
+                    if remote is not None and remote.state == "cancelled":
+                        cancelled.append(b.display_name)
+            if cancelled:  # someone cancelled (`batches cancel`, the console): do not send them again now
+                outcome.reason = f"batch {cancelled[0]} was cancelled; its items are pending for the next run"
+                break
             if fallback_at is not None and time.time() >= fallback_at:
                 await _fall_back(ctx, collector, outcome)
                 outcome.online_all = True

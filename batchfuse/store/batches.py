@@ -194,28 +194,34 @@ class BatchQueries:
                 )
             )
 
-    def hand_back(self, batch_id: int, state: str, reason: str, outcome: str = "returned") -> int:
-        """End a batch: items it still holds go back to pending with ``reason`` (their allowance
-        intact); returns how many."""
+    def hand_back(
+        self, batch_id: int, state: str, reason: str, outcome: str = "returned", max_attempts: int | None = None
+    ) -> int:
+        """End a batch: items it still holds go back to pending with ``reason``, their allowance
+        intact — unless ``max_attempts`` is given (a batch that FAILED): then the batch counts as
+        an attempt, and an item out of attempts is failed.  Returns how many were handed back."""
         now = time.time()
         with self.store._write() as conn:
             name = conn.execute(select(batches.c.display_name).where(batches.c.id == batch_id)).scalar_one()
             held = select(batch_items.c.item_id).where(batch_items.c.batch_id == batch_id)
-            n = conn.execute(
-                update(items)
-                .where(items.c.id.in_(held), items.c.lease_owner == owner_of(name))
-                .values(state=ItemState.pending.value, lease_owner=None, lease_expires_at=None,
-                        error_class="batch", last_error=reason, updated_at=now)
-            ).rowcount
+            mine = and_(items.c.id.in_(held), items.c.lease_owner == owner_of(name))
+            values: dict[str, Any] = dict(lease_owner=None, lease_expires_at=None, error_class="batch",
+                                          last_error=reason, updated_at=now)
+            n = 0
+            if max_attempts is not None:
+                n += conn.execute(update(items).where(mine, items.c.attempts + 1 >= max_attempts).values(
+                    **values, state=ItemState.failed.value, attempts=items.c.attempts + 1)).rowcount
+                values["attempts"] = items.c.attempts + 1
+            n += conn.execute(update(items).where(mine).values(**values, state=ItemState.pending.value)).rowcount
             conn.execute(
                 update(batch_items)
                 .where(batch_items.c.batch_id == batch_id, batch_items.c.applied_at.is_(None))
                 .values(outcome=outcome, applied_at=now)
             )
-            values: dict[str, Any] = dict(state=state, applied_at=now)
+            ended: dict[str, Any] = dict(state=state, applied_at=now)
             if state != "applied":
-                values["error"] = reason
-            conn.execute(update(batches).where(batches.c.id == batch_id).values(**values))
+                ended["error"] = reason
+            conn.execute(update(batches).where(batches.c.id == batch_id).values(**ended))
             conn.execute(update(batches).where(batches.c.id == batch_id, batches.c.ended_at.is_(None))
                          .values(ended_at=now))
         return n

@@ -249,3 +249,34 @@ def execute(job: Any, statement: str) -> None:
             conn.execute(text(statement))
     finally:
         engine.dispose()
+
+
+def test_a_failed_batch_counts_as_an_attempt_so_it_cannot_loop(job, mock):
+    mock.configure(batch_pending_s=None)
+    data = batch_manifest(mock.url, numbered(2) + [{"id": "last", "prompt": "x"}], wait=False)
+    data["limits"]["max_attempts"] = 2
+    job.write(data)
+    assert cli("run", job.manifest).exit_code == 3
+    execute(job, "UPDATE items SET attempts = 1 WHERE key = 'last'")  # one attempt left before this batch
+    (remote,) = [r[1] for r in batch_rows(job)]
+    force(mock, remote, "FAILED")
+    again = cli("run", job.manifest)  # sees the failure, submits the two with an attempt left
+    assert again.exit_code == 3, again.stderr
+    states = dict(job.sql("SELECT key, state FROM items"))
+    assert states["last"] == "failed" and states["i000"] == states["i001"] == "running"
+    assert "ended FAILED" in job.scalar("SELECT last_error FROM items WHERE key = 'last'")
+    assert dict(job.sql("SELECT key, attempts FROM items")) == {"i000": 1, "i001": 1, "last": 2}
+    assert len(creates(mock)) == 2
+
+
+def test_a_batch_cancelled_by_someone_else_stops_the_waiting_run(job, mock):
+    mock.configure(batch_pending_s=None)
+    job.write(batch_manifest(mock.url, numbered(2), wait=False))
+    assert cli("run", job.manifest).exit_code == 3
+    (remote,) = [r[1] for r in batch_rows(job)]
+    assert http("POST", f"{mock.url}/v1beta/{remote}:cancel", headers=KEY).status == 200  # from the console
+    job.write(batch_manifest(mock.url, numbered(2)))
+    run = cli("run", job.manifest)
+    assert run.exit_code == 3, run.stderr
+    assert "was cancelled; its items are pending for the next run" in run.stderr
+    assert set(job.state_of().values()) == {"pending"} and len(creates(mock)) == 1
