@@ -125,11 +125,14 @@ class Submitter:
     async def launch(self, b: BatchRow) -> None:
         """Upload a recorded batch's references and input file and create it (exactly once)."""
         ctx = self.ctx
-        members = await ctx.q(ctx.batches.member_items, b.id)
+        members = [m for m in await ctx.q(ctx.batches.member_items, b.id) if m.open]  # type: ignore[attr-defined]
+        if not members:  # every item was re-planned (or taken) since the batch was recorded
+            await ctx.q(ctx.batches.hand_back, b.id, "cancelled", "its items changed before it was created")
+            return
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         path = ctx.workdir / f"batch-{b.id}-input.jsonl"
         with path.open("w", encoding="utf-8") as f:
-            for m in members:  # type: ignore[attr-defined]
+            for m in members:
                 files = await self.refs.files_for(m.item.spec.images)
                 f.write(json.dumps(ctx.backend.request_line(m.line_key, m.item.spec, files), ensure_ascii=False))
                 f.write("\n")
