@@ -57,6 +57,8 @@ class Submitter:
         self.adopted = 0
         #: Items found with a paid result in the spool: written by an online pass, never sent.
         self.spooled_keys: list[str] = []
+        #: A ``create`` of the batch being launched ended without a definite answer.
+        self._uncertain = False
 
     async def find_remote(self, names: set[str]) -> dict[str, RemoteBatch]:
         """The account's batches with these display names (one listing, stopped when all are found)."""
@@ -123,7 +125,18 @@ class Submitter:
         return total
 
     async def launch(self, b: BatchRow) -> None:
-        """Upload a recorded batch's references and input file and create it (exactly once)."""
+        """Upload a recorded batch's references and input file and create it (exactly once).
+        A fatal answer (a wrong key, an unknown model) is a definite no: no batch exists, its
+        items go back to pending, and the run stops."""
+        self._uncertain = False
+        try:
+            await self._launch(b)
+        except FatalError as exc:
+            if not self._uncertain:  # else an earlier create may have been taken: the next run lists
+                await self.ctx.q(self.ctx.batches.hand_back, b.id, "cancelled", f"not created: {exc.message}")
+            raise
+
+    async def _launch(self, b: BatchRow) -> None:
         ctx = self.ctx
         members = [m for m in await ctx.q(ctx.batches.member_items, b.id) if m.open]  # type: ignore[attr-defined]
         if not members:  # every item was re-planned (or taken) since the batch was recorded
@@ -153,6 +166,7 @@ class Submitter:
             except FatalError:
                 raise
             except (TransientError, ProviderError) as exc:
+                self._uncertain = True
                 wait = exc.retry_after if getattr(exc, "retry_after", None) else min(60.0, 2.0 ** attempt)
                 log.warning("creating batch %s failed (%s); waiting %.0f s, then looking whether it exists",
                             b.display_name, exc.message, wait)

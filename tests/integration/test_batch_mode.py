@@ -280,3 +280,19 @@ def test_a_batch_cancelled_by_someone_else_stops_the_waiting_run(job, mock):
     assert run.exit_code == 3, run.stderr
     assert "was cancelled; its items are pending for the next run" in run.stderr
     assert set(job.state_of().values()) == {"pending"} and len(creates(mock)) == 1
+
+
+def test_a_wrong_key_or_an_unknown_model_stops_the_run_as_online(job, mock, monkeypatch):
+    mock.configure(api_key=TEST_KEY)
+    monkeypatch.setenv("DMXAPI_KEY", "not-the-key")
+    job.write(batch_manifest(mock.url, numbered(2)))
+    wrong = cli("run", job.manifest)
+    assert wrong.exit_code == 3 and "refused the key" in wrong.stderr, wrong.stderr
+    assert "not-the-key" not in wrong.stderr
+    monkeypatch.setenv("DMXAPI_KEY", TEST_KEY)
+    data = batch_manifest(mock.url, numbered(2))
+    data["provider"]["model"] = "gemini-9-imaginary"
+    job.write(data)
+    unknown = cli("run", job.manifest)
+    assert unknown.exit_code in (2, 3), unknown.stderr
+    assert len(creates(mock)) == 0 and set(job.state_of().values()) == {"pending"}
