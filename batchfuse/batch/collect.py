@@ -35,7 +35,7 @@ from batchfuse.store.batches import FOREVER, BatchRow, Member
 
 log = logging.getLogger("batchfuse.run")
 #: Lines applied per group (one commit each), and the bytes a group may hold at most.
-GROUP_LINES, GROUP_BYTES = 64, 64 * 1024 * 1024
+GROUP_LINES, GROUP_BYTES = 64, 32 * 1024 * 1024
 DOWNLOAD_TRIES = 5
 
 
