@@ -114,3 +114,23 @@ def test_ten_thousand_items_sharing_one_reference_upload_it_once_and_the_input_s
     assert len(inputs) == 2 and len(images) == 1
     assert sum(inputs) / n < 500, "the input file carries more than a reference per line"
     assert job.scalar("SELECT count(DISTINCT item_id) FROM batch_items") == n
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_on_postgresql_a_kill_after_create_is_adopted_and_two_runners_never_share_a_batch(job, mock, backend):
+    mock.configure(image_mode="noise", image_scale=1 / 8)
+    job.write(batch_job(mock.url, max_requests=5))
+    proc = cli_process("run", job.manifest, env={"BATCHFUSE_FAULTPOINT": "batch.created:2:kill"})
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == -9, err  # killed once its second batch was made, before it was recorded
+    runners = [cli_process("run", job.manifest) for _ in range(2)]  # two runners share the job
+    for r in runners:
+        _, err = r.communicate(timeout=180)
+        assert r.returncode == 0, err
+    keys = [f"i{i:03d}" for i in range(N)]
+    assert job.state_of() == dict.fromkeys(keys, "succeeded")
+    made = collections.Counter(r["prompt"] for r in mock.requests() if r["api"] in ("gemini-batch", "gemini"))
+    assert made == {f"prompt {i}": 1 for i in range(N)}, "an item was made (paid for) twice"
+    assert creates(mock) == N // 5, "a batch was created twice"
+    assert job.scalar("SELECT count(*) FROM batches") == N // 5
+    assert job.sql("SELECT outcome, count(*) FROM attempts GROUP BY outcome") == [("succeeded", N)]
