@@ -21,7 +21,7 @@ from typing import Any
 
 from batchfuse import faultpoints
 from batchfuse.batch.context import BatchContext
-from batchfuse.errors import ErrorClass, NoImageError, OutputError, ProviderError, TransientError
+from batchfuse.errors import ErrorClass, GoneError, NoImageError, OutputError, ProviderError, TransientError
 from batchfuse.images import ImageProblem
 from batchfuse.outputs.files import PendingOutputs
 from batchfuse.outputs.names import output_name
@@ -83,6 +83,12 @@ class Collector:
         for attempt in range(1, DOWNLOAD_TRIES + 1):
             try:
                 size = await ctx.backend.download(b.result_file or "", path)
+            except GoneError as exc:  # expired at the API (48 h): what was not applied runs again
+                path.unlink(missing_ok=True)
+                n = await ctx.q(ctx.batches.hand_back, b.id, "expired", f"batch {b.display_name}: {exc.message}")
+                log.warning("batch %s: %s; its %d items not yet applied are pending again", b.display_name,
+                            exc.message, n, extra={"event": "batch_results_gone", "batch": b.display_name})
+                return False
             except TransientError as exc:
                 log.warning("downloading the results of %s failed (%s); resuming", b.display_name, exc.message)
                 if await ctx.pause(min(30.0, 0.5 * 2 ** attempt)):

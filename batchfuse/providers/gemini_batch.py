@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 
 from batchfuse import faultpoints
-from batchfuse.errors import FatalError, ProviderError, TransientError, scrub, shorten
+from batchfuse.errors import FatalError, GoneError, ProviderError, TransientError, scrub, shorten
 from batchfuse.providers.base import ProviderContext
 from batchfuse.providers.batch_base import (
     CANCELLED,
@@ -223,6 +223,9 @@ class GeminiBatch(BatchBackend):
             ) as resp:
                 if resp.status == 416:
                     return have
+                if resp.status in (403, 404, 410):  # the results file has expired or is gone
+                    raise GoneError(f"the results file {result_file} is no longer served (HTTP {resp.status})",
+                                    status=resp.status, code="gone")
                 if resp.status not in (200, 206):
                     raw = await resp.read()
                     try:

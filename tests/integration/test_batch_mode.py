@@ -296,3 +296,20 @@ def test_a_wrong_key_or_an_unknown_model_stops_the_run_as_online(job, mock, monk
     unknown = cli("run", job.manifest)
     assert unknown.exit_code in (2, 3), unknown.stderr
     assert len(creates(mock)) == 0 and set(job.state_of().values()) == {"pending"}
+
+
+def test_a_results_file_gone_at_the_api_hands_the_items_back(job, mock):
+    mock.configure(batch_pending_s=None)
+    job.write(batch_manifest(mock.url, numbered(3), wait=False))
+    assert cli("run", job.manifest).exit_code == 3
+    (remote,) = [r[1] for r in batch_rows(job)]
+    done = force(mock, remote, "SUCCEEDED")
+    results = done["response"]["responsesFile"]
+    assert http("DELETE", f"{mock.url}/v1beta/{results}", headers=KEY).status == 200  # 48 h later
+    mock.configure(batch_pending_s=0.0)
+    job.write(batch_manifest(mock.url, numbered(3)))
+    run = cli("run", job.manifest)
+    assert run.exit_code == 0, run.stderr
+    assert "is no longer served" in run.stderr
+    assert [r[2] for r in batch_rows(job)] == ["expired", "applied"]
+    assert set(job.state_of().values()) == {"succeeded"}
