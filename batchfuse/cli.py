@@ -139,6 +139,9 @@ def _plan_line(plan: PlanSummary, retry_failed: bool = False) -> str:
     )
     if plan.removed_keys:
         text += f" ({', '.join(plan.removed_keys[:5])}{', ...' if plan.removed > 5 else ''})"
+    if plan.adoptable:
+        text += (f"; {plural(plan.adoptable, 'item')} to adopt from outputs already in {plan.adopt_from}"
+                 " (made by an earlier run, not sent again)")
     return text
 
 

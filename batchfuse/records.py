@@ -194,6 +194,10 @@ class PlanSummary:
     failed: int = 0
     removed: int = 0
     removed_keys: tuple[str, ...] = ()
+    #: Items to run whose image is already on disk (a dead run's, unrecorded): adopted, not sent.
+    adoptable: int = 0
+    #: The output folder they are in.
+    adopt_from: str = ""
 
 
 @dataclass(frozen=True)

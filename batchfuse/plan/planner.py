@@ -189,7 +189,7 @@ class Planner:
                 duplicate_file = duplicate_file or raw.file
                 continue
             first_row[row.key] = raw.row
-            clash = claims.claim(names, (row.key, raw.row)) if claims is not None else None
+            clash = claims.claim(names, (row.key, raw.row), row.spec_hash) if claims is not None else None
             if clash:
                 problems.append(raw.error(clash, "output.filename"))
                 continue

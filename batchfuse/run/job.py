@@ -31,7 +31,7 @@ from batchfuse.providers.base import ProviderContext
 from batchfuse.providers.fetch import Fetcher, origin
 from batchfuse.records import Job, PlanSummary
 from batchfuse.run.breaker import Breaker
-from batchfuse.run.other_jobs import check_other_jobs
+from batchfuse.run.other_jobs import check_other_jobs, with_adoptions
 from batchfuse.run.retry import RetryPolicy
 from batchfuse.run.scheduler import Scheduler, SchedulerConfig
 from batchfuse.run.stats import RunStats
@@ -228,7 +228,7 @@ async def run_job(
     store = await asyncio.to_thread(open_store, loaded, options.db)
     db = AsyncStore(store)
     try:
-        await db.in_thread(check_other_jobs, store, loaded.planner)  # read-only: before anything is written
+        found = await db.in_thread(check_other_jobs, store, loaded.planner)  # read-only: before anything is written
         shared = not store.is_sqlite
         job, run_id, runner_id = await _take_job(store, db, loaded, options)
         reason, error, internal = "completed", None, False
@@ -238,6 +238,10 @@ async def run_job(
             job, summary = await db.in_thread(sync, store, loaded, job=job)
             if options.retry_failed:
                 await db.retry_failed(job)
+            if found:
+                summary = with_adoptions(
+                    summary, found, await db.in_thread(store.settled, job), loaded.planner.output_dir
+                )
             if not shared:  # alone on the job: whatever is in the temp folder is a dead run's
                 await asyncio.to_thread(outputs.clean_temp)
             only = options.only
