@@ -26,6 +26,7 @@ from batchfuse.errors import EXIT_INTERNAL, BatchfuseError
 from batchfuse.records import PlanSummary
 from batchfuse.review.reading import job_status
 from batchfuse.run import logs
+from batchfuse.run.batch_text import batch_line, batches_text, price_lines
 from batchfuse.run.job import (
     EXIT_STOPPED,
     RunControl,
@@ -167,12 +168,16 @@ def validate(manifest: Path, db: str | None) -> None:
         f"concurrency {m.limits.concurrency}, {m.limits.requests_per_minute or 'no'} requests/minute"
     )
     cost = f", about {est.cost:,.2f} in money" if est.cost is not None else " (set pricing for money)"
-    if est.cost is None and est.list_cost is not None:
+    if est.cost is None and m.provider.mode == "batch" and est.list_cost_batch is not None:
+        cost = f", about ${est.list_cost_batch:,.2f} at the catalog's batch prices (set pricing for your own)"
+    elif est.cost is None and est.list_cost is not None:
         cost = f", about ${est.list_cost:,.2f} at the catalog's list prices (set pricing for your own)"
     thinking = "" if est.thoughts == 0 else (
         " + thinking tokens (unknown until the first replies report them)" if est.thoughts is None
         else f" + about {est.thoughts:,} thinking tokens (the job's average so far)")
     click.echo(f"estimate: {est.images:,} image{'' if est.images == 1 else 's'}, {est.tokens:,} output tokens{thinking}{cost}")
+    for line in price_lines(m.provider.mode, est.list_cost_batch, est.list_cost, m.batch.fallback_online):
+        click.echo(line)
     budget = [f"max_images {m.limits.max_images}" if m.limits.max_images else "",
               f"max_cost {m.limits.max_cost:g}" if m.limits.max_cost else ""]
     if any(budget):
@@ -208,6 +213,7 @@ def _fitted_lines(fitted: dict[str, Any], shown: int = 10) -> list[str]:
               help="After a stop, how long in-flight requests may finish before they are cancelled.")
 @click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False), help="Write run events to this file.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--mode", type=click.Choice(["online", "batch"]), help="Override provider.mode (batch: the Batch API).")
 def run(
     manifest: Path,
     db: str | None,
@@ -219,6 +225,7 @@ def run(
     grace: float,
     log_file: Path | None,
     log_format: str,
+    mode: str | None = None,
 ) -> None:
     """Run every item that is not done; resumes after crashes and failures."""
     deadlines = [t for t in (until, time.time() + max_runtime if max_runtime is not None else None) if t]
@@ -238,6 +245,7 @@ def run(
         sample=sample,
         deadline=min(deadlines) if deadlines else None,
         grace_s=grace,
+        mode=mode,
     )
     result = asyncio.run(_run(manifest, options))
     sys.exit(result)
@@ -300,6 +308,8 @@ async def _run(manifest: Path, options: RunOptions) -> int:
         f"job: {c['succeeded']}/{c['total']} succeeded, {c['failed']} failed, {c['pending'] + c['running']} pending",
         err=True,
     )
+    if control.batch is not None:
+        click.echo(batch_line(control.batch, control.stats), err=True)
     return result.exit_code
 
 
@@ -321,6 +331,8 @@ def status(manifest: Path, db: str | None, as_json: bool) -> None:
         click.echo(f"  {'orphaned':<10} {items['orphaned']} (claimed by a runner that died; they run next time)")
     if items["removed"]:
         click.echo(f"  {'removed':<10} {items['removed']} (no longer in the manifest)")
+    if items.get("in_batch"):
+        click.echo(f"  {'in batch':<10} {items['in_batch']} (submitted in a batch that has not ended)")
     share = f" ({100 * info['rate_limited'] / info['attempts']:.1f}%)" if info["attempts"] else ""
     click.echo(f"attempts: {info['attempts']}, rate limited (429): {info['rate_limited']}{share}, tokens: {info['tokens']}")
     left = items["pending"] + items["running"] + items["orphaned"]
@@ -334,12 +346,30 @@ def status(manifest: Path, db: str | None, as_json: bool) -> None:
         click.echo("errors by cause:")
         for e in info["errors"]:
             click.echo(f"  {e['items']:>5} × [{e['class']}] {e['message']} (e.g. {e['example']})")
+    if info.get("batches"):
+        click.echo(batches_text(info["batches"]))
     if info["runs"]:
         click.echo("recent runs:")
         for r in info["runs"]:
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["started_at"]))
             state = f"live, {r['in_flight']} in flight" if r["live"] else (r["exit_reason"] or "dead (no heartbeat)")
             click.echo(f"  {when} pid {r['pid']} on {r['host']}: {r['succeeded']} ok, {r['failed']} failed — {state}")
+
+
+@main.group()
+def batches() -> None:
+    """The job's batches (batch mode)."""
+
+
+@batches.command("cancel")
+@manifest_arg
+@db_option
+def batches_cancel(manifest: Path, db: str | None) -> None:
+    """Cancel the job's live batches; their items go back to pending."""
+    from batchfuse.run.job import cancel_batches
+
+    n, returned = asyncio.run(cancel_batches(manifest, RunOptions(db=db)))
+    click.echo(f"cancelled {plural(n, 'batch', 'batches')}; {plural(returned, 'item')} pending again")
 
 
 @main.group()

@@ -8,7 +8,9 @@ OSError), ``boom`` (raise :class:`FaultPointBoom`, an exception nothing expects:
 Points: ``output.write`` (a temp file written, before fsync), ``output.fsync``,
 ``output.rename`` (before a temp file takes its final name), ``db.record`` (inside the
 transaction that records finished attempts, before its commit), ``item.attempt`` (an item's
-task, before each attempt).
+task, before each attempt); batch mode: ``batch.create`` (before ``create``), ``batch.created``
+(the server accepted, before its answer is recorded), ``batch.poll``, ``batch.download`` (after
+each piece of a results file), ``batch.apply`` (after each group of result lines).
 """
 
 from __future__ import annotations

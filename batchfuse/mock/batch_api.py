@@ -29,7 +29,7 @@ from .files_api import (
     handle_upload,
     paged_list,
 )
-from .gemini import MAX_BODY_BYTES, TOO_LARGE, google_error, invalid_request, model_not_found
+from .gemini import MAX_BODY_BYTES, TOO_LARGE, google_error, invalid_request, model_not_found, rate_limited
 from .google_json import ANY, ENUM, INT, STR, Kind, normalize_message
 from .models import gemini_model
 from .state import STATE_KEY
@@ -45,6 +45,8 @@ BATCH: dict[str, Kind] = {
 }
 CREATE_BATCH: dict[str, Kind] = {"batch": BATCH}
 NOT_FOUND = "Requested entity was not found."
+#: Faults for the next ``create`` calls (admin route ``/_mock/batches/create_faults``).
+CREATE_FAULTS_KEY = web.AppKey("batchfuse_mock_create_faults", list)
 
 
 def _batches(request: web.Request) -> BatchStore:
@@ -71,7 +73,12 @@ async def handle_create_batch(request: web.Request) -> web.StreamResponse:
         input_file, lines = _lines(batch.get("inputConfig", {}), files_of(request.app))
     except InvalidRequest as exc:
         return state.finish(entry, invalid_request(exc))
+    fault = request.app[CREATE_FAULTS_KEY].pop(0) if request.app[CREATE_FAULTS_KEY] else None
+    if fault == "429":  # refused, nothing created
+        return state.finish(entry, rate_limited(model, 0.05), fault)
     created = _batches(request).create(spec, batch.get("displayName", ""), input_file, lines)
+    if fault == "lost":  # created, but the answer never arrives whole: as a dropped connection would
+        return state.finish(entry, google_error(503, "UNAVAILABLE", "The service is currently unavailable."), fault)
     return state.finish(entry, web.json_response(created.operation()))
 
 
@@ -164,10 +171,24 @@ async def handle_delete_batch(request: web.Request) -> web.StreamResponse:
     return state.finish(entry, web.json_response({}))
 
 
+async def handle_admin_create_faults(request: web.Request) -> web.Response:
+    """``POST /_mock/batches/create_faults`` with ``{"next": ["429" | "lost", ...]}``: how the next
+    ``create`` calls end — ``429``: refused (with RetryInfo), no batch made; ``lost``: the batch is
+    made but the answer is a 503, as when the connection drops after the server accepted."""
+    body = await request.json()
+    faults = [str(f) for f in body.get("next", [])]
+    if any(f not in ("429", "lost") for f in faults):
+        return web.json_response({"error": 'next: a list of "429" or "lost"'}, status=400)
+    request.app[CREATE_FAULTS_KEY][:] = faults
+    return web.json_response({"next": faults})
+
+
 async def handle_admin_batch_state(request: web.Request) -> web.Response:
     """``POST /_mock/batches/{id}/state`` with ``{"state": "RUNNING" | "SUCCEEDED" | "FAILED" |
     "CANCELLED" | "EXPIRED"}`` (``BATCH_STATE_`` prefix optional): move the batch on now and
-    answer its ``Operation``. ``SUCCEEDED`` answers once its results exist."""
+    answer its ``Operation``. ``SUCCEEDED`` answers once its results exist.  For tests of the
+    reader: ``"extra_lines": [row, ...]`` adds rows to the results file, ``"repeat_keys": [key,
+    ...]`` repeats those keys' rows."""
     store = _batches(request)
     batch = store.get(request.match_info["id"].removeprefix("batches/"))
     if batch is None:
@@ -175,6 +196,8 @@ async def handle_admin_batch_state(request: web.Request) -> web.Response:
     try:
         body = await request.json()
         wanted = str(body["state"]).upper().removeprefix("BATCH_STATE_")
+        batch.extra_rows += list(body.get("extra_lines", []))
+        batch.repeat_keys |= {str(k) for k in body.get("repeat_keys", [])}
         await store.force(batch, wanted)
     except (ValueError, KeyError, TypeError) as exc:
         message = f'body must be {{"state": one of {", ".join(STATES[1:])}}}: {exc}'
@@ -189,6 +212,7 @@ def add_batch_routes(app: web.Application) -> None:
     files = FileStore()
     app[FILES_KEY] = files
     app[BATCHES_KEY] = BatchStore(app[STATE_KEY], files)
+    app[CREATE_FAULTS_KEY] = []
     app.router.add_post("/upload/v1beta/files", handle_upload)
     app.router.add_get("/v1beta/files", handle_list_files)
     app.router.add_get("/v1beta/files/{name}", handle_get_file)
@@ -199,6 +223,7 @@ def add_batch_routes(app: web.Application) -> None:
     app.router.add_get("/v1beta/batches/{name}", handle_get_batch)
     app.router.add_post("/v1beta/batches/{name}", handle_batch_method)
     app.router.add_delete("/v1beta/batches/{name}", handle_delete_batch)
+    app.router.add_post("/_mock/batches/create_faults", handle_admin_create_faults)
     app.router.add_post("/_mock/batches/{id}/state", handle_admin_batch_state)
 
     async def stop_batches(_app: web.Application) -> None:
@@ -211,6 +236,7 @@ async def reset_batches(app: web.Application) -> None:
     """Forget every batch (stopping those still running) and every file."""
     await app[BATCHES_KEY].clear()
     app[FILES_KEY].clear()
+    app[CREATE_FAULTS_KEY].clear()
 
 
 __all__ = ["add_batch_routes", "reset_batches"]

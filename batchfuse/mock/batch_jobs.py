@@ -69,6 +69,9 @@ class Batch:
     skip_running: asyncio.Event = field(default_factory=asyncio.Event)
     left_pending: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    #: Test hooks (admin route): rows added to the results file, and keys whose rows come twice.
+    extra_rows: list[Any] = field(default_factory=list)
+    repeat_keys: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.updated = self.created
@@ -225,7 +228,8 @@ class BatchStore:
     def _finish(self, batch: Batch) -> None:
         config = self.state.config
         if batch.input_file is not None:
-            rows = list(batch.outcomes)
+            rows = list(batch.outcomes) + [r for r in batch.outcomes if r.get("key") in batch.repeat_keys]
+            rows += batch.extra_rows
             if config.batch_shuffle:
                 seed = None if config.seed is None else f"{config.seed}:{batch.seq}"
                 random.Random(seed).shuffle(rows)

@@ -11,7 +11,7 @@ import math
 import re
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -42,6 +42,8 @@ class ProviderConfig(Strict):
     api_key_env: str | None = None
     #: Options for the built-in mock API when ``base_url: mock`` (latency_ms, rate_503, ...).
     mock: dict[str, Any] = Field(default_factory=dict)
+    #: ``online``: one request per item; ``batch``: the provider's Batch API (half price, within 24 h).
+    mode: Literal["online", "batch"] = "online"
 
     @field_validator("base_url")
     @classmethod
@@ -49,6 +51,12 @@ class ProviderConfig(Strict):
         if v != "mock" and not re.match(r"^https?://[^\s/]+", v):
             raise ValueError('must be an http(s) URL, or "mock" for the built-in mock API')
         return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _batch_mode(self) -> ProviderConfig:
+        if self.mode == "batch" and self.kind != "gemini":
+            raise ValueError(f"mode: batch is for kind gemini (its Batch API); kind {self.kind} runs online only")
+        return self
 
     @field_validator("api_key_env")
     @classmethod
@@ -107,6 +115,25 @@ class ItemsFrom(Strict):
     key: str | None = None
 
 
+class BatchConfig(Strict):
+    """Batch mode (``provider.mode: batch``): how items are grouped, watched and rescued."""
+
+    #: Requests per batch job; a larger plan is split into several batches.
+    max_requests: int = Field(2000, ge=1, le=100_000)
+    #: How often running batches are looked at (seconds).
+    poll_s: float = Field(60, gt=0, le=86_400)
+    #: With a deadline (``--until``/``--max-runtime``): items still out shortly before it are
+    #: cancelled from their batches and run online (at the full price).
+    fallback_online: bool = True
+    #: How long before the deadline the fallback starts (seconds).
+    fallback_lead_s: float = Field(900, ge=0, le=86_400)
+    #: A batch pending or running longer than this many hours is reported as stale.
+    stale_after_h: float = Field(24, gt=0, le=10_000)
+    #: Wait for the batches (polling) until they end or the deadline comes; ``false``: submit and
+    #: collect what has finished, then exit (for cron).
+    wait: bool = True
+
+
 class Pricing(Strict):
     """What an image costs, for the estimate and ``limits.max_cost``."""
 
@@ -127,6 +154,7 @@ class Manifest(Strict):
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     images_config: ImagesConfig = Field(default_factory=ImagesConfig, alias="reference_images")
     pricing: Pricing | None = None
+    batch: BatchConfig = Field(default_factory=BatchConfig)
     #: Templates every item uses unless it has its own ``prompt`` / ``images``.
     prompt: str | None = None
     images: list[str] | None = None

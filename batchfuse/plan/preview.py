@@ -79,6 +79,8 @@ class Estimate:
     thoughts: int | None = 0
     #: The cost at the catalog's list prices (online), when every image's price is known.
     list_cost: float | None = None
+    #: The same at the catalog's batch prices (Batch API), when every image's is known.
+    list_cost_batch: float | None = None
 
 
 def _size_of(entry: ModelEntry, params: dict[str, Any]) -> str | None:
@@ -95,6 +97,7 @@ def estimate(loaded: Loaded, settled: dict[str, str], thoughts_per_request: floa
     provider, entry = loaded.planner.provider, loaded.planner.model
     requests = images = tokens = 0
     list_cost: float | None = 0.0
+    list_cost_batch: float | None = 0.0
     for row in loaded.planner.rows([]):
         if settled.get(row.key) == row.spec_hash:
             continue
@@ -105,6 +108,8 @@ def estimate(loaded: Loaded, settled: dict[str, str], thoughts_per_request: floa
         size = _size_of(entry, row.spec.params)
         price = entry.price_per_image(size) if size is not None and entry.checked else None
         list_cost = None if list_cost is None or price is None else list_cost + n * price
+        price = entry.price_per_image(size, batch=True) if size is not None and entry.checked else None
+        list_cost_batch = None if list_cost_batch is None or price is None else list_cost_batch + n * price
     thinks = provider.REPORTS_THOUGHTS and (entry.thought_images or bool(entry.thinking_levels) or not entry.checked)
     thoughts = round(requests * thoughts_per_request) if thoughts_per_request is not None else (None if thinks else 0)
     pricing = loaded.manifest.pricing
@@ -113,4 +118,6 @@ def estimate(loaded: Loaded, settled: dict[str, str], thoughts_per_request: floa
         cost = images * pricing.per_image
     elif pricing is not None and pricing.per_million_tokens is not None:
         cost = (tokens + (thoughts or 0)) * pricing.per_million_tokens / 1e6
-    return Estimate(requests, images, tokens, cost, thoughts, list_cost if requests else None)
+    return Estimate(
+        requests, images, tokens, cost, thoughts, list_cost if requests else None, list_cost_batch if requests else None
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,5 +43,20 @@ def reading_job(path: Path, db: str | None = None) -> Iterator[tuple[Manifest, S
 
 def job_status(path: Path, db: str | None = None) -> dict[str, Any]:
     """The job's state as ``batchfuse status --json`` prints it."""
-    with reading_job(path, db) as (_, store, job):
-        return store.status(job)
+    with reading_job(path, db) as (manifest, store, job):
+        info = store.status(job)
+        info["batches"] = batch_status(store, job, manifest.batch.stale_after_h)
+        return info
+
+
+def batch_status(store: Store, job: Job, stale_after_h: float) -> list[dict[str, Any]]:
+    """The job's batches (batch mode), newest first: state, counts, submitted at, age, stale, items."""
+    from batchfuse.store.batches import BatchQueries
+
+    now = time.time()
+    rows = BatchQueries(store).summary(job)
+    for b in rows:
+        since = b["submitted_at"] or b["created_at"]
+        b["age_s"] = round((b["ended_at"] or now) - since, 1)
+        b["stale"] = b["state"] in ("preparing", "pending", "running") and now - since > stale_after_h * 3600
+    return rows

@@ -18,6 +18,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from batchfuse.errors import InputError, ManifestError
 from batchfuse.images import EncodedImageCache
@@ -60,6 +61,8 @@ class RunOptions:
     grace_s: float = 60.0
     #: How long a claim lasts without a heartbeat; short in tests of dead runners.
     lease_s: float = field(default_factory=lambda: float(os.environ.get("BATCHFUSE_LEASE_S", "60")))
+    #: ``online`` or ``batch``; None: the manifest's ``provider.mode``.
+    mode: str | None = None
 
 
 @dataclass
@@ -83,6 +86,8 @@ class RunControl:
     stats: RunStats = field(default_factory=RunStats)
     scheduler: Scheduler | None = None
     _pending_stop: str | None = None
+    #: What the batch part of a batch-mode run came to (a ``batchfuse.batch.BatchOutcome``).
+    batch: Any = None
 
     def stop(self, reason: str) -> None:
         if self.scheduler is not None:
@@ -286,7 +291,19 @@ async def run_job(
                     "run started: job %s, %d items to do, pid %d", m.job, control.stats.to_do, os.getpid(),
                     extra={"event": "run_start", "job": m.job, "to_do": control.stats.to_do, "run_id": run_id},
                 )
-                await scheduler.run()
+                if (options.mode or m.provider.mode) == "batch":  # batch mode (issue 16): see batchfuse.batch
+                    from batchfuse.batch.compose import run_batch_mode
+
+                    batched = await run_batch_mode(
+                        loaded, config, control.stats, db, job, run_id, runner_id, provider.ctx, outputs,
+                        lambda: scheduler.stop_reason,
+                    )
+                    control.batch = batched
+                    if not batched.online_all:
+                        config.only_keys = batched.online_keys or None
+                    reason = batched.reason or reason
+                if (options.mode or m.provider.mode) != "batch" or config.only_keys or batched.online_all:
+                    await scheduler.run()
                 if scheduler.stop_reason:
                     reason, error = scheduler.stop_reason, scheduler.stop_error
                 internal = scheduler.internal_error
@@ -320,6 +337,34 @@ async def run_job(
             code, reason, stats.succeeded, stats.failed, stats.requests, counts, summary,
             image_reads=image_cache.reads, image_encodes=image_cache.encodes,
         )
+    finally:
+        db.close()
+        store.close()
+
+
+async def cancel_batches(path: Path, options: RunOptions) -> tuple[int, int]:
+    """``batchfuse batches cancel``: cancel the job's live batches (batch mode); returns
+    (batches cancelled, items pending again)."""
+    from batchfuse.batch.compose import cancel_job_batches
+
+    loaded = await asyncio.to_thread(load, path)
+    m = loaded.manifest
+    credentials = loaded.planner.provider.credentials(
+        m.provider.api_key_env, loaded.planner.provider_config, str(loaded.path), mock=m.provider.base_url == "mock"
+    )
+    store = await asyncio.to_thread(open_store, loaded, options.db)
+    db = AsyncStore(store)
+    try:
+        job = await db.in_thread(store.find_job, m.job)
+        if job is None:
+            return 0, 0
+        async with _endpoint(loaded) as base_url, loaded.planner.provider.open_session(
+            WireConnector(limit=4, limit_per_host=0), loaded.planner.provider_config
+        ) as session, _fetcher(loaded, base_url) as fetcher:
+            ctx = ProviderContext(base_url=base_url, model=m.provider.model, credentials=credentials, session=session,
+                                  images=EncodedImageCache(), timeout_s=m.limits.timeout_s, fetcher=fetcher,
+                                  config=loaded.planner.provider_config)
+            return await cancel_job_batches(loaded, db, job, ctx)
     finally:
         db.close()
         store.close()

@@ -147,6 +147,7 @@ class StoreLeases(StoreReads):
                     items.c.job_id == job.id,
                     items.c.state == ItemState.running.value,
                     items.c.lease_owner != runner_id,
+                    ~items.c.lease_owner.startswith("batch:"),  # a batch's items come back when it ends
                 )
             ).scalar_one()
 

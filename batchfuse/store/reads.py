@@ -71,8 +71,10 @@ class StoreReads:
         with self._read() as conn:
             in_flight = self._in_flight(conn, job)
             live = self._live_runners(conn, job) if in_flight else set()
-        orphaned = sum(n for owner, n in in_flight.items() if owner not in live)
-        return {**counts, "running": counts["running"] - orphaned, "orphaned": orphaned}
+        batched = sum(n for owner, n in in_flight.items() if owner and owner.startswith("batch:"))
+        orphaned = sum(n for owner, n in in_flight.items() if owner not in live) - batched
+        shown = {**counts, "running": counts["running"] - orphaned - batched, "orphaned": orphaned}
+        return {**shown, "in_batch": batched} if batched else shown  # items submitted in a live batch
 
     def status(self, job: Job) -> dict[str, Any]:
         """Everything ``batchfuse status`` shows."""
@@ -135,6 +137,7 @@ class StoreReads:
                 "running": counts["running"],
                 "orphaned": counts["orphaned"],
                 "removed": removed,
+                **({"in_batch": counts["in_batch"]} if "in_batch" in counts else {}),
             },
             "attempts": n_attempts,
             "attempts_by_outcome": by_outcome,
@@ -233,7 +236,7 @@ class StoreReads:
             for r in page:
                 yield {
                     "key": r.key,
-                    "state": "orphaned" if r.state == ItemState.running.value and r.lease_owner not in live else r.state,
+                    "state": _shown_state(r.state, r.lease_owner, live),
                     "attempts": r.attempts,
                     "spec": json.loads(r.spec),
                     "error_class": r.error_class,
@@ -260,3 +263,13 @@ def runner_alive(host: str, pid: int, heartbeat_at: float, now: float) -> bool:
         # A live pid with a long-silent heartbeat is a reused pid, not our runner.
         return now - heartbeat_at < STALE_RUNNER_S * 10
     return now - heartbeat_at < STALE_RUNNER_S
+
+
+def _shown_state(state: str, owner: str | None, live: set[str]) -> str:
+    """An item's state as shown: ``in_batch`` when a batch holds it, ``orphaned`` when a runner
+    that is gone does."""
+    if state != ItemState.running.value:
+        return state
+    if owner and owner.startswith("batch:"):
+        return "in_batch"
+    return "orphaned" if owner not in live else state

@@ -8,6 +8,7 @@ compare, and free of the naive/aware datetime trap. The Alembic migrations under
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -148,4 +149,77 @@ spool = Table(
     Column("source_at", Float),
     Column("created_at", Float, nullable=False),
     Index("ix_spool_item", "item_id"),
+)
+
+# -- batch mode (issue 16; migration 0005) -------------------------------------------------
+
+#: One batch job at the API.  The row (with its items in ``batch_items``) is written *before*
+#: the batch is created, under a display name unique to it, so a run that died around
+#: ``create`` finds the batch by listing the account's batches and adopts it.
+batches = Table(
+    "batches",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("display_name", String(128), nullable=False, unique=True),
+    Column("backend", String(20), nullable=False),
+    Column("model", String(200), nullable=False),
+    #: The API's name (``batches/...``), once created or adopted.
+    Column("remote_name", String(200)),
+    #: preparing, pending, running, succeeded, failed, cancelled, expired, applied
+    Column("state", String(20), nullable=False),
+    Column("input_file", String(200)),
+    Column("result_file", String(200)),
+    Column("request_count", Integer, nullable=False, default=0),
+    Column("succeeded_count", Integer),
+    Column("failed_count", Integer),
+    Column("created_at", Float, nullable=False),
+    Column("submitted_at", Float),
+    Column("checked_at", Float),
+    Column("ended_at", Float),
+    Column("applied_at", Float),
+    #: Bytes of the result file on disk, and up to where its lines are applied.
+    Column("download_offset", BigInteger, nullable=False, default=0),
+    Column("applied_offset", BigInteger, nullable=False, default=0),
+    Column("unknown_lines", Integer, nullable=False, default=0),
+    Column("duplicate_lines", Integer, nullable=False, default=0),
+    Column("error", Text),
+    #: The runner working on the batch (creating, polling, applying); another takes it over
+    #: only when that runner is gone.
+    Column("runner_id", String(64)),
+    Index("ix_batches_job", "job_id", "state"),
+)
+
+#: Which item went into which batch, under which line key (item key + ``#`` + attempt).
+batch_items = Table(
+    "batch_items",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("batch_id", Integer, ForeignKey("batches.id", ondelete="CASCADE"), nullable=False),
+    Column("item_id", Integer, ForeignKey("items.id", ondelete="CASCADE"), nullable=False),
+    Column("line_key", String(600), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("spec_hash", String(64), nullable=False),
+    #: What the result line came to (succeeded, transient, rejected, missing, returned, ...).
+    Column("outcome", String(20)),
+    Column("applied_at", Float),
+    UniqueConstraint("batch_id", "line_key"),
+    Index("ix_batch_items_item", "item_id"),
+)
+
+#: Files uploaded through the provider's Files API (reference images), by content digest:
+#: one upload serves every request that uses the image until it expires (48 h at Gemini).
+uploaded_files = Table(
+    "uploaded_files",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("endpoint", String(300), nullable=False),
+    Column("digest", String(200), nullable=False),
+    Column("remote_name", String(200), nullable=False),
+    Column("uri", Text, nullable=False),
+    Column("mime", String(100), nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("uploaded_at", Float, nullable=False),
+    Column("expires_at", Float),
+    UniqueConstraint("endpoint", "digest"),
 )

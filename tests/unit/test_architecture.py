@@ -18,19 +18,23 @@ TOO_BIG_FOR_NOW: dict[str, int] = {}
 #: (``plan``, ``run`` ...), its own name for ``records``/``errors``/``cli``, or ``shared`` for the
 #: other top-level leaf modules (input files, images, templates, the model catalog, fault points).
 FORBIDDEN: dict[str, set[str]] = {
-    "records": {"shared", "plan", "providers", "outputs", "store", "run", "review", "mock", "cli"},
-    "errors": {"shared", "plan", "providers", "outputs", "store", "run", "review", "mock", "cli"},
-    "shared": {"plan", "providers", "outputs", "store", "run", "review", "mock", "cli"},
-    "plan": {"store", "run", "review", "cli"},
-    "providers": {"plan", "outputs", "store", "run", "review", "mock", "cli"},
-    "outputs": {"plan", "providers", "store", "run", "review", "mock", "cli"},
-    "store": {"plan", "providers", "outputs", "run", "review", "mock", "cli"},
+    "records": {"shared", "plan", "providers", "outputs", "store", "run", "review", "mock", "cli", "batch"},
+    "errors": {"shared", "plan", "providers", "outputs", "store", "run", "review", "mock", "cli", "batch"},
+    "shared": {"plan", "providers", "outputs", "store", "run", "review", "mock", "cli", "batch"},
+    "plan": {"store", "run", "review", "cli", "batch"},
+    "providers": {"plan", "outputs", "store", "run", "review", "mock", "cli", "batch"},
+    "outputs": {"plan", "providers", "store", "run", "review", "mock", "cli", "batch"},
+    "store": {"plan", "providers", "outputs", "run", "review", "mock", "cli", "batch"},
     "run": {"review", "cli"},
-    "review": {"run", "cli"},
-    "mock": {"plan", "providers", "outputs", "store", "run", "review", "cli"},
+    "review": {"run", "cli", "batch"},
+    "mock": {"plan", "providers", "outputs", "store", "run", "review", "cli", "batch"},
     "cli": set(),
+    #: Batch mode sits beside run/: it uses the stages below and run's recorder and retry rules.
+    "batch": {"review", "mock", "cli"},
 }
-SUBPACKAGES = {"plan", "providers", "outputs", "store", "run", "review", "mock"}
+SUBPACKAGES = {"plan", "providers", "outputs", "store", "run", "review", "mock", "batch"}
+#: The only modules that may import the batch layer: the composition root (and the command line).
+BATCH_IMPORTERS = {"batchfuse.run.job", "batchfuse.cli"}
 
 
 def module_name(path: Path) -> str:
@@ -91,6 +95,17 @@ def violations(modules: list[tuple[str, Path]]) -> list[str]:
 
 def test_imports_point_down_the_flow() -> None:
     assert violations([(module_name(p), p) for p in MODULES]) == []
+
+
+def test_only_the_composition_root_imports_the_batch_layer() -> None:
+    bad = [
+        f"{module_name(p)} imports {target}"
+        for p in MODULES
+        if stage(module_name(p)) != "batch" and module_name(p) not in BATCH_IMPORTERS
+        for target in sorted(imports(p))
+        if stage(target) == "batch"
+    ]
+    assert bad == []
 
 
 def test_a_planted_upward_import_is_caught(tmp_path: Path) -> None:

@@ -1,0 +1,168 @@
+"""One run in batch mode: adopt what an earlier run left, collect what has ended, submit what
+is in no batch, then wait (polling every ``batch.poll_s``) until the batches have ended, the
+deadline comes or the run is stopped.
+
+With ``batch.fallback_online`` and a deadline, ``batch.fallback_lead_s`` before it the batches
+still out are cancelled (a batch that finished meanwhile is applied instead) and their items
+handed back: :func:`run_batches` returns their keys, and the composition root runs them online.
+A batch pending or running longer than ``batch.stale_after_h`` is reported (log and status).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from batchfuse.batch.collect import Collector
+from batchfuse.batch.context import BatchContext
+from batchfuse.batch.refs import RefUploads
+from batchfuse.batch.submit import Submitter
+from batchfuse.errors import TransientError
+from batchfuse.providers.batch_base import LIVE
+from batchfuse.store.batches import BatchRow
+
+log = logging.getLogger("batchfuse.run")
+
+__all__ = ["BatchContext", "BatchOutcome", "cancel_live_batches", "run_batches"]
+
+
+@dataclass
+class BatchOutcome:
+    """What the batch part of a run came to."""
+
+    #: Items to run online now: the fallback's stragglers and items with a spooled result.
+    online_keys: list[str] = field(default_factory=list)
+    #: Of ``online_keys``, how many the fallback took out of their batches.
+    fallback: int = 0
+    #: The fallback came: everything runnable (the run's ``--only`` still holds) runs online now.
+    online_all: bool = False
+    #: Items still out in batches when the run ended (collected by a later run).
+    out: int = 0
+    batches_out: int = 0
+    created: int = 0
+    adopted: int = 0
+    applied: int = 0
+    uploads: int = 0
+    unknown_lines: int = 0
+    duplicate_lines: int = 0
+    #: Per image at the default size, from the model catalog (None when unknown).
+    batch_price: float | None = None
+    online_price: float | None = None
+    price_size: str = ""
+    #: Why the run ended before every batch had ended (None: they all did).
+    reason: str | None = None
+
+
+async def run_batches(ctx: BatchContext) -> BatchOutcome:
+    refs = RefUploads(ctx)
+    submitter, collector = Submitter(ctx, refs), Collector(ctx)
+    outcome = BatchOutcome()
+    warned: set[int] = set()
+    fallback_at = None
+    if ctx.deadline is not None and ctx.config.fallback_online:
+        fallback_at = ctx.deadline - ctx.config.fallback_lead_s
+    while True:
+        if (why := ctx.stop_requested()) is not None:
+            outcome.reason = why
+            break
+        try:
+            await ctx.heartbeat()
+            open_rows: list[BatchRow] = await ctx.q(ctx.batches.take, ctx.job, ctx.runner_id)  # type: ignore[assignment]
+            await submitter.adopt_or_launch([b for b in open_rows if b.remote_name is None])
+            cancelled = []
+            for b in open_rows:
+                if b.remote_name is not None or b.state == "succeeded":
+                    remote = await collector.poll(await ctx.q(ctx.batches.batch, b.id))  # type: ignore[arg-type]
+                    if remote is not None and remote.state == "cancelled":
+                        cancelled.append(b.display_name)
+            if cancelled:  # someone cancelled (`batches cancel`, the console): do not send them again now
+                outcome.reason = f"batch {cancelled[0]} was cancelled; its items are pending for the next run"
+                break
+            if fallback_at is not None and time.time() >= fallback_at:
+                await _fall_back(ctx, collector, outcome)
+                outcome.online_all = True
+                break
+            await submitter.submit_new()
+        except TransientError as exc:  # the API is busy or away: what is recorded is picked up next round
+            log.warning("batch API: %s; trying again in %g s", exc.message, ctx.config.poll_s,
+                        extra={"event": "batch_api_error", "error": exc.message})
+            if await ctx.pause(ctx.config.poll_s):
+                continue
+        live: list[BatchRow] = await ctx.q(ctx.batches.open_batches, ctx.job)  # type: ignore[assignment]
+        _warn_stale(ctx, live, warned)
+        if not live:
+            break
+        if not ctx.config.wait:
+            outcome.reason = "batches submitted; a later run collects them"
+            break
+        now = time.time()
+        wake = now + ctx.config.poll_s
+        if fallback_at is not None:
+            wake = min(wake, fallback_at)
+        if ctx.deadline is not None:
+            if now >= ctx.deadline:
+                outcome.reason = "deadline reached"
+                break
+            wake = min(wake, ctx.deadline)
+        if await ctx.pause(max(0.0, wake - now)):
+            continue  # the stop is seen at the top
+    remaining: list[BatchRow] = await ctx.q(ctx.batches.open_batches, ctx.job)  # type: ignore[assignment]
+    outcome.batches_out = len(remaining)
+    outcome.out = int(await ctx.q(ctx.batches.items_out, ctx.job))  # type: ignore[call-overload]
+    if outcome.out and outcome.reason is None:
+        outcome.reason = f"{outcome.out} items still out in {outcome.batches_out} batches"
+    outcome.online_keys = submitter.spooled_keys + outcome.online_keys
+    outcome.created, outcome.adopted = submitter.created, submitter.adopted
+    outcome.applied, outcome.uploads = collector.applied, refs.uploads
+    outcome.unknown_lines, outcome.duplicate_lines = collector.unknown, collector.duplicate
+    return outcome
+
+
+async def _fall_back(ctx: BatchContext, collector: Collector, outcome: BatchOutcome) -> None:
+    """Cancel the batches still out and hand their items back for an online run (a batch that
+    finished meanwhile is applied instead; the online pass claims only what is pending)."""
+    rows: list[BatchRow] = await ctx.q(ctx.batches.take, ctx.job, ctx.runner_id)  # type: ignore[assignment]
+    for b in rows:
+        if b.state not in LIVE and b.remote_name is not None:
+            continue
+        members = await ctx.q(ctx.batches.members, b.id, None)
+        keys = [m.item.key for m in members.values() if m.open]  # type: ignore[attr-defined]
+        if b.remote_name is not None:
+            await ctx.backend.cancel(b.remote_name)
+            remote = await collector.poll(await ctx.q(ctx.batches.batch, b.id))  # type: ignore[arg-type]
+            if remote is not None and remote.state == "succeeded":
+                continue
+        await ctx.q(ctx.batches.hand_back, b.id, "cancelled", "taken out of its batch to run online before the deadline",
+                    "fallback")
+        outcome.online_keys += keys
+    outcome.fallback = len(outcome.online_keys)
+    if outcome.fallback:
+        log.warning("fallback: %d items not back from their batches run online before the deadline (full price)",
+                    outcome.fallback, extra={"event": "batch_fallback", "items": outcome.fallback})
+
+
+def _warn_stale(ctx: BatchContext, live: list[BatchRow], warned: set[int]) -> None:
+    limit = ctx.config.stale_after_h * 3600
+    now = time.time()
+    for b in live:
+        since = b.submitted_at or b.created_at
+        if b.id not in warned and now - since > limit:
+            warned.add(b.id)
+            log.warning("batch %s has been %s for %.1f h (stale_after_h %g)", b.display_name, b.state,
+                        (now - since) / 3600, ctx.config.stale_after_h,
+                        extra={"event": "batch_stale", "batch": b.display_name, "state": b.state})
+
+
+async def cancel_live_batches(ctx: BatchContext) -> int:
+    """``batchfuse batches cancel``: cancel the job's live batches; their items go back to pending."""
+    rows: list[BatchRow] = await ctx.q(ctx.batches.open_batches, ctx.job)  # type: ignore[assignment]
+    n = 0
+    collector = Collector(ctx)
+    for b in rows:
+        if b.remote_name is None:
+            continue
+        await ctx.backend.cancel(b.remote_name)
+        await collector.poll(await ctx.q(ctx.batches.batch, b.id))  # type: ignore[arg-type]
+        n += 1
+    return n
