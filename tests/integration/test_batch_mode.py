@@ -293,9 +293,11 @@ def test_a_wrong_key_or_an_unknown_model_stops_the_run_as_online(job, mock, monk
     data = batch_manifest(mock.url, numbered(2))
     data["provider"]["model"] = "gemini-9-imaginary"
     job.write(data)
-    unknown = cli("run", job.manifest)
-    assert unknown.exit_code in (2, 3), unknown.stderr
-    assert len(creates(mock)) == 0 and set(job.state_of().values()) == {"pending"}
+    unknown = cli("run", job.manifest)  # a name the catalog does not list: the API's 404 decides
+    assert unknown.exit_code == 3, unknown.stderr
+    assert "not found" in unknown.stderr and "gemini-9-imaginary" in unknown.stderr, unknown.stderr
+    assert [r["status"] for r in creates(mock)] == [404] and remote_batches(mock) == []
+    assert set(job.state_of().values()) == {"pending"}
 
 
 def test_a_results_file_gone_at_the_api_hands_the_items_back(job, mock):
