@@ -57,6 +57,7 @@ class Group(click.Group):
         "export": "batchfuse.review.cli_review:export",
         "mock-server": "batchfuse.mock.cli:mock_server",
         "schema": "batchfuse.plan.schema:schema",
+        "models": "batchfuse.plan.models_cmd:models",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -138,6 +139,9 @@ def _plan_line(plan: PlanSummary, retry_failed: bool = False) -> str:
     )
     if plan.removed_keys:
         text += f" ({', '.join(plan.removed_keys[:5])}{', ...' if plan.removed > 5 else ''})"
+    if plan.adoptable:
+        text += (f"; {plural(plan.adoptable, 'item')} to adopt from outputs already in {plan.adopt_from}"
+                 " (made by an earlier run, not sent again)")
     return text
 
 
@@ -154,6 +158,10 @@ def validate(manifest: Path, db: str | None) -> None:
     env = m.provider.api_key_env
     click.echo(f"{manifest}: ok — job {m.job!r}, {plural(loaded.items, 'item')}")
     click.echo(f"provider: {m.provider.kind} {m.provider.model} at {m.provider.base_url}")
+    for warning in loaded.planner.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    for line in _fitted_lines(loaded.planner.fitted):
+        click.echo(line)
     click.echo(_plan_line(plan))
     to_send = plan.new + plan.changed + plan.to_run + plan.to_retry
     click.echo(
@@ -161,7 +169,12 @@ def validate(manifest: Path, db: str | None) -> None:
         f"concurrency {m.limits.concurrency}, {m.limits.requests_per_minute or 'no'} requests/minute"
     )
     cost = f", about {est.cost:,.2f} in money" if est.cost is not None else " (set pricing for money)"
-    click.echo(f"estimate: {est.images:,} images, {est.tokens:,} output tokens{cost}")
+    if est.cost is None and est.list_cost is not None:
+        cost = f", about ${est.list_cost:,.2f} at the catalog's list prices (set pricing for your own)"
+    thinking = "" if est.thoughts == 0 else (
+        " + thinking tokens (unknown until the first replies report them)" if est.thoughts is None
+        else f" + about {est.thoughts:,} thinking tokens (the job's average so far)")
+    click.echo(f"estimate: {est.images:,} images, {est.tokens:,} output tokens{thinking}{cost}")
     budget = [f"max_images {m.limits.max_images}" if m.limits.max_images else "",
               f"max_cost {m.limits.max_cost:g}" if m.limits.max_cost else ""]
     if any(budget):
@@ -171,6 +184,18 @@ def validate(manifest: Path, db: str | None) -> None:
         click.echo("first request: " + json.dumps(request, ensure_ascii=False))
     if m.provider.base_url != "mock" and env and not os.environ.get(env):
         click.echo(f"warning: {env} is not set; run needs it", err=True)
+
+
+def _fitted_lines(fitted: dict[str, Any], shown: int = 10) -> list[str]:
+    """What ``reference_images.fit`` did, item by item (the first ``shown``)."""
+    if not fitted:
+        return []
+    lines = [f"fitted to the request limit: {plural(len(fitted), 'item')} (reference images re-encoded)"]
+    for key, how in list(fitted.items())[:shown]:
+        lines.append(f"  {key}: {how.before / 2**20:.1f} MB -> {how.after / 2**20:.1f} MB at {how.step}")
+    if len(fitted) > shown:
+        lines.append(f"  ... and {len(fitted) - shown} more")
+    return lines
 
 
 @main.command()

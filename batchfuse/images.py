@@ -42,6 +42,15 @@ class ImageInfo:
     width: int
     height: int
     size: int
+    #: EXIF orientation (1: upright); another value means :func:`normalize` re-encodes it.
+    orientation: int = 1
+
+    def sent_as_is(self, max_side: int) -> bool:
+        """Whether :func:`normalize` sends the file's own bytes (so their size is known unread)."""
+        return (
+            self.format in SENDABLE and self.orientation == 1 and max(self.width, self.height) <= max_side
+            and self.size <= MAX_INLINE_BYTES
+        )
 
 
 def open_image(data: bytes, formats: tuple[str, ...] = OPENABLE) -> Image.Image:
@@ -63,6 +72,7 @@ def open_image(data: bytes, formats: tuple[str, ...] = OPENABLE) -> Image.Image:
 def inspect_bytes(data: bytes) -> ImageInfo:
     im = open_image(data)
     fmt = im.format or "PNG"
+    orientation = im.getexif().get(0x0112, 1) if fmt in ("JPEG", "WEBP", "PNG", "TIFF") else 1
     return ImageInfo(
         digest=hashlib.sha256(data).hexdigest(),
         mime=SENDABLE.get(fmt, "image/png"),
@@ -70,6 +80,7 @@ def inspect_bytes(data: bytes) -> ImageInfo:
         width=im.width,
         height=im.height,
         size=len(data),
+        orientation=orientation if isinstance(orientation, int) else 1,
     )
 
 
@@ -141,9 +152,45 @@ def normalize(data: bytes, max_side: int = DEFAULT_MAX_SIDE) -> tuple[str, bytes
     if len(encoded) > MAX_INLINE_BYTES:
         raise ImageProblem(
             f"image is {len(encoded) // 1_000_000} MB after scaling to {max_side} px; "
-            f"lower images.max_side to fit the API's inline limit"
+            f"lower reference_images.max_side to fit the API's inline limit"
         )
     return mime, encoded
+
+
+def fit_steps(max_side: int) -> list[str]:
+    """The fitting steps (``reference_images.fit``), gentlest first: re-encode at ``max_side``
+    with falling quality, then at smaller sides.  Each is a name like ``2048px-q80``."""
+    steps = [(max_side, 90), (max_side, 80), (max_side, 70)]
+    steps += [(side, q) for side, q in ((2048, 80), (2048, 70), (1536, 75), (1024, 75), (768, 70), (512, 70))
+              if side < max_side]
+    return [f"{side}px-q{q}" for side, q in steps]
+
+
+def encode_fitted(data: bytes, step: str) -> tuple[str, bytes]:
+    """The image re-encoded at a fitting step: upright (EXIF applied), longest side at most the
+    step's, JPEG at its quality (WebP when it has transparency).  Deterministic: the same bytes
+    and step give the same output."""
+    side_text, _, quality_text = step.partition("px-q")
+    side, quality = int(side_text), int(quality_text)
+    im = ImageOps.exif_transpose(open_image(data))
+    if max(im.size) > side:
+        im.thumbnail((side, side), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im.convert("RGBA").save(out, "WEBP", quality=quality, method=4)
+        return "image/webp", out.getvalue()
+    im.convert("L" if im.mode in ("L", "1", "I", "I;16") else "RGB").save(out, "JPEG", quality=quality)
+    return "image/jpeg", out.getvalue()
+
+
+def encode(data: bytes, max_side: int, fit: str | None = None) -> tuple[str, bytes]:
+    """The bytes sent for an image: normalized, or re-encoded at a fitting step."""
+    return normalize(data, max_side) if fit is None else encode_fitted(data, fit)
+
+
+def b64_len(size: int) -> int:
+    """Characters of the base64 form of ``size`` bytes."""
+    return 4 * ((size + 2) // 3)
 
 
 @dataclass(frozen=True)
@@ -179,13 +226,15 @@ class EncodedImageCache:
                 self._entries.move_to_end(digest)
             return hit
 
-    def put(self, digest: str, data: bytes, *, downloaded: bool = False) -> EncodedImage:
-        """Normalize and encode ``data`` (whose digest is ``digest``) and keep it."""
+    def put(self, digest: str, data: bytes, *, downloaded: bool = False, fit: str | None = None) -> EncodedImage:
+        """Normalize (or re-encode at the fitting step ``fit``) and base64-encode ``data``, whose
+        digest is ``digest``, and keep it under ``digest`` (``digest@fit`` when fitted)."""
         if downloaded:
             with self._lock:
                 self.reads += 1
-        mime, payload = normalize(data, self.max_side)
+        mime, payload = encode(data, self.max_side, fit)
         entry = EncodedImage(mime, base64.b64encode(payload).decode("ascii"))
+        digest = digest if fit is None else f"{digest}@{fit}"
         with self._lock:
             self.encodes += 1
             if digest not in self._entries:
@@ -196,9 +245,9 @@ class EncodedImageCache:
                     self._size -= len(old.b64)
         return entry
 
-    def local(self, path: str, digest: str) -> EncodedImage:
+    def local(self, path: str, digest: str, fit: str | None = None) -> EncodedImage:
         """The encoded form of a local file, reading it only on a cache miss."""
-        hit = self.get(digest)
+        hit = self.get(digest if fit is None else f"{digest}@{fit}")
         if hit is not None:
             return hit
         data = read_file(path)
@@ -207,4 +256,4 @@ class EncodedImageCache:
         actual = hashlib.sha256(data).hexdigest()
         if actual != digest:
             raise ImageProblem(f"{path} changed since the job was planned; run again to re-plan it")
-        return self.put(digest, data)
+        return self.put(digest, data, fit=fit)

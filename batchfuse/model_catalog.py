@@ -16,10 +16,13 @@ Usage::
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 CATALOG_FILE = "model_catalog.json"
 
@@ -40,6 +43,7 @@ FACTS = (
     "size_scale",
     "output_tokens_per_image",
     "price_per_image_usd",
+    "max_request_bytes",
 )
 
 
@@ -78,6 +82,16 @@ class ModelEntry:
     price_per_image_usd: dict[str, dict[str, float | None]]
     #: Fact name -> source keys (space-separated) of the catalog's ``sources``.
     sources: dict[str, str]
+    #: Where the entry comes from: ``catalog``, ``model_info`` (declared in the manifest) or
+    #: ``unchecked`` (a model nobody described: no rule is checked, no price known).
+    origin: str = "catalog"
+    #: Largest request body the API takes, in bytes (Gemini inline: 20 MB); ``None``: unknown.
+    max_request_bytes: int | None = None
+
+    @property
+    def checked(self) -> bool:
+        """Whether the model's rules are known (catalog or ``provider.model_info``)."""
+        return self.origin != "unchecked"
 
     def serves(self, provider_kind: str) -> bool:
         return provider_kind in self.providers
@@ -137,6 +151,7 @@ def _entry(name: str, raw: dict[str, Any], source_keys: set[str]) -> ModelEntry:
         output_tokens_per_image=dict(raw["output_tokens_per_image"]),
         price_per_image_usd={k: dict(v) for k, v in raw["price_per_image_usd"].items()},
         sources=dict(sources),
+        max_request_bytes=raw["max_request_bytes"],
     )
 
 
@@ -174,4 +189,109 @@ def model_entry(name: str) -> ModelEntry:
     return entry
 
 
-__all__ = ["Catalog", "CatalogError", "ModelEntry", "load_catalog", "lookup", "model_entry", "parse_catalog"]
+def unchecked_entry(name: str, provider_kind: str) -> ModelEntry:
+    """A model neither the catalog nor the manifest describes: every rule is left to the API
+    (empty ratio and size lists mean "any"), no output tokens or price are known."""
+    return ModelEntry(
+        name=name, providers=(provider_kind,), max_reference_images=0, aspect_ratios=(), sizes=(),
+        takes_response_modalities=True, takes_image_size=True, tools=("googleSearch", "urlContext"),
+        thinking_levels=(), include_thoughts=True, thought_images=False, relay_size=None, pixels_1k={},
+        size_scale={}, output_tokens_per_image={}, price_per_image_usd={"online": {}, "batch": {}},
+        sources={}, origin="unchecked",
+    )
+
+
+#: Aspect ratios a declared model takes when its ``model_info`` does not list them.
+COMMON_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
+_RATIO = r"^[1-9][0-9]{0,2}:[1-9][0-9]{0,2}$"
+
+
+class PricePerImage(BaseModel):
+    """List price of one image, per size, in US dollars."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    online: dict[str, float] = Field(default_factory=dict)
+    batch: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("online", "batch", mode="before")
+    @classmethod
+    def _sizes_as_text(cls, v: Any) -> Any:
+        return {str(k) if isinstance(k, int) else k: x for k, x in v.items()} if isinstance(v, dict) else v
+
+
+class ModelInfo(BaseModel):
+    """``provider.model_info``: the rules and price of a model the catalog does not list (or
+    corrections to one it does: a given field replaces the catalog's).  The same fields as a
+    catalog entry; a field left out takes the default below (for a listed model: the catalog's)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    max_reference_images: int | None = Field(None, ge=0, le=1000)
+    aspect_ratios: list[str] | None = Field(None, min_length=1)
+    sizes: list[Literal["512", "1K", "2K", "4K"]] | None = Field(None, min_length=1)
+    takes_response_modalities: bool | None = None
+    takes_image_size: bool | None = None
+    tools: list[Literal["googleSearch", "urlContext"]] | None = None
+    thinking_levels: list[Literal["minimal", "low", "medium", "high"]] | None = None
+    include_thoughts: bool | None = None
+    thought_images: bool | None = None
+    relay_size: Literal["512", "1K", "2K", "4K"] | None = None
+    output_tokens_per_image: dict[Literal["512", "1K", "2K", "4K"], int] | None = None
+    price_per_image_usd: PricePerImage | None = None
+    max_request_bytes: int | None = Field(None, ge=1024, le=10**10)
+
+    @field_validator("sizes", "relay_size", "output_tokens_per_image", mode="before")
+    @classmethod
+    def _sizes_as_text(cls, v: Any) -> Any:
+        """``512`` written unquoted is the size ``"512"``."""
+        if isinstance(v, int) and not isinstance(v, bool):
+            return str(v)
+        if isinstance(v, list):
+            return [str(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in v]
+        if isinstance(v, dict):
+            return {str(k) if isinstance(k, int) else k: x for k, x in v.items()}
+        return v
+
+    @field_validator("aspect_ratios")
+    @classmethod
+    def _ratios(cls, v: list[str] | None) -> list[str] | None:
+        for ratio in v or ():
+            if not re.match(_RATIO, ratio):
+                raise ValueError(f"{ratio[:20]!r} is not a ratio like 16:9")
+        return v
+
+
+def resolve(name: str, provider_kind: str, info: ModelInfo | None = None) -> ModelEntry:
+    """The rules of ``name`` as ``provider_kind`` serves it: the catalog's entry, with the
+    manifest's ``model_info`` over it; an entry of no known rules (``unchecked``) when neither
+    describes it."""
+    listed = lookup(name)
+    if listed is not None and not listed.serves(provider_kind):
+        listed = None
+    if info is None:
+        return listed if listed is not None else unchecked_entry(name, provider_kind)
+    given = info.model_dump(exclude_none=True)
+    if "price_per_image_usd" in given:
+        given["price_per_image_usd"] = {k: dict(v) for k, v in given["price_per_image_usd"].items()}
+    for key in ("aspect_ratios", "sizes", "tools", "thinking_levels"):
+        if key in given:
+            given[key] = tuple(given[key])
+    base: dict[str, Any]
+    if listed is not None:
+        base = {f: getattr(listed, f) for f in ModelEntry.__dataclass_fields__}
+    else:
+        base = {
+            "name": name, "providers": (provider_kind,), "max_reference_images": 14, "aspect_ratios": COMMON_RATIOS,
+            "sizes": ("1K",), "takes_response_modalities": True, "takes_image_size": True, "tools": (),
+            "thinking_levels": None, "include_thoughts": False, "thought_images": False, "relay_size": None,
+            "pixels_1k": {}, "size_scale": {}, "output_tokens_per_image": {},
+            "price_per_image_usd": {"online": {}, "batch": {}}, "sources": {}, "max_request_bytes": None,
+        }
+    return ModelEntry(**{**base, **given, "origin": "model_info"})
+
+
+__all__ = [
+    "ModelInfo", "resolve",
+    "Catalog", "CatalogError", "ModelEntry", "load_catalog", "lookup", "model_entry", "parse_catalog", "unchecked_entry",
+]

@@ -39,6 +39,14 @@ class ImageRef:
 
     src: str
     digest: str
+    #: How the image is re-encoded to fit the request limit (``reference_images.fit``), e.g.
+    #: ``2048px-q80``; None: sent as it is (normalized only).
+    fit: str | None = None
+
+    @property
+    def cache_key(self) -> str:
+        """The key of its encoded form: the content digest, and the fitting step if any."""
+        return self.digest if self.fit is None else f"{self.digest}@{self.fit}"
 
 
 @dataclass(frozen=True)
@@ -55,7 +63,9 @@ class ItemSpec:
         return {
             "prompt": self.prompt,
             "params": self.params,
-            "images": [{"src": r.src, "digest": r.digest} for r in self.images],
+            "images": [
+                {"src": r.src, "digest": r.digest, **({"fit": r.fit} if r.fit else {})} for r in self.images
+            ],
             "vars": self.vars,
         }
 
@@ -64,7 +74,10 @@ class ItemSpec:
         return cls(
             prompt=str(data.get("prompt", "")),
             params=dict(data.get("params", {})),
-            images=tuple(ImageRef(str(r["src"]), str(r["digest"])) for r in data.get("images", [])),
+            images=tuple(
+                ImageRef(str(r["src"]), str(r["digest"]), str(r["fit"]) if r.get("fit") else None)
+                for r in data.get("images", [])
+            ),
             vars=dict(data.get("vars", {})),
         )
 
@@ -172,6 +185,8 @@ class AttemptRecord:
     prompt_tokens: int | None = None
     output_tokens: int | None = None
     total_tokens: int | None = None
+    #: Thinking tokens the reply reported (``thoughtsTokenCount``), billed as output.
+    thoughts_tokens: int | None = None
     finish_reason: str | None = None
     block_reason: str | None = None
     text: str | None = None
@@ -194,6 +209,10 @@ class PlanSummary:
     failed: int = 0
     removed: int = 0
     removed_keys: tuple[str, ...] = ()
+    #: Items to run whose image is already on disk (a dead run's, unrecorded): adopted, not sent.
+    adoptable: int = 0
+    #: The output folder they are in.
+    adopt_from: str = ""
 
 
 @dataclass(frozen=True)

@@ -352,6 +352,12 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
     def advance(self, seconds: float) -> None:
         self.now += seconds
 
+    async def elapse(self, seconds: float) -> None:
+        """Let ``seconds`` of virtual time pass for the awaiting task (others run meanwhile)."""
+        done = self.create_future()
+        self.call_later(seconds, done.set_result, None)
+        await done
+
     def _run_once(self) -> None:
         if not self._ready:  # type: ignore[attr-defined]
             timers = [h.when() for h in self._scheduled if not h.cancelled()]  # type: ignore[attr-defined]

@@ -418,6 +418,19 @@ def test_rpm_limit_answers_429_with_retry_hints() -> None:
         assert openai(srv, {"model": PRO, "prompt": "x"}).headers["Retry-After"]
 
 
+def test_rate_429_answers_a_seeded_share_of_requests_with_retry_info() -> None:
+    with MockServerThread(MockConfig(image_scale=SCALE, rate_429=0.5, seed=3)) as srv:
+        statuses = [gemini(srv).status for _ in range(40)]
+        assert set(statuses) == {200, 429} and 10 <= statuses.count(429) <= 30
+        srv.configure(rate_429=1.0)
+        limited = gemini(srv)
+        retry = limited.json()["error"]["details"]
+        assert limited.status == 429 and any(d["@type"].endswith("RetryInfo") for d in retry)
+        assert openai(srv, {"model": PRO, "prompt": "x"}).status == 429
+        srv.configure(rate_429=0.0)
+        assert gemini(srv).status == 200
+
+
 def test_outage_then_recovery_and_seeded_rates(mock: MockServerThread) -> None:
     mock.configure(outage_s=30)
     assert gemini(mock).status == 503

@@ -43,6 +43,7 @@ RATE_FIELDS: tuple[str, ...] = (
     "rate_safety",
     "rate_text_only",
     "rate_no_image",
+    "rate_429",
 )
 
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -79,6 +80,9 @@ class MockConfig:
     rate_safety: Rate = 0.0
     rate_text_only: Rate = 0.0
     rate_no_image: Rate = 0.0
+    #: A share of requests answered 429 with ``RetryInfo`` (1 s), drawn per request like the other
+    #: rates: a rate limit that shows however slow the client is (``rpm_limit`` counts per window).
+    rate_429: Rate = 0.0
     #: Seed for the fault draws and latency jitter; ``None`` = unpredictable.
     seed: int | None = None
     #: How long a "hang" fault sleeps before answering; the client's timeout must fire first.

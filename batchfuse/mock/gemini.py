@@ -20,7 +20,6 @@ from aiohttp import web
 from batchfuse.model_catalog import ModelEntry
 
 from .echo import echo_of, echo_reply
-from .faults import hang, reset_connection, send_truncated
 from .file_store import files_of
 from .gemini_request import GeminiRequest, parse_request
 from .images import RenderedImage
@@ -235,22 +234,7 @@ async def _answer(
     reply = fault_reply(spec.name, parsed, fault, prompt_count)
     if reply is not None:
         return state.finish(entry, reply, fault)
-    if fault == "reset":
-        state.record(entry, None, fault)
-        return reset_connection(request)
-    if fault == "hang":
-        state.record(entry, None, fault)
-        if await hang(state.stopping, state.config.hang_s):
-            return reset_connection(request)
-        return await success_reply(state, spec, parsed, prompt_count)  # already logged as the hang
-
-    response = await success_reply(state, spec, parsed, prompt_count)
-    if fault == "truncate":
-        assert isinstance(response.body, bytes)
-        state.record(entry, 200, fault)
-        return await send_truncated(request, response.body, "application/json")
-    state.daily.record_success(key_id)
-    return state.finish(entry, response)
+    return await state.deliver(request, entry, fault, key_id, lambda: success_reply(state, spec, parsed, prompt_count))
 
 
 def fault_reply(model: str, parsed: GeminiRequest, fault: str | None, prompt_count: int) -> web.Response | None:

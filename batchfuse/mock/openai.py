@@ -21,7 +21,7 @@ from yarl import URL
 from batchfuse.model_catalog import ModelEntry
 
 from .echo import echo_of, echo_reply
-from .faults import Marker, hang, parse_markers, reset_connection, send_truncated
+from .faults import Marker, parse_markers
 from .images import ImageDataError, Reference, ReferenceDecoder
 from .models import openai_model, pixel_size
 from .state import MockState, StoredResult, state_of
@@ -300,22 +300,7 @@ async def _answer(
     if fault in ("text_only", "no_image"):
         # A relay that got no image from upstream passes on an empty list; clients must check.
         return state.finish(entry, web.json_response({"created": int(time.time()), "data": []}), fault)
-    if fault == "reset":
-        state.record(entry, None, fault)
-        return reset_connection(request)
-    if fault == "hang":
-        state.record(entry, None, fault)
-        if await hang(state.stopping, state.config.hang_s):
-            return reset_connection(request)
-        return await _success(request, state, parsed)
-
-    response = await _success(request, state, parsed)
-    if fault == "truncate":
-        assert isinstance(response.body, bytes)
-        state.record(entry, 200, fault)
-        return await send_truncated(request, response.body, "application/json")
-    state.daily.record_success(key_id)
-    return state.finish(entry, response)
+    return await state.deliver(request, entry, fault, key_id, lambda: _success(request, state, parsed))
 
 
 async def _success(request: web.Request, state: MockState, parsed: ImagesRequest) -> web.Response:

@@ -12,13 +12,14 @@ import hmac
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from .config import MockConfig
-from .faults import FaultBook, FaultWindows, Marker
+from .faults import FaultBook, FaultWindows, Marker, hang, reset_connection, send_truncated
 from .images import ImageMaker, ReferenceDecoder, RenderedImage
 from .limits import DailyCounter, RateWindow
 
@@ -211,6 +212,32 @@ class MockState:
     def _uncount(self, key_id: str, arrival: float) -> None:
         if self.config.rpm_limit is not None:
             self.rate_window.release(key_id, arrival)
+
+    async def deliver(
+        self,
+        request: web.Request,
+        entry: dict[str, Any],
+        fault: str | None,
+        key_id: str,
+        success: Callable[[], Awaitable[web.Response]],
+    ) -> web.StreamResponse:
+        """A generation's answer once no fault replaced it: the transport faults (a reset, a hang
+        until the client gives up, a reply cut off halfway) or ``success()``'s reply, counted."""
+        if fault == "reset":
+            self.record(entry, None, fault)
+            return reset_connection(request)
+        if fault == "hang":
+            self.record(entry, None, fault)
+            if await hang(self.stopping, self.config.hang_s):
+                return reset_connection(request)
+            return await success()  # already logged as the hang
+        response = await success()
+        if fault == "truncate":
+            assert isinstance(response.body, bytes)
+            self.record(entry, 200, fault)
+            return await send_truncated(request, response.body, "application/json")
+        self.daily.record_success(key_id)
+        return self.finish(entry, response)
 
     async def sleep_latency(self) -> None:
         await self.windows.wait_if_held(self.stopping)

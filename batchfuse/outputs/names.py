@@ -42,17 +42,28 @@ def output_name(template: str, values: Mapping[str, Any], n: int, count: int) ->
     """The relative output path for image ``n`` (1-based) of ``count`` from one attempt.
 
     When the template has no ``{n}`` and a reply carries several images, ``-N`` is added
-    before the extension.  Raises :class:`PathProblem` for a name that would escape the
+    before the extension.  A variant row (``values["variant"]``, from ``variants: N``) is named
+    like the ``n`` images of one request: ``-V`` is added (or ``{n}`` is the variant) unless the
+    template uses ``{variant}``.  Raises :class:`PathProblem` for a name that would escape the
     output folder (absolute, ``..``, NUL), has an extension we cannot write, or is too long;
     characters some filesystems cannot store are mapped (see the module's rule).
     """
+    variant = values.get("variant")
+    variant = variant if isinstance(variant, int) and not isinstance(variant, bool) else None
     try:
-        rendered = render(template, {**values, "n": n})
+        fields = fields_of(template)
+        # a variant's one image is numbered by its variant: {item}-2.png, or {n} = 2
+        rendered = render(template, {**values, "n": variant if variant is not None and count == 1 else n})
     except TemplateProblem as exc:
         raise PathProblem(str(exc)) from None
-    if count > 1 and "n" not in fields_of(template):
+    suffix = ""
+    if variant is not None and "variant" not in fields and not ("n" in fields and count == 1):
+        suffix += f"-{variant}"
+    if count > 1 and "n" not in fields:
+        suffix += f"-{n}"
+    if suffix:
         stem, dot, ext = rendered.rpartition(".")
-        rendered = f"{stem}-{n}.{ext}" if dot else f"{rendered}-{n}"
+        rendered = f"{stem}{suffix}.{ext}" if dot else f"{rendered}{suffix}"
     if _PLAIN.fullmatch(rendered) and not _DEVICE.match(rendered):
         return rendered
     return portable(check_relative(rendered))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,9 @@ class NetworkConfig(Strict):
 
 class ImagesConfig(Strict):
     max_side: int = Field(3072, ge=64, le=16384)
+    #: When an item's request would exceed the API's size limit, re-encode its reference images
+    #: (smaller side, lower JPEG/WebP quality) until it fits; off: such items are refused.
+    fit: bool = True
 
 
 class ItemsFrom(Strict):
@@ -225,10 +229,18 @@ def _known_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
             info = next((f for f in current.model_fields.values() if f.alias == part), None)
         if info is None:
             return []
-        current = info.annotation
+        current = _model_of(info.annotation)
     if isinstance(current, type) and issubclass(current, BaseModel):
         return [f.alias or name for name, f in current.model_fields.items()]
     return []
+
+
+def _model_of(annotation: Any) -> Any:
+    """The pydantic model inside an optional annotation (``ModelInfo | None`` -> ``ModelInfo``)."""
+    for arg in typing.get_args(annotation):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return annotation
 
 
 def describe_errors(exc: ValidationError, model: type[BaseModel] | None, prefix: str = "") -> list[tuple[str | None, str]]:

@@ -42,29 +42,38 @@ def unwritable(path: Path | str, what: str) -> str | None:
     return f"{what} cannot be written by this user"
 
 
-def png_job(path: str) -> str | None:
-    """The ``batchfuse:job`` a PNG's text chunks name (they come before the pixels), else None."""
+def png_head_text(path: str) -> dict[str, str]:
+    """The ``batchfuse:*`` text chunks before a PNG's pixels (empty for anything else), read
+    from the file's head only: cheap enough for every existing file of a plan."""
     try:
         with open(path, "rb") as f:
             head = f.read(65536)
     except OSError:
-        return None
+        return {}
     if not head.startswith(_PNG_SIGNATURE):
-        return None
+        return {}
+    found: dict[str, str] = {}
     pos = 8
     while pos + 8 <= len(head):
         length, kind = int.from_bytes(head[pos : pos + 4], "big"), head[pos + 4 : pos + 8]
         if kind in (b"IDAT", b"IEND"):
             break
         keyword, _, rest = head[pos + 8 : pos + 8 + length].partition(b"\x00")
-        if keyword == b"batchfuse:job":
+        if keyword.startswith(b"batchfuse:"):
+            name = keyword.decode("latin-1")
             if kind == b"tEXt":
-                return rest.decode("latin-1")
-            if kind == b"iTXt" and rest[:1] == b"\x00":  # uncompressed: flag, method, language, keyword
+                found[name] = rest.decode("latin-1")
+            elif kind == b"iTXt" and rest[:1] == b"\x00":  # uncompressed: flag, method, language, keyword
                 parts = rest[2:].split(b"\x00", 2)
-                return parts[2].decode("utf-8", "replace") if len(parts) == 3 else None
+                if len(parts) == 3:
+                    found[name] = parts[2].decode("utf-8", "replace")
         pos += 12 + length
-    return None
+    return found
+
+
+def png_job(path: str) -> str | None:
+    """The ``batchfuse:job`` a PNG's text chunks name (they come before the pixels), else None."""
+    return png_head_text(path).get("batchfuse:job")
 
 
 class PathClaims:
@@ -85,6 +94,8 @@ class PathClaims:
         self.numbered: dict[str, tuple[Owner, str]] = {}
         #: (item, name) of each existing PNG under a final name, for :meth:`foreign`
         self.existing: list[tuple[Owner, str]] = []
+        #: Spec hash of each item that has an existing PNG, for :meth:`adoptable`
+        self.spec_of: dict[str, str] = {}
         self._owner: Owner = ("", None)
         self._listings: dict[str, dict[str, os.DirEntry[str]] | None] = {}
         self._folder_problems: dict[str, str | None] = {}
@@ -115,10 +126,13 @@ class PathClaims:
             pass
         return None
 
-    def claim(self, names: list[str], owner: Owner) -> str | None:
-        """Claim ``names`` for ``owner``; a message saying why one cannot be written, or None
-        (it names the item itself when the error's place is a catalog row)."""
+    def claim(self, names: list[str], owner: Owner, spec_hash: str = "") -> str | None:
+        """Claim ``names`` for ``owner`` (whose spec is ``spec_hash``); a message saying why one
+        cannot be written, or None (it names the item itself when the error's place is a catalog row)."""
+        seen = len(self.existing)
         problem = self._claim(names, owner)
+        if len(self.existing) > seen and spec_hash:
+            self.spec_of[owner[0]] = spec_hash
         return f"item {printable(owner[0])} {problem}" if problem and owner[1] is not None else problem
 
     def _claim(self, names: list[str], owner: Owner) -> str | None:
@@ -230,6 +244,20 @@ class PathClaims:
                     f"{path} is an output of job {job!r}, not of job {self.job!r} (its PNG metadata says so); "
                     "give each job its own output.dir"
                 )
+
+    def adoptable(self, ours: set[str]) -> dict[str, str]:
+        """Item -> its spec hash, for each item with an existing PNG under one of its final names that
+        is not a recorded output (``ours``) and was made by this job from the item's current spec: a
+        dead run's paid image, which the next run adopts instead of paying again."""
+        found: dict[str, str] = {}
+        for (key, _), name in self.existing:
+            spec = self.spec_of.get(key)
+            if key in found or spec is None or same_file_key(name) in ours:
+                continue
+            text = png_head_text(str(self.root / name))
+            if text.get("batchfuse:job") == self.job and text.get("batchfuse:spec") == spec:
+                found[key] = spec
+        return found
 
     # ------------------------------------------------------------ other jobs
 

@@ -13,17 +13,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from batchfuse.errors import ManifestError, ManifestProblems, OutputError
-from batchfuse.images import ImageInfo, ImageInspector, ImageProblem
+from batchfuse.images import ImageInfo, ImageInspector, ImageProblem, fit_steps
 from batchfuse.outputs.names import PathProblem, item_names
 from batchfuse.plan.catalog import RawItem, raw_items
+from batchfuse.plan.fitting import BodySizer, Fitted, mb
 from batchfuse.plan.manifest import (
     ITEM_KEYS,
     Manifest,
@@ -40,6 +41,8 @@ from batchfuse.records import ImageRef, ItemSpec, PlannedRow
 from batchfuse.templates import TemplateProblem, fields_of, render, shorten
 
 MAX_PROBLEMS = 50
+#: Seeds are 32-bit signed integers at the API; ``seed: auto`` and variants stay under this.
+SEED_MAX = 2**31 - 1
 
 
 def _hashable(values: dict[str, Any]) -> Any:
@@ -91,20 +94,33 @@ class Planner:
         except KeyError as exc:
             raise ManifestError(self.file, str(exc.args[0]), field="provider.kind") from None
         model = self.manifest.provider.model
-        if model not in self.provider.MODELS:
-            raise ManifestError(
-                self.file,
-                f"unknown model {model!r}{did_you_mean(model, self.provider.MODELS)}; "
-                f"{self.provider.kind} knows {', '.join(self.provider.MODELS)}",
-                field="provider.model",
-            )
         self.provider_config = self._provider_config()
+        #: The model's rules: the catalog's entry, ``provider.model_info`` over it, or none known.
+        self.model = self.provider.entry(model, self.provider_config)
+        #: Things ``validate`` says once (an unlisted model, items fitted to the request limit).
+        self.warnings: list[str] = []
+        if not self.model.checked:
+            self.warnings.append(
+                f"model {model} is not in the catalog: rules and prices unchecked{did_you_mean(model, self.provider.MODELS)} "
+                "(describe it under provider.model_info; `batchfuse models` lists the catalog)"
+            )
+        self.request_limit = self.provider.request_limit(self.model)
+        images_config = self.manifest.images_config
+        self.sizer = BodySizer(lambda spec, b64: self.provider.body_size(self.model, spec, b64), images_config.max_side)
+        self.fit_steps = fit_steps(images_config.max_side) if images_config.fit else []
+        #: Items whose reference images were re-encoded to fit the request limit (key -> how).
+        self.fitted: dict[str, Fitted] = {}
         try:
-            self.defaults = self.provider.Params.model_validate(self.manifest.defaults).model_dump()
+            defaults = self.provider.Params.model_validate(self.manifest.defaults)
         except ValidationError as exc:
             raise ManifestProblems(
                 validation_problems(exc, self.file, self.provider.Params, prefix="defaults")
             ) from None
+        self.defaults = defaults.model_dump()
+        # a default the model does not take is said once, not for every item
+        broken = [p for p in self.provider.check(self.model, defaults, []) if p.alone and p.field in self.manifest.defaults]
+        if broken:
+            raise ManifestProblems([ManifestError(self.file, p.message, field=f"defaults.{p.field}") for p in broken])
         self.param_names = tuple(self.provider.Params.model_fields)
         try:
             numbered = "n" in fields_of(self.manifest.output.filename)
@@ -119,7 +135,9 @@ class Planner:
         self.claims: PathClaims | None = None
         #: The plan in brief, kept by :meth:`validate`: key -> (spec hash, ordinal, images, output
         #: tokens) of each row, so syncing with the store and estimating need no second pass.
-        self.digest: dict[str, tuple[str, int, int, int]] | None = None
+        self.digest: dict[str, tuple[str, int, int]] | None = None
+        #: The distinct parameter sets of the plan, indexed by the digest's third field.
+        self.digest_params: list[dict[str, Any]] = []
 
     def _validated_params(self, overrides: dict[str, Any]) -> BaseModel:
         """The item's parameters: defaults with its overrides, validated once per distinct set."""
@@ -159,15 +177,22 @@ class Planner:
         if problem:
             raise ManifestError(self.file, problem, field="output.dir")
         problems: list[ManifestError] = []
-        digest: dict[str, tuple[str, int, int, int]] = {}
-        provider, model = self.provider, self.manifest.provider.model
+        digest: dict[str, tuple[str, int, int]] = {}
+        seen: dict[Any, int] = {}
+        params: list[dict[str, Any]] = []
         for row in self.rows(problems, claims):
-            images = provider.images_per_item(row.spec.params)
-            digest[row.key] = (row.spec_hash, row.ordinal, images, images * provider.tokens_per_image(model, row.spec.params))
+            key = _hashable(row.spec.params)
+            index = seen.get(key) if key is not None else None
+            if index is None:
+                index = len(params)
+                params.append(row.spec.params)
+                if key is not None:
+                    seen[key] = index
+            digest[row.key] = (row.spec_hash, row.ordinal, index)
         if problems:
             raise ManifestProblems(problems[:MAX_PROBLEMS])
         self.claims = claims
-        self.digest = digest
+        self.digest, self.digest_params = digest, params
         return len(digest)
 
     def _provider_config(self) -> BaseModel:
@@ -188,25 +213,23 @@ class Planner:
             if isinstance(raw, ManifestError):
                 problems.append(raw)
                 continue
-            planned = self._row(raw, problems)
-            if planned is None:
-                continue
-            row, names = planned
-            if row.key in first_row:
-                duplicates.setdefault(row.key, [first_row[row.key]]).append(raw.row)
-                duplicate_file = duplicate_file or raw.file
-                continue
-            first_row[row.key] = raw.row
-            clash = claims.claim(names, (row.key, raw.row)) if claims is not None else None
-            if clash:
-                problems.append(raw.error(clash, "output.filename"))
-                continue
-            yield row
+            for row, names in self._row(raw, problems) or ():
+                if row.key in first_row:
+                    duplicates.setdefault(row.key, [first_row[row.key]]).append(raw.row)
+                    duplicate_file = duplicate_file or raw.file
+                    continue
+                first_row[row.key] = raw.row
+                clash = claims.claim(names, (row.key, raw.row), row.spec_hash) if claims is not None else None
+                if clash:
+                    problems.append(raw.error(clash, "output.filename"))
+                    continue
+                yield row
         if duplicates:
             problems.append(_duplicates_problem(duplicates, duplicate_file))
 
-    def _row(self, item: RawItem, problems: list[ManifestError]) -> tuple[PlannedRow, list[str]] | None:
-        """The item's planned row and its output names, or None after adding its problems."""
+    def _row(self, item: RawItem, problems: list[ManifestError]) -> list[tuple[PlannedRow, list[str]]] | None:
+        """The item's planned rows (one per variant) and their output names, or None after
+        adding its problems."""
         raw = item.fields
 
         def problem(fld: str | None, message: str) -> None:
@@ -224,7 +247,7 @@ class Planner:
                 if hint:
                     problem(name, f"unknown key{hint}")
                     return None
-        model = self.manifest.provider.model
+        model = self.model
         try:
             params = self._validated_params(overrides)
         except ValidationError as exc:
@@ -233,7 +256,7 @@ class Planner:
             return None
         values: dict[str, Any] = {
             **{k: v for k, v in own.items() if isinstance(v, (str, int, float, bool))},
-            **params.model_dump(mode="json"),
+            **{k: v for k, v in params.model_dump(mode="json").items() if v is not None and (k, v) != ("variants", 1)},
             "job": self.manifest.job,
             "item": key,
             "id": key,
@@ -285,11 +308,73 @@ class Planner:
             images=tuple(refs),
             vars={k: v for k, v in values.items() if k not in request_params},
         )
-        try:  # named exactly as the runner will name them, every image of the request
-            names = item_names(self.manifest.output.filename, spec, self.provider.images_per_item(request_params))
-        except PathProblem as exc:
-            problem("output.filename", str(exc))
+        spec = self._fitted(key, spec, infos, problem)
+        if spec is None:
             return None
-        digest = spec_hash(self.provider.kind, model, prompt, request_params, [r.digest for r in refs])
-        return PlannedRow(key=key, ordinal=item.ordinal, spec_hash=digest, spec=spec), names
+        planned = []
+        for variant_key, variant_spec in variants(key, spec, getattr(params, "variants", None) or 1):
+            try:  # named exactly as the runner will name them, every image of the request
+                names = item_names(
+                    self.manifest.output.filename, variant_spec, self.provider.images_per_item(variant_spec.params)
+                )
+            except PathProblem as exc:
+                problem("output.filename", str(exc))
+                return None
+            digest = spec_hash(
+                self.provider.kind, self.model.name, variant_spec.prompt, variant_spec.params,
+                [r.cache_key for r in variant_spec.images],
+            )
+            planned.append((PlannedRow(key=variant_key, ordinal=item.ordinal, spec_hash=digest, spec=variant_spec), names))
+        return planned
 
+    def _fitted(
+        self, key: str, spec: ItemSpec, infos: list[ImageInfo | None], problem: Callable[[str | None, str], None]
+    ) -> ItemSpec | None:
+        """The spec whose request fits the API's size limit: as it is, or with its reference
+        images re-encoded (``reference_images.fit``); None after saying why it cannot."""
+        limit = self.request_limit
+        if limit is None or not spec.images:
+            return spec
+        try:
+            size = self.sizer.size(spec, infos, None)
+            if size <= limit:
+                return spec
+            if not self.fit_steps:
+                problem("images", f"the request would be {mb(size)} ({size:,} bytes), over the API's limit of "
+                        f"{limit:,} bytes; set reference_images.fit: true, lower reference_images.max_side, "
+                        "or use fewer or smaller images")
+                return None
+            fitted = self.sizer.fit(spec, infos, limit, self.fit_steps)
+        except ImageProblem as exc:
+            problem("images", str(exc))
+            return None
+        if isinstance(fitted, int):
+            problem("images", f"the request is {mb(size)} ({size:,} bytes) and still {mb(fitted)} at the smallest "
+                    f"fitting step ({self.fit_steps[-1]}), over the API's limit of {limit:,} bytes; "
+                    "use fewer reference images")
+            return None
+        self.fitted[key] = fitted[1]
+        return fitted[0]
+
+
+def derived_seed(key: str) -> int:
+    """A stable seed for ``seed: auto``, from the item key (the same on every machine and run)."""
+    return int.from_bytes(hashlib.sha256(f"seed:{key}".encode()).digest()[:4], "big") & SEED_MAX
+
+
+def variants(key: str, spec: ItemSpec, count: int) -> list[tuple[str, ItemSpec]]:
+    """The rows of an item: itself, or with ``variants: N`` (N > 1) one row per variant, keyed
+    ``<key>#1`` ... ``<key>#N``, each with its own seed (the item's seed, or ``auto``'s, plus the
+    variant's index minus one) and ``variant`` among its naming values (outputs ``{item}-1.png`` ...).
+    ``seed: auto`` becomes the seed derived from the key."""
+    seed = spec.params.get("seed")
+    if count <= 1:
+        if seed == "auto":
+            spec = replace(spec, params={**spec.params, "seed": derived_seed(key)})
+        return [(key, spec)]
+    base = derived_seed(key) if seed in (None, "auto") else int(seed)
+    return [
+        (f"{key}#{v}", replace(spec, params={**spec.params, "seed": (base + v - 1) & SEED_MAX},
+                               vars={**spec.vars, "variant": v}))
+        for v in range(1, count + 1)
+    ]

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from batchfuse.errors import ManifestError
+from batchfuse.model_catalog import ModelEntry
 from batchfuse.plan.manifest import Manifest, load_manifest
 from batchfuse.plan.planner import Planner
 
@@ -53,8 +54,18 @@ def cost_per_image(loaded: Loaded) -> float:
         return 0.0
     if pricing.per_image is not None:
         return pricing.per_image
-    tokens = loaded.planner.provider.tokens_per_image(loaded.manifest.provider.model, loaded.planner.defaults)
+    tokens = loaded.planner.provider.tokens_per_image(loaded.planner.model, loaded.planner.defaults)
     return tokens * (pricing.per_million_tokens or 0.0) / 1e6
+
+
+def cost_per_token(loaded: Loaded) -> float:
+    """Money per thinking token for ``limits.max_cost``: the token price with
+    ``pricing.per_million_tokens`` (thinking is billed as output), else 0 (a price per image
+    covers the whole image)."""
+    pricing = loaded.manifest.pricing
+    if pricing is None or pricing.per_image is not None or pricing.per_million_tokens is None:
+        return 0.0
+    return pricing.per_million_tokens / 1e6
 
 
 @dataclass(frozen=True)
@@ -63,30 +74,58 @@ class Estimate:
     images: int
     tokens: int
     cost: float | None
+    #: Thinking tokens expected (requests × the job's average so far); None: the model thinks
+    #: but no reply has said how much yet; 0: the model does not think.
+    thoughts: int | None = 0
+    #: The cost at the catalog's list prices (online), when every image's price is known.
+    list_cost: float | None = None
 
 
-def estimate(loaded: Loaded, settled: dict[str, str]) -> Estimate:
+def _size_of(entry: ModelEntry, params: dict[str, Any]) -> str | None:
+    size = params.get("image_size") if entry.takes_image_size else None
+    return size or entry.relay_size or (entry.sizes[0] if entry.sizes else None)
+
+
+def estimate(loaded: Loaded, settled: dict[str, str], thoughts_per_request: float | None = None) -> Estimate:
     """What running the rest of the plan would make and cost (first attempts only).
 
     ``settled`` maps the keys of done or failed items to their spec hash: those are skipped
-    while their spec is unchanged."""
-    provider, model = loaded.planner.provider, loaded.manifest.provider.model
+    while their spec is unchanged.  ``thoughts_per_request`` (the job's replies so far) prices
+    the thinking tokens of a model that thinks."""
+    provider, entry = loaded.planner.provider, loaded.planner.model
     requests = images = tokens = 0
-    if loaded.planner.digest is not None:  # validated: the plan in brief, no second pass
-        for key, (spec_hash, _, n, row_tokens) in loaded.planner.digest.items():
+    list_cost: float | None = 0.0
+
+    def per_request(params: dict[str, Any]) -> tuple[int, int, float | None]:
+        n = provider.images_per_item(params)
+        size = _size_of(entry, params)
+        price = entry.price_per_image(size) if size is not None and entry.checked else None
+        return n, n * provider.tokens_per_image(entry, params), None if price is None else n * price
+
+    digest = loaded.planner.digest
+    if digest is not None:  # validated: the plan in brief (no second pass over the catalog)
+        costs = [per_request(params) for params in loaded.planner.digest_params]
+        for key, (spec_hash, _, index) in digest.items():
             if settled.get(key) != spec_hash:
+                n, row_tokens, row_cost = costs[index]
                 requests, images, tokens = requests + 1, images + n, tokens + row_tokens
-    for row in loaded.planner.rows([]) if loaded.planner.digest is None else ():
+                list_cost = None if list_cost is None or row_cost is None else list_cost + row_cost
+    for row in loaded.planner.rows([]) if digest is None else ():
         if settled.get(row.key) == row.spec_hash:
             continue
         n = provider.images_per_item(row.spec.params)
         requests += 1
         images += n
-        tokens += n * provider.tokens_per_image(model, row.spec.params)
+        tokens += n * provider.tokens_per_image(entry, row.spec.params)
+        size = _size_of(entry, row.spec.params)
+        price = entry.price_per_image(size) if size is not None and entry.checked else None
+        list_cost = None if list_cost is None or price is None else list_cost + n * price
+    thinks = provider.REPORTS_THOUGHTS and (entry.thought_images or bool(entry.thinking_levels) or not entry.checked)
+    thoughts = round(requests * thoughts_per_request) if thoughts_per_request is not None else (None if thinks else 0)
     pricing = loaded.manifest.pricing
     cost = None
     if pricing is not None and pricing.per_image is not None:
         cost = images * pricing.per_image
     elif pricing is not None and pricing.per_million_tokens is not None:
-        cost = tokens * pricing.per_million_tokens / 1e6
-    return Estimate(requests, images, tokens, cost)
+        cost = (tokens + (thoughts or 0)) * pricing.per_million_tokens / 1e6
+    return Estimate(requests, images, tokens, cost, thoughts, list_cost if requests else None)

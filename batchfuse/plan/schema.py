@@ -64,7 +64,11 @@ def manifest_schema() -> dict[str, Any]:
     provider["properties"]["kind"] = {"type": "string", "enum": sorted(PROVIDERS)}
     provider["properties"]["mock"] = mock_options_schema()
     provider.pop("description", None)
-    own = {k: v for kind in sorted(PROVIDERS) for k, v in provider_class(kind).Config.model_json_schema().get("properties", {}).items()}
+    own = {}
+    for kind in sorted(PROVIDERS):
+        config = provider_class(kind).Config.model_json_schema()
+        defs.update(config.pop("$defs", {}))
+        own.update(config.get("properties", {}))
     provider["properties"].update(own)  # each provider's own keys (validated by its Config)
     provider["additionalProperties"] = False
     branches = []

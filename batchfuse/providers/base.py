@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from batchfuse.errors import scrub, shorten
 from batchfuse.images import EncodedImageCache, ImageInfo
 from batchfuse.jsonscan import RawString
+from batchfuse.model_catalog import ModelEntry, ModelInfo, resolve
 from batchfuse.providers.credentials import Credentials, key_from_env
 from batchfuse.providers.fetch import Fetcher
 from batchfuse.records import ItemSpec
@@ -39,6 +40,8 @@ class Reply:
     prompt_tokens: int | None = None
     output_tokens: int | None = None
     total_tokens: int | None = None
+    #: ``usageMetadata.thoughtsTokenCount``: thinking tokens, billed as output.
+    thoughts_tokens: int | None = None
     finish_reason: str | None = None
     #: Where each image was downloaded from, when the API answered with URLs.
     source_urls: list[str | None] = field(default_factory=list)
@@ -59,12 +62,19 @@ class Problem:
 
     field: str
     message: str
+    #: Whether the field's value alone breaks the rule (so a default with it is wrong for every
+    #: item); False when it depends on other parameters an item may set.
+    alone: bool = True
 
 
 class NoConfig(BaseModel):
-    """A provider's own settings under ``provider:``; none by default (any extra key is refused)."""
+    """A provider's own settings under ``provider:``; by default only ``model_info`` (any other
+    extra key is refused)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    #: The rules and price of a model the catalog does not list (see :class:`ModelInfo`).
+    model_info: ModelInfo | None = None
 
 
 @dataclass
@@ -91,8 +101,12 @@ class Provider(ABC):
     kind: ClassVar[str]
     #: The per-item parameters (``defaults`` and item overrides), as a strict pydantic model.
     Params: ClassVar[type[BaseModel]]
-    #: Model names this API accepts.
+    #: The catalog's model names for this API (any other name is allowed, its rules unchecked).
     MODELS: ClassVar[tuple[str, ...]]
+    #: Largest request body in bytes when the model's entry does not say (None: no known limit).
+    MAX_REQUEST_BYTES: ClassVar[int | None] = None
+    #: Whether replies report thinking tokens (``Reply.thoughts_tokens``) for a model that thinks.
+    REPORTS_THOUGHTS: ClassVar[bool] = False
     #: The provider's own keys under ``provider:`` (errors name ``provider.<field>``).
     Config: ClassVar[type[BaseModel]] = NoConfig
 
@@ -119,12 +133,31 @@ class Provider(ABC):
         self.ctx = ctx
 
     @classmethod
-    def check(cls, model: str, params: BaseModel, images: list[ImageInfo | None]) -> list[Problem]:
+    def entry(cls, model: str | ModelEntry, config: BaseModel | None = None) -> ModelEntry:
+        """The rules of ``model`` for this API: the catalog's, with ``provider.model_info`` over
+        them; an ``unchecked`` entry for a model neither describes.  An entry is passed through."""
+        if isinstance(model, ModelEntry):
+            return model
+        return resolve(model, cls.kind, getattr(config, "model_info", None))
+
+    @classmethod
+    def request_limit(cls, entry: ModelEntry) -> int | None:
+        """Largest request body in bytes for ``entry`` (None: no known limit)."""
+        return entry.max_request_bytes or cls.MAX_REQUEST_BYTES
+
+    @classmethod
+    def body_size(cls, entry: ModelEntry, spec: ItemSpec, image_b64: list[int]) -> int:
+        """Bytes of the JSON request body of ``spec`` whose reference images encode to
+        ``image_b64`` base64 characters each (URLs count as sent: their length)."""
+        return 0
+
+    @classmethod
+    def check(cls, model: str | ModelEntry, params: BaseModel, images: list[ImageInfo | None]) -> list[Problem]:
         """Problems with one item under ``model``'s rules (``images`` has None for URLs)."""
         return []
 
     @classmethod
-    def request_params(cls, model: str, params: BaseModel) -> dict[str, Any]:
+    def request_params(cls, model: str | ModelEntry, params: BaseModel) -> dict[str, Any]:
         """The parameters as recorded in the item's spec (they are part of its hash)."""
         return params.model_dump(mode="json")
 
@@ -134,13 +167,13 @@ class Provider(ABC):
         return 1
 
     @classmethod
-    def tokens_per_image(cls, model: str, params: dict[str, Any]) -> int:
+    def tokens_per_image(cls, model: str | ModelEntry, params: dict[str, Any]) -> int:
         """Output tokens billed per image, from the API's tables."""
         return 0
 
     @classmethod
     @abstractmethod
-    def describe_request(cls, model: str, base_url: str, spec: ItemSpec) -> dict[str, Any]:
+    def describe_request(cls, model: str | ModelEntry, base_url: str, spec: ItemSpec) -> dict[str, Any]:
         """The request for ``spec`` as ``validate`` shows it: URL and body, no key, no image data."""
 
     @abstractmethod

@@ -2,21 +2,25 @@
 
 Request: ``POST {base}/v1beta/models/{model}:generateContent`` with ``x-goog-api-key``;
 ``contents[0].parts`` is the prompt then one ``inline_data`` part per reference image.
-``gemini-2.5-flash-image`` makes 1K images only and its relay rejects
-``responseModalities``, ``imageSize`` and ``tools``, so they are left out for it.
+What a model takes comes from the model catalog (or ``provider.model_info``): a field it
+does not take (``gemini-2.5-flash-image``: ``responseModalities``, ``imageSize``, ``tools``) is
+left out of the spec, and the body is built from the spec alone.  The generation controls
+(``seed``, ``temperature``, ``thinking_level``, ``include_thoughts``, ``system_instruction``,
+``safety_settings``) are sent only when set.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from batchfuse.errors import NoImageError, ProviderError, RejectedError, shorten
 from batchfuse.images import ImageInfo
 from batchfuse.jsonscan import RawString
-from batchfuse.model_catalog import model_entry
+from batchfuse.model_catalog import ModelEntry, load_catalog, model_entry
 from batchfuse.providers.base import FINISH_REASON_CHARS, Problem, Provider, Reply
 from batchfuse.providers.http import (
     HttpReply,
@@ -30,10 +34,26 @@ from batchfuse.records import ItemSpec
 
 PRO = "gemini-3-pro-image-preview"
 FLASH = "gemini-2.5-flash-image"
-#: The models this provider runs today; what each accepts comes from the model catalog.
-MODELS = (PRO, FLASH)
+#: The catalog's models for this provider; any other name is allowed, its rules unchecked.
+MODELS = tuple(m.name for m in load_catalog().for_provider("gemini"))
 ASPECT_RATIOS = model_entry(PRO).aspect_ratios
 MAX_IMAGES = {m: model_entry(m).max_reference_images for m in MODELS}
+#: ``generateContent`` refuses bodies over 20 MB (``Request payload size exceeds the limit: 20971520 bytes``).
+MAX_REQUEST_BYTES = 20_971_520
+#: Most images one item may ask for with ``variants`` (each is its own request).
+MAX_VARIANTS = 16
+SEED_MAX = 2**31 - 1
+#: Every ``imageSize`` any Gemini image model makes.
+SIZES = ("512", "1K", "2K", "4K")
+#: An aspect ratio as the APIs write it (which ones a model takes is checked against its rules).
+RATIO = r"^[1-9][0-9]{0,2}:[1-9][0-9]{0,2}$"
+#: ``safetySettings[].category`` and ``.threshold`` values of the Gemini API (HarmCategory,
+#: HarmBlockThreshold: https://ai.google.dev/gemini-api/docs/safety-settings).
+HARM_CATEGORIES = ("HARM_CATEGORY_HARASSMENT", "HARM_CATEGORY_HATE_SPEECH", "HARM_CATEGORY_SEXUALLY_EXPLICIT",
+                   "HARM_CATEGORY_DANGEROUS_CONTENT", "HARM_CATEGORY_CIVIC_INTEGRITY")
+HARM_THRESHOLDS = ("BLOCK_LOW_AND_ABOVE", "BLOCK_MEDIUM_AND_ABOVE", "BLOCK_ONLY_HIGH", "BLOCK_NONE", "OFF")
+#: Parameters that are sent only when set (so specs made before they existed keep their hash).
+OPTIONAL = ("seed", "temperature", "thinking_level", "include_thoughts", "system_instruction", "safety_settings")
 #: finishReason / blockReason values that mean "this item will not be made as it is".
 REJECTED_REASONS = {
     "SAFETY",
@@ -49,13 +69,30 @@ REJECTED_REASONS = {
 _DATA_URL = re.compile(r"(?:!\[[^\]]*\]\()?data:(image/(?:png|jpeg|webp));base64,([A-Za-z0-9+/=\s]+)\)?")
 
 
-class GeminiParams(BaseModel):
+class SafetySetting(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    aspect_ratio: Literal[ASPECT_RATIOS] = "1:1"  # type: ignore[valid-type]
-    image_size: Literal[model_entry(PRO).sizes] = "1K"  # type: ignore[valid-type]
+    category: Literal[HARM_CATEGORIES]  # type: ignore[valid-type]
+    threshold: Literal[HARM_THRESHOLDS]  # type: ignore[valid-type]
+
+
+class GeminiParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    #: Checked against the model's rules (catalog or ``provider.model_info``) by :meth:`GeminiProvider.check`.
+    aspect_ratio: str = Field("1:1", pattern=RATIO)
+    image_size: str = "1K"
     response_modalities: tuple[Literal["TEXT", "IMAGE"], ...] = ("IMAGE",)
     google_search: bool = False
+    #: ``generationConfig.seed``; ``auto``: a stable seed derived from the item key.
+    seed: int | Literal["auto"] | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    thinking_level: str | None = None
+    include_thoughts: bool | None = None
+    system_instruction: str | None = Field(None, min_length=1, max_length=100_000)
+    safety_settings: tuple[SafetySetting, ...] | None = Field(None, max_length=len(HARM_CATEGORIES))
+    #: Images per item: each its own request (and its own item row ``<key>#<n>``), seeds differing.
+    variants: int = Field(1, ge=1, le=MAX_VARIANTS)
 
     @field_validator("response_modalities")
     @classmethod
@@ -64,54 +101,109 @@ class GeminiParams(BaseModel):
             raise ValueError("must be [IMAGE] or [TEXT, IMAGE]")
         return ("TEXT", "IMAGE") if "TEXT" in v else ("IMAGE",)
 
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _size_as_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v  # image_size: 512, unquoted
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, v: int | str | None) -> int | str | None:
+        if isinstance(v, int) and not 0 <= v <= SEED_MAX:
+            raise ValueError(f"must be from 0 to {SEED_MAX}, or auto")
+        return v
+
+    @field_validator("safety_settings")
+    @classmethod
+    def _one_per_category(cls, v: tuple[SafetySetting, ...] | None) -> tuple[SafetySetting, ...] | None:
+        categories = [s.category for s in v or ()]
+        if len(categories) != len(set(categories)):
+            raise ValueError("names a category twice")
+        return v
+
 
 class GeminiProvider(Provider):
     kind = "gemini"
     Params = GeminiParams
     MODELS: ClassVar[tuple[str, ...]] = MODELS
+    MAX_REQUEST_BYTES = MAX_REQUEST_BYTES
+    REPORTS_THOUGHTS = True
     #: A reply may carry more images than asked for; they are kept, named ``-1``, ``-2``, ...
     MAY_ADD_IMAGES = True
 
     @classmethod
-    def check(cls, model: str, params: BaseModel, images: list[ImageInfo | None]) -> list[Problem]:
+    def check(cls, model: str | ModelEntry, params: BaseModel, images: list[ImageInfo | None]) -> list[Problem]:
         assert isinstance(params, GeminiParams)
+        entry = cls.entry(model)
+        if not entry.checked:
+            return []
         problems = []
-        entry = model_entry(model)
-        limit = entry.max_reference_images
+        name, limit = entry.name, entry.max_reference_images
         if len(images) > limit:
-            problems.append(Problem("images", f"{len(images)} reference images; {model} takes at most {limit}"))
+            problems.append(Problem("images", f"{len(images)} reference images; {name} takes at most {limit}"))
+        if params.aspect_ratio not in entry.aspect_ratios:
+            problems.append(Problem(
+                "aspect_ratio", f"must be one of {', '.join(entry.aspect_ratios)} (got {params.aspect_ratio!r})"
+            ))
         if params.image_size not in entry.sizes:
-            problems.append(Problem("image_size", f"{model} makes {', '.join(entry.sizes)} images only"))
+            problems.append(Problem("image_size", f"{name} makes {', '.join(entry.sizes)} images only"
+                                    if params.image_size in SIZES else
+                                    f"must be one of {', '.join(entry.sizes)} (got {params.image_size!r})"))
         if params.google_search and "googleSearch" not in entry.tools:
-            problems.append(Problem("google_search", f"{model} does not take tools"))
+            problems.append(Problem("google_search", f"{name} does not take tools"))
         elif params.google_search and "TEXT" not in params.response_modalities:
-            problems.append(Problem("google_search", "needs response_modalities [TEXT, IMAGE]"))
+            problems.append(Problem("google_search", "needs response_modalities [TEXT, IMAGE]", alone=False))
+        if params.thinking_level is not None:
+            if not entry.thinking_levels:
+                problems.append(Problem("thinking_level", f"{name} does not take a thinking level"))
+            elif params.thinking_level not in entry.thinking_levels:
+                problems.append(Problem(
+                    "thinking_level", f"must be one of {', '.join(entry.thinking_levels)} for {name}"
+                    f" (got {params.thinking_level!r})"
+                ))
+        if params.include_thoughts is not None and not entry.include_thoughts:
+            problems.append(Problem("include_thoughts", f"{name} does not take include_thoughts"))
         return problems
 
     @classmethod
-    def request_params(cls, model: str, params: BaseModel) -> dict[str, Any]:
+    def request_params(cls, model: str | ModelEntry, params: BaseModel) -> dict[str, Any]:
+        """What the request sends, as the spec records it: a field the model does not take is
+        left out, and so is an optional control that is not set (so older specs keep their hash)."""
         assert isinstance(params, GeminiParams)
-        entry, sent = model_entry(model), params.model_dump(mode="json")
+        entry, sent = cls.entry(model), params.model_dump(mode="json")
+        del sent["variants"]  # the planner makes one row per variant, each with its own seed
         if not entry.takes_image_size:
             del sent["image_size"]
         if not entry.takes_response_modalities:
             del sent["response_modalities"]
         if not entry.tools:
             del sent["google_search"]
+        for name in OPTIONAL:
+            if sent[name] is None:
+                del sent[name]
         return sent
 
     @classmethod
-    def tokens_per_image(cls, model: str, params: dict[str, Any]) -> int:
-        entry = model_entry(model)
+    def tokens_per_image(cls, model: str | ModelEntry, params: dict[str, Any]) -> int:
+        entry = cls.entry(model)
+        if not entry.sizes:
+            return 0
         size = params.get("image_size", "1K") if entry.takes_image_size else entry.sizes[0]
         return entry.tokens_per_image(size) or 0
 
     @classmethod
-    def describe_request(cls, model: str, base_url: str, spec: ItemSpec) -> dict[str, Any]:
+    def describe_request(cls, model: str | ModelEntry, base_url: str, spec: ItemSpec) -> dict[str, Any]:
         parts = [
             {"inline_data": {"mime_type": "image/*", "data": f"<base64 of {r.src}>"}} for r in spec.images
         ]
-        return {"url": cls.endpoint(base_url, model), "body": cls.build_body(model, spec, parts)}
+        name = cls.entry(model).name
+        return {"url": cls.endpoint(base_url, name), "body": cls.build_body(name, spec, parts)}
+
+    @classmethod
+    def body_size(cls, entry: ModelEntry, spec: ItemSpec, image_b64: list[int]) -> int:
+        parts = [{"inline_data": {"mime_type": "image/jpeg", "data": ""}} for _ in image_b64]
+        skeleton = json.dumps(cls.build_body(entry.name, spec, parts), ensure_ascii=False).encode("utf-8")
+        return len(skeleton) + sum(image_b64)
 
     @staticmethod
     def endpoint(base_url: str, model: str) -> str:
@@ -119,6 +211,8 @@ class GeminiProvider(Provider):
 
     @classmethod
     def build_body(cls, model: str, spec: ItemSpec, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        """The request body; every field comes from the spec's parameters (which hold only what
+        the model takes: see :meth:`request_params`)."""
         params = spec.params
         image_config: dict[str, Any] = {"aspectRatio": params["aspect_ratio"]}
         generation: dict[str, Any] = {"imageConfig": image_config}
@@ -126,17 +220,37 @@ class GeminiProvider(Provider):
             "contents": [{"parts": [{"text": spec.prompt}, *parts]}],
             "generationConfig": generation,
         }
-        entry = model_entry(model)
-        if entry.takes_response_modalities:
+        if "response_modalities" in params:
             generation["responseModalities"] = list(params["response_modalities"])
-        if entry.takes_image_size:
+        if "image_size" in params:
             image_config["imageSize"] = params["image_size"]
-        if entry.tools and params.get("google_search"):
+        if params.get("google_search"):
             body["tools"] = [{"google_search": {}}]
+        if "seed" in params:
+            generation["seed"] = params["seed"]
+        if "temperature" in params:
+            generation["temperature"] = params["temperature"]
+        thinking = {}
+        if "thinking_level" in params:
+            thinking["thinkingLevel"] = params["thinking_level"]
+        if "include_thoughts" in params:
+            thinking["includeThoughts"] = params["include_thoughts"]
+        if thinking:
+            generation["thinkingConfig"] = thinking
+        if "system_instruction" in params:
+            body["systemInstruction"] = {"parts": [{"text": params["system_instruction"]}]}
+        if "safety_settings" in params:
+            body["safetySettings"] = [dict(s) for s in params["safety_settings"]]
         return body
 
     async def generate(self, spec: ItemSpec, resume: dict[str, Any] | None = None) -> Reply:
         refs = await encoded_refs(self.ctx, spec.images)
+        entry = self.entry(self.ctx.model, self.ctx.config)
+        limit = self.request_limit(entry)
+        if limit is not None and (size := self.body_size(entry, spec, [len(r.b64) for r in refs])) > limit:
+            raise RejectedError(  # not sent: the API would refuse it (a URL image larger than planned)
+                f"request body {size:,} bytes is over the API's limit of {limit:,}; not sent", code="too_large"
+            )
         parts = [{"inline_data": {"mime_type": r.mime, "data": r.b64}} for r in refs]
         reply = await post_json(
             self.ctx.session,
@@ -233,6 +347,7 @@ def parse_reply(reply: HttpReply) -> Reply:
         prompt_tokens=_count(usage.get("promptTokenCount")),
         output_tokens=_count(usage.get("candidatesTokenCount")),
         total_tokens=_count(usage.get("totalTokenCount")),
+        thoughts_tokens=_count(usage.get("thoughtsTokenCount")),
         finish_reason=finish,
     )
 

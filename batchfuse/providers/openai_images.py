@@ -12,6 +12,7 @@ expired link leads to a new generation.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any, ClassVar, Literal
 
@@ -29,7 +30,7 @@ from batchfuse.errors import (
 )
 from batchfuse.images import ImageInfo
 from batchfuse.jsonscan import RawString
-from batchfuse.model_catalog import model_entry
+from batchfuse.model_catalog import ModelEntry, load_catalog, model_entry
 from batchfuse.providers.base import Problem, Provider, ProviderContext, Reply
 from batchfuse.providers.fetch import is_url
 from batchfuse.providers.http import (
@@ -43,42 +44,83 @@ from batchfuse.providers.http import (
 from batchfuse.providers.refs import encoded_ref
 from batchfuse.records import ItemSpec
 
-MODELS = ("gemini-3-pro-image-preview", "gemini-3-pro-image-preview-2k", "gemini-3-pro-image-preview-4k")
+#: The catalog's model names for the relay; any other name is allowed, its rules unchecked.
+MODELS = tuple(m.name for m in load_catalog().for_provider("openai_images"))
 #: What the relay accepts and makes, per model, from the model catalog.
 ENTRIES = {m: model_entry(m) for m in MODELS}
 MAX_IMAGES = min(e.max_reference_images for e in ENTRIES.values())
 #: Result links live about 24 h; past this age a recorded link is not worth trying.
 URL_FRESH_S = 23 * 3600
+#: The relay hands the images on inline to Gemini, whose limit is taken for the whole body.
+MAX_REQUEST_BYTES = 20_971_520
+#: Generation controls of the Gemini provider that ``/v1/images/generations`` has no field for.
+NOT_TAKEN = {
+    "seed": "the relay's /v1/images/generations takes no seed (use provider kind gemini for seeds)",
+    "temperature": "the relay's /v1/images/generations takes no temperature",
+    "thinking_level": "the relay's /v1/images/generations takes no thinking level",
+    "include_thoughts": "the relay's /v1/images/generations takes no include_thoughts",
+    "system_instruction": "the relay's /v1/images/generations takes no system instruction",
+    "safety_settings": "the relay's /v1/images/generations takes no safety settings",
+    "variants": "use n: the relay makes n images in one request",
+}
 
 
 class OpenAIImagesParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    size: Literal[ENTRIES[MODELS[0]].aspect_ratios] = "1:1"  # type: ignore[valid-type]
+    #: An aspect ratio, checked against the model's rules by :meth:`OpenAIImagesProvider.check`.
+    size: str = Field("1:1", pattern=r"^[1-9][0-9]{0,2}:[1-9][0-9]{0,2}$")
     response_format: Literal["url", "b64_json"] = "url"
     n: int = Field(1, ge=1, le=10)
+    # Controls the relay does not take: accepted here only to be refused by name (see NOT_TAKEN).
+    seed: Any = None
+    temperature: Any = None
+    thinking_level: Any = None
+    include_thoughts: Any = None
+    system_instruction: Any = None
+    safety_settings: Any = None
+    variants: Any = None
 
 
 class OpenAIImagesProvider(Provider):
     kind = "openai_images"
     Params = OpenAIImagesParams
     MODELS: ClassVar[tuple[str, ...]] = MODELS
+    MAX_REQUEST_BYTES = MAX_REQUEST_BYTES
 
     @classmethod
-    def check(cls, model: str, params: BaseModel, images: list[ImageInfo | None]) -> list[Problem]:
-        limit = ENTRIES[model].max_reference_images
+    def check(cls, model: str | ModelEntry, params: BaseModel, images: list[ImageInfo | None]) -> list[Problem]:
+        assert isinstance(params, OpenAIImagesParams)
+        problems = [Problem(name, why) for name, why in NOT_TAKEN.items() if getattr(params, name) is not None]
+        entry = cls.entry(model)
+        if not entry.checked:
+            return problems
+        limit = entry.max_reference_images
         if len(images) > limit:
-            return [Problem("images", f"{len(images)} reference images; {model} takes at most {limit}")]
-        return []
+            problems.append(Problem("images", f"{len(images)} reference images; {entry.name} takes at most {limit}"))
+        if params.size not in entry.aspect_ratios:
+            problems.append(Problem("size", f"must be one of {', '.join(entry.aspect_ratios)} (got {params.size!r})"))
+        return problems
+
+    @classmethod
+    def request_params(cls, model: str | ModelEntry, params: BaseModel) -> dict[str, Any]:
+        return params.model_dump(mode="json", include={"size", "response_format", "n"})
 
     @classmethod
     def images_per_item(cls, params: dict[str, Any]) -> int:
         return int(params.get("n", 1))
 
     @classmethod
-    def tokens_per_image(cls, model: str, params: dict[str, Any]) -> int:
-        entry = ENTRIES[model]
-        return entry.tokens_per_image(entry.relay_size or entry.sizes[0]) or 0
+    def tokens_per_image(cls, model: str | ModelEntry, params: dict[str, Any]) -> int:
+        entry = cls.entry(model)
+        size = entry.relay_size or (entry.sizes[0] if entry.sizes else None)
+        return (entry.tokens_per_image(size) or 0) if size else 0
+
+    @classmethod
+    def body_size(cls, entry: ModelEntry, spec: ItemSpec, image_b64: list[int]) -> int:
+        images = ["data:image/jpeg;base64," for _ in image_b64]
+        skeleton = json.dumps(cls.build_body(entry.name, spec, images), ensure_ascii=False).encode("utf-8")
+        return len(skeleton) + sum(image_b64)
 
     @staticmethod
     def endpoint(base_url: str) -> str:
@@ -101,9 +143,9 @@ class OpenAIImagesProvider(Provider):
         return body
 
     @classmethod
-    def describe_request(cls, model: str, base_url: str, spec: ItemSpec) -> dict[str, Any]:
+    def describe_request(cls, model: str | ModelEntry, base_url: str, spec: ItemSpec) -> dict[str, Any]:
         images = [r.src if is_url(r.src) else f"data:image/*;base64,<{r.src}>" for r in spec.images]
-        return {"url": cls.endpoint(base_url), "body": cls.build_body(model, spec, images)}
+        return {"url": cls.endpoint(base_url), "body": cls.build_body(cls.entry(model).name, spec, images)}
 
     def __init__(self, ctx: ProviderContext) -> None:
         super().__init__(ctx)

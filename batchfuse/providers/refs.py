@@ -28,8 +28,8 @@ async def _load(ctx: ProviderContext, ref: ImageRef) -> EncodedImage:
             fetched = await ctx.fetcher.get(src)
             if (kind := not_an_image(fetched.content_type)) is not None:
                 raise ImageProblem(f"the server says it is {kind}, not an image")
-            return await asyncio.to_thread(partial(ctx.images.put, digest, fetched.data, downloaded=True))
-        return await asyncio.to_thread(ctx.images.local, src, digest)
+            return await asyncio.to_thread(partial(ctx.images.put, digest, fetched.data, downloaded=True, fit=ref.fit))
+        return await asyncio.to_thread(ctx.images.local, src, digest, ref.fit)
     except ImageProblem as exc:
         raise RejectedError(f"reference image {shorten(src, 200)}: {exc}", code="bad_reference") from None
     except RejectedError as exc:  # refused, expired (403/404/410) or too large: this item's problem
@@ -38,10 +38,10 @@ async def _load(ctx: ProviderContext, ref: ImageRef) -> EncodedImage:
 
 async def encoded_ref(ctx: ProviderContext, ref: ImageRef) -> EncodedImage:
     """The encoded form of one reference image of the item's spec."""
-    hit = ctx.images.get(ref.digest)
+    hit = ctx.images.get(ref.cache_key)
     if hit is not None:
         return hit
-    key = (id(ctx.images), ref.digest)
+    key = (id(ctx.images), ref.cache_key)
     pending = _inflight.get(key)
     if pending is not None:
         return await asyncio.shield(pending)

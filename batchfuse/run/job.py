@@ -25,12 +25,12 @@ from batchfuse.outputs.files import OutputFolder
 from batchfuse.outputs.marker import check_output_folder
 from batchfuse.plan.catalog import raw_items
 from batchfuse.plan.manifest import did_you_mean
-from batchfuse.plan.preview import Loaded, cost_per_image, load, mock_config
+from batchfuse.plan.preview import Loaded, cost_per_image, cost_per_token, load, mock_config
 from batchfuse.providers.base import ProviderContext
 from batchfuse.providers.fetch import Fetcher, origin
 from batchfuse.records import Job, PlanSummary
 from batchfuse.run.breaker import Breaker
-from batchfuse.run.other_jobs import check_other_jobs
+from batchfuse.run.other_jobs import check_other_jobs, with_adoptions
 from batchfuse.run.retry import RetryPolicy
 from batchfuse.run.scheduler import Scheduler, SchedulerConfig
 from batchfuse.run.stats import RunStats
@@ -162,6 +162,7 @@ def scheduler_config(loaded: Loaded, options: RunOptions, only: list[str] | None
         max_images=m.limits.max_images,
         max_cost=m.limits.max_cost,
         cost_per_image=cost_per_image(loaded),
+        cost_per_token=cost_per_token(loaded),
         images_per_item=loaded.planner.provider.images_per_item,
         deadline=options.deadline,
         grace_s=options.grace_s,
@@ -171,19 +172,28 @@ def scheduler_config(loaded: Loaded, options: RunOptions, only: list[str] | None
     )
 
 
-def check_only(loaded: Loaded, only: list[str] | None) -> None:
-    """``--only`` keys must name items of the manifest (InputError naming the others)."""
+def check_only(loaded: Loaded, only: list[str] | None) -> list[str] | None:
+    """``--only`` keys must name items of the manifest (InputError naming the others); an item
+    with ``variants`` stands for all its variant rows (``mug`` -> ``mug#1``, ``mug#2``, ...)."""
     if not only:
-        return
+        return only
     keys = [r.key for r in raw_items(loaded.manifest, loaded.path) if not isinstance(r, ManifestError)]
     known = set(keys)
-    unknown = [k for k in dict.fromkeys(only) if k not in known]
+    variant_rows: dict[str, list[str]] = {}
+    if any("#" in k for k in only) or getattr(loaded.planner.provider.Params, "model_fields", {}).get("variants"):
+        for row in loaded.planner.rows([]):
+            base, sep, number = row.key.rpartition("#")
+            if sep and number.isdigit() and row.key not in known:
+                variant_rows.setdefault(base, []).append(row.key)
+    rows = {k for group in variant_rows.values() for k in group}
+    unknown = [k for k in dict.fromkeys(only) if k not in known and k not in rows]
     if unknown:
         hint = did_you_mean(unknown[0], keys)
         raise InputError(
             f"{loaded.path}: --only: job {loaded.manifest.job!r} has no item "
             f"{', '.join(repr(k) for k in unknown)}{hint} (keys are the items' ids, case-sensitive)"
         )
+    return [key for k in dict.fromkeys(only) for key in variant_rows.get(k, [k])]
 
 
 async def _take_job(store: Store, db: AsyncStore, loaded: Loaded, options: RunOptions) -> tuple[Job, int, str]:
@@ -215,16 +225,18 @@ async def run_job(
     options = options or RunOptions()
     control = control or RunControl()
     loaded = await asyncio.to_thread(load, path)
+    for warning in loaded.planner.warnings:  # an unlisted model: said once, as validate says it
+        log.warning(warning, extra={"event": "warning"})
     credentials = loaded.planner.provider.credentials(
         loaded.manifest.provider.api_key_env, loaded.planner.provider_config, str(loaded.path),
         mock=loaded.manifest.provider.base_url == "mock",
     )
-    await asyncio.to_thread(check_only, loaded, options.only)
+    only_keys = await asyncio.to_thread(check_only, loaded, options.only)
     m = loaded.manifest
     store = await asyncio.to_thread(open_store, loaded, options.db)
     db = AsyncStore(store)
     try:
-        await db.in_thread(check_other_jobs, store, loaded.planner)  # read-only: before anything is written
+        found = await db.in_thread(check_other_jobs, store, loaded.planner)  # read-only: before anything is written
         shared = not store.is_sqlite
         job, run_id, runner_id = await _take_job(store, db, loaded, options)
         reason, error, internal = "completed", None, False
@@ -234,9 +246,13 @@ async def run_job(
             job, summary = await db.in_thread(sync, store, loaded, job=job)
             if options.retry_failed:
                 await db.retry_failed(job)
+            if found:
+                summary = with_adoptions(
+                    summary, found, await db.in_thread(store.settled, job), loaded.planner.output_dir
+                )
             if not shared:  # alone on the job: whatever is in the temp folder is a dead run's
                 await asyncio.to_thread(outputs.clean_temp)
-            only = options.only
+            only = only_keys
             if options.sample:
                 keys = await db.runnable_keys(job, m.limits.max_attempts)
                 only = spread(keys, options.sample)

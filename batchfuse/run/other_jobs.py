@@ -1,9 +1,10 @@
-"""Refusing a plan whose output names are another job's outputs in the same database."""
+"""Refusing a plan whose output names are another job's outputs in the same database, and
+finding the unrecorded outputs of this job that a run will adopt."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from batchfuse.plan.manifest import load_manifest
 from batchfuse.plan.path_claims import MAX_PROBLEMS, Owner
 from batchfuse.plan.planner import Planner
 from batchfuse.providers import provider_class
-from batchfuse.records import ItemSpec
+from batchfuse.records import ItemSpec, PlanSummary
 from batchfuse.store.queries import Store, job_outputs
 
 
@@ -36,14 +37,17 @@ def _other_job(manifest_path: str) -> _OtherJob | None:
     return _OtherJob(root, m.output.filename, provider.images_per_item)
 
 
-def check_other_jobs(store: Store | None, planner: Planner) -> None:
+def check_other_jobs(store: Store | None, planner: Planner) -> dict[str, str]:
     """Refuse the plan if a name it claims is a recorded output of another item of this job (a
     changed output.filename), or an output, recorded or planned, of another job in
     the database (a job whose manifest is this one, renamed, does not count), or an existing PNG
-    that is not this job's recorded output and whose metadata names another job."""
+    that is not this job's recorded output and whose metadata names another job.
+
+    Returns the items whose current spec already has an unrecorded PNG of this job on disk
+    (item -> spec hash): a run adopts those instead of sending them (see :func:`with_adoptions`)."""
     claims = planner.claims
     if claims is None:
-        return
+        return {}
     own = str(planner.manifest_path.resolve())
     job = planner.manifest.job
     others: dict[str, tuple[_OtherJob, Callable[[str], str | None]]] = {}
@@ -101,3 +105,11 @@ def check_other_jobs(store: Store | None, planner: Planner) -> None:
         add(owner, message)
     if problems:
         raise ManifestProblems(list(problems.values()))
+    return claims.adoptable(ours)
+
+
+def with_adoptions(summary: PlanSummary, found: dict[str, str], settled: dict[str, str], folder: Path) -> PlanSummary:
+    """``summary`` with the number of items a run will adopt from ``found`` (see
+    :func:`check_other_jobs`) in ``folder``: those not already settled (done or failed) with that spec."""
+    adoptable = sum(1 for key, spec in found.items() if settled.get(key) != spec)
+    return replace(summary, adoptable=adoptable, adopt_from=str(folder))

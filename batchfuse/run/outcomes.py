@@ -161,6 +161,7 @@ class Outcomes:
             prompt_tokens=reply.prompt_tokens,
             output_tokens=reply.output_tokens,
             total_tokens=reply.total_tokens,
+            thoughts_tokens=reply.thoughts_tokens,
             finish_reason=reply.finish_reason,
             text="\n".join(reply.texts) or None,
         )

@@ -67,6 +67,8 @@ class SchedulerConfig:
     max_images: int | None = None
     max_cost: float | None = None
     cost_per_image: float = 0.0
+    #: Money per thinking token (``pricing.per_million_tokens``), counted as replies report them.
+    cost_per_token: float = 0.0
     #: How many images one request of an item makes (``n``), from its params.
     images_per_item: Callable[[dict[str, Any]], int] = lambda params: 1
     #: No request starts after this moment (``time.time()``), if set.
@@ -110,7 +112,7 @@ class Scheduler(Outcomes):
         self.limiter = RateLimiter(config.requests_per_minute)
         self.gate = Gate(config.concurrency)
         self.adaptive = AdaptiveLimits(self.limiter, self.gate, config.requests_per_minute, config.concurrency)
-        self.budget = Budget(config.max_images, config.max_cost, config.cost_per_image)
+        self.budget = Budget(config.max_images, config.max_cost, config.cost_per_image, config.cost_per_token)
         self.breaker = config.breaker
         self.breaker.on_change = self._breaker_changed
         self._grace: asyncio.TimerHandle | None = None
@@ -384,10 +386,10 @@ class Scheduler(Outcomes):
                 return None
             return await self._failed(item, number, started, latency_ms, error)
         finally:
-            self._settle(images, made)
+            self._settle(images, made, reply.thoughts_tokens if reply is not None else None)
 
-    def _settle(self, reserved: int, made: int) -> None:
-        self.budget.settle(reserved, made)
+    def _settle(self, reserved: int, made: int, thoughts: int | None = None) -> None:
+        self.budget.settle(reserved, made, thoughts)
         if self._budget_spent and not self.budget.reserved:
             self.stop(self._budget_spent)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from batchfuse.plan.preview import Estimate, Loaded, estimate, load
 from batchfuse.records import ItemSpec, PlanSummary
 from batchfuse.run.job import sync
-from batchfuse.run.other_jobs import check_other_jobs
+from batchfuse.run.other_jobs import check_other_jobs, with_adoptions
 from batchfuse.store.engine import missing_sqlite_file, resolve_db_url
 from batchfuse.store.queries import Store
 
@@ -28,16 +28,18 @@ def plan_preview(path: Path, db: str | None = None) -> Preview:
     """The plan against the database (read, never written) and what it would cost."""
     loaded = load(path)
     url = resolve_db_url(db, path)
-    summary, settled = PlanSummary(new=loaded.items), {}
+    summary, settled, thoughts = PlanSummary(new=loaded.items), {}, None
     if missing_sqlite_file(url) is None:  # validate never creates a database
         store = Store.open(url)
         try:
-            check_other_jobs(store, loaded.planner)
+            found = check_other_jobs(store, loaded.planner)
             job, summary = sync(store, loaded, dry_run=True)
             settled = store.settled(job) if job.id >= 0 else {}
+            thoughts = store.thoughts_per_request(job) if job.id >= 0 else None
         finally:
             store.close()
     else:
-        check_other_jobs(None, loaded.planner)
+        found = check_other_jobs(None, loaded.planner)
+    summary = with_adoptions(summary, found, settled, loaded.planner.output_dir)
     first = next(iter(loaded.planner.rows([])), None)
-    return Preview(loaded, summary, first.spec if first else None, estimate(loaded, settled))
+    return Preview(loaded, summary, first.spec if first else None, estimate(loaded, settled, thoughts))

@@ -151,13 +151,19 @@ class StoreLeases(StoreReads):
             ).scalar_one()
 
     def output_token(self, job: Job, *, create: bool) -> str | None:
-        """The job's output-folder token; with ``create``, made if the job has none yet."""
-        with self._write() as conn:
-            token = conn.execute(select(jobs.c.output_token).where(jobs.c.id == job.id)).scalar_one()
-            if token is None and create:
-                token = os.urandom(16).hex()
-                conn.execute(update(jobs).where(jobs.c.id == job.id).values(output_token=token))
-            return token
+        """The job's output-folder token; with ``create``, made if the job has none yet.
+
+        Runners starting together all get the same token: only the first write of one lands
+        (``WHERE output_token IS NULL``), and each then reads the one that landed."""
+        if create:
+            with self._write() as conn:
+                conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job.id, jobs.c.output_token.is_(None))
+                    .values(output_token=os.urandom(16).hex())
+                )
+        with self._read() as conn:
+            return conn.execute(select(jobs.c.output_token).where(jobs.c.id == job.id)).scalar_one()
 
     def release(self, runner_id: str, item_ids: list[int]) -> None:
         """Hand claimed but unsent items back (the run is stopping)."""

@@ -48,7 +48,7 @@ class StorePlanSync:
 
     def sync_plan(
         self, job: Job, planned: Iterable[PlannedRow], max_attempts: int, *, dry_run: bool = False,
-        digest: Mapping[str, tuple[str, int, int, int]] | None = None,
+        digest: Mapping[str, tuple[Any, ...]] | None = None,
     ) -> PlanSummary:
         """Bring the items table in line with the manifest's plan.
 
@@ -100,7 +100,7 @@ class StorePlanSync:
                         last_error=None, resume_token=None, updated_at=now,
                     ))
 
-            briefs = ((k, h, o, None) for k, (h, o, _, _) in digest.items()) if digest is not None else (
+            briefs = ((k, h, o, None) for k, (h, o, *_) in digest.items()) if digest is not None else (
                 (row.key, row.spec_hash, row.ordinal, row) for row in planned)
             for key, spec_hash, ordinal, row in briefs:
                 old = existing.pop(key, None)  # what is left at the end was removed

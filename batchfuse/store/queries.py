@@ -98,6 +98,7 @@ def _attempt_row(rec: AttemptRecord, run_id: int, dropped: AttemptOutcome | None
         prompt_tokens=rec.prompt_tokens,
         output_tokens=rec.output_tokens,
         total_tokens=rec.total_tokens,
+        thoughts_tokens=rec.thoughts_tokens,
         finish_reason=rec.finish_reason,
         block_reason=rec.block_reason,
         text=rec.text,

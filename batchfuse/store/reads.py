@@ -202,6 +202,16 @@ class StoreReads:
                 ).all()
             )
 
+    def thoughts_per_request(self, job: Job) -> float | None:
+        """Thinking tokens per reply that reported them, on average over the job (None: none did)."""
+        with self._read() as conn:
+            value = conn.execute(
+                select(func.avg(attempts.c.thoughts_tokens))
+                .select_from(attempts.join(items, items.c.id == attempts.c.item_id))
+                .where(items.c.job_id == job.id, attempts.c.thoughts_tokens.is_not(None))
+            ).scalar()
+        return None if value is None else float(value)
+
     def item_rows(self, job: Job) -> Iterator[dict[str, Any]]:
         """Every item in the plan with its outputs, a page at a time (for export and reports); an
         item claimed by a runner that is gone is in the state ``orphaned``, as in :meth:`shown_counts`."""

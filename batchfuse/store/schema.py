@@ -106,6 +106,7 @@ attempts = Table(
     Column("prompt_tokens", Integer),
     Column("output_tokens", Integer),
     Column("total_tokens", Integer),
+    Column("thoughts_tokens", Integer),
     Column("finish_reason", String(50)),
     Column("block_reason", String(50)),
     Column("text", Text),

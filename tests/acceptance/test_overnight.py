@@ -94,8 +94,9 @@ def test_a_second_runner_of_the_same_job_is_refused_and_a_dead_ones_lock_is_not(
 
 
 def test_adaptive_rate_finishes_a_run_whose_configured_rate_is_too_high(job, mock):
-    # the mock allows 10 requests per 1 s window (600/min); the manifest claims 6000/min
-    mock.configure(rpm_limit=10, rpm_window_s=1.0)
+    # the mock answers 429 to a share of requests (drawn per request, so a slow, loaded client sees
+    # them too); the manifest claims 6000/min
+    mock.configure(rate_429=0.15, seed=11)
     job.write(manifest(mock.url, items(60), limits={"concurrency": 8, "requests_per_minute": 6000,
                                                     "max_attempts": 10}))
     log_file = job.root / "run.jsonl"

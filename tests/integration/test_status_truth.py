@@ -117,9 +117,14 @@ def test_the_summary_says_how_many_outputs_were_adopted_and_from_where(job, mock
     work = items(2)
     job.write(manifest(mock.url, work))
     assert cli("run", job.manifest).exit_code == 0
-    # the same outputs, the job's database lost: adopted, not sent again
+    # the same outputs, the job's database lost: adopted, not sent again -- and said so up front
+    planned = cli("validate", job.manifest, "--db", job.root / "fresh.db")
+    assert planned.exit_code == 0, planned.stderr
+    adopt = f"; 2 items to adopt from outputs already in {job.out} (made by an earlier run, not sent again)"
+    assert adopt in planned.stdout, planned.stdout
     result = cli("run", job.manifest, "--db", job.root / "fresh.db")
     assert result.exit_code == 0, result.stderr
+    assert adopt in result.stderr, result.stderr
     assert len(generation_requests(mock)) == 2
     own, _ = last_lines(result.stderr)
     assert (
@@ -166,3 +171,15 @@ def test_two_manifests_in_one_folder_get_a_report_each_and_o_still_works(job, mo
     (job.root / "review").mkdir()
     chosen = cli("report", job.manifest, "-o", job.root / "review" / "morning.html")
     assert chosen.exit_code == 0 and (job.root / "review" / "morning_thumbs").is_dir()
+
+
+def test_the_plan_does_not_promise_to_adopt_an_output_of_an_older_spec(job, mock):
+    job.write(manifest(mock.url, items(2)))
+    assert cli("run", job.manifest).exit_code == 0
+    changed = items(2)
+    changed[0]["prompt"] += " (reworded)"
+    job.write(manifest(mock.url, changed))
+    result = cli("run", job.manifest, "--db", job.root / "fresh.db")
+    assert result.exit_code == 0, result.stderr
+    assert "1 item to adopt from outputs already in" in result.stderr, result.stderr
+    assert len(generation_requests(mock)) == 3  # the reworded item is paid for again, the other adopted

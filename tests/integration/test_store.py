@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, text
@@ -14,7 +15,7 @@ from batchfuse.records import ItemSpec, PlannedRow
 from batchfuse.store.engine import SCHEMA_HEAD, create_store_engine, head_revision, upgrade
 from batchfuse.store.queries import Store
 from batchfuse.store.schema import metadata
-from tests.conftest import cli, generation_requests, manifest
+from tests.conftest import cli, generation_requests, manifest, wait_for
 
 
 def test_the_head_constant_is_alembics_head():
@@ -108,3 +109,31 @@ def test_sqlite_database_is_in_wal_mode_with_a_busy_timeout(tmp_path):
     with raw.connect() as conn:
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == SCHEMA_HEAD
     raw.dispose()
+
+
+def test_runners_starting_together_get_one_output_folder_token(db_url):
+    """Two runners making the job's token at once: the second one's write waits behind the
+    first one's open transaction and must then take the token that landed, not its own (else it
+    refuses the output folder as 'marker is different')."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite serializes writers before they read: the race needs row locks")
+    store, job = _store_with_items(db_url, 1)
+    first = create_engine(db_url)
+    try:
+        with first.connect() as conn:
+            conn.execute(text("UPDATE jobs SET output_token = 'first-runner' WHERE id = :id"), {"id": job.id})
+            got: list[str | None] = []
+            second = threading.Thread(target=lambda: got.append(store.output_token(job, create=True)))
+            second.start()
+            wait_for(
+                lambda: conn.execute(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )).scalar(),
+                "the second runner's write to wait for the first one's lock",
+            )
+            conn.commit()
+            second.join(timeout=60)
+        assert got == ["first-runner"]
+    finally:
+        first.dispose()
+        store.close()

@@ -28,7 +28,7 @@ def test_breaker_opens_after_failures_across_items_and_probes_once(virtual_clock
         await b.wait()  # the probe goes after the pause, not before
         assert loop.time() - t0 == pytest.approx(5.0, abs=1e-9)
         second = asyncio.create_task(b.wait())
-        await asyncio.sleep(30)
+        await loop.elapse(30)
         assert not second.done()  # only one probe at a time, however long the first takes
         t1 = loop.time()
         b.record(ok=False, item="x")  # probe failed: open again, twice as long
@@ -176,7 +176,7 @@ def test_a_rate_change_under_a_waiting_request_applies_to_the_next_one(virtual_c
 
         tasks = [asyncio.create_task(caller()) for _ in range(3)]
         while len(starts) < 3:  # the third request is now waiting in the bucket
-            await asyncio.sleep(0.01)
+            await loop.elapse(0.01)
         limiter.set_rate(6000)  # ten times faster: the waiting request must not be stranded
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
         return starts

@@ -90,7 +90,7 @@ BASE = {"job": "j", "provider": {"kind": "gemini", "base_url": "mock", "model": 
 @pytest.mark.parametrize(("change", "where"), [
     ({"limits": {"concurency": 2}}, "concurency"),
     ({"defaults": {"size": "1:1"}}, "size"),  # an openai_images parameter on gemini
-    ({"items": [{"id": "a", "prompt": "p", "aspect_ratio": "7:5"}]}, "7:5"),
+    ({"items": [{"id": "a", "prompt": "p", "aspect_ratio": "7x5"}]}, "7x5"),  # the model's ratios: at validate
     ({"provider": {**BASE["provider"], "mock": {"latency": 5}}}, "latency"),
     ({"provider": {**BASE["provider"], "kind": "dall-e"}}, "dall-e"),
 ])
