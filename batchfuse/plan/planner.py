@@ -133,6 +133,11 @@ class Planner:
         self._params: dict[Any, BaseModel] = {}
         #: Every output name of the plan, kept by :meth:`validate` for the check against other jobs.
         self.claims: PathClaims | None = None
+        #: The plan in brief, kept by :meth:`validate`: key -> (spec hash, ordinal, images, output
+        #: tokens) of each row, so syncing with the store and estimating need no second pass.
+        self.digest: dict[str, tuple[str, int, int]] | None = None
+        #: The distinct parameter sets of the plan, indexed by the digest's third field.
+        self.digest_params: list[dict[str, Any]] = []
 
     def _validated_params(self, overrides: dict[str, Any]) -> BaseModel:
         """The item's parameters: defaults with its overrides, validated once per distinct set."""
@@ -172,11 +177,23 @@ class Planner:
         if problem:
             raise ManifestError(self.file, problem, field="output.dir")
         problems: list[ManifestError] = []
-        n = sum(1 for _ in self.rows(problems, claims))
+        digest: dict[str, tuple[str, int, int]] = {}
+        seen: dict[Any, int] = {}
+        params: list[dict[str, Any]] = []
+        for row in self.rows(problems, claims):
+            key = _hashable(row.spec.params)
+            index = seen.get(key) if key is not None else None
+            if index is None:
+                index = len(params)
+                params.append(row.spec.params)
+                if key is not None:
+                    seen[key] = index
+            digest[row.key] = (row.spec_hash, row.ordinal, index)
         if problems:
             raise ManifestProblems(problems[:MAX_PROBLEMS])
         self.claims = claims
-        return n
+        self.digest, self.digest_params = digest, params
+        return len(digest)
 
     def _provider_config(self) -> BaseModel:
         """The keys under ``provider:`` beyond the generic ones, validated by the provider's own model."""

@@ -98,18 +98,26 @@ def estimate(loaded: Loaded, settled: dict[str, str], thoughts_per_request: floa
     requests = images = tokens = 0
     list_cost: float | None = 0.0
     list_cost_batch: float | None = 0.0
-    for row in loaded.planner.rows([]):
-        if settled.get(row.key) == row.spec_hash:
-            continue
-        n = provider.images_per_item(row.spec.params)
-        requests += 1
-        images += n
-        tokens += n * provider.tokens_per_image(entry, row.spec.params)
-        size = _size_of(entry, row.spec.params)
-        price = entry.price_per_image(size) if size is not None and entry.checked else None
-        list_cost = None if list_cost is None or price is None else list_cost + n * price
-        price = entry.price_per_image(size, batch=True) if size is not None and entry.checked else None
-        list_cost_batch = None if list_cost_batch is None or price is None else list_cost_batch + n * price
+
+    def per_request(params: dict[str, Any]) -> tuple[int, int, float | None, float | None]:
+        n = provider.images_per_item(params)
+        size = _size_of(entry, params)
+        known = size is not None and entry.checked
+        price = entry.price_per_image(size) if known else None
+        batch = entry.price_per_image(size, batch=True) if known else None
+        return (n, n * provider.tokens_per_image(entry, params),
+                None if price is None else n * price, None if batch is None else n * batch)
+
+    digest = loaded.planner.digest
+    if digest is not None:  # validated: the plan in brief (no second pass over the catalog)
+        costs = [per_request(params) for params in loaded.planner.digest_params]
+        todo = [costs[index] for key, (spec_hash, _, index) in digest.items() if settled.get(key) != spec_hash]
+    else:
+        todo = [per_request(row.spec.params) for row in loaded.planner.rows([]) if settled.get(row.key) != row.spec_hash]
+    for n, row_tokens, row_cost, row_batch in todo:
+        requests, images, tokens = requests + 1, images + n, tokens + row_tokens
+        list_cost = None if list_cost is None or row_cost is None else list_cost + row_cost
+        list_cost_batch = None if list_cost_batch is None or row_batch is None else list_cost_batch + row_batch
     thinks = provider.REPORTS_THOUGHTS and (entry.thought_images or bool(entry.thinking_levels) or not entry.checked)
     thoughts = round(requests * thoughts_per_request) if thoughts_per_request is not None else (None if thinks else 0)
     pricing = loaded.manifest.pricing

@@ -116,7 +116,8 @@ def sync(store: Store, loaded: Loaded, *, dry_run: bool = False, job: Job | None
     if job is None:  # dry run of a job never planned: everything is new
         return Job(-1, m.job, m.provider.kind, m.provider.model, ""), PlanSummary(new=loaded.items)
     problems: list[ManifestError] = []
-    summary = store.sync_plan(job, loaded.planner.rows(problems), m.limits.max_attempts, dry_run=dry_run)
+    summary = store.sync_plan(job, loaded.planner.rows(problems), m.limits.max_attempts, dry_run=dry_run,
+                              digest=loaded.planner.digest)
     return job, summary
 
 
@@ -279,6 +280,7 @@ async def run_job(
                         timeout_s=m.limits.timeout_s,
                         fetcher=fetcher,
                         config=loaded.planner.provider_config,
+                        spool_dir=outputs.temp,
                     )
                 )
                 config = scheduler_config(loaded, options, only, shared)
