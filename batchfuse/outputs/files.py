@@ -10,7 +10,7 @@ import hashlib
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +29,8 @@ class PendingOutputs:
     images: list[PreparedImage]
     source_urls: list[str | None] = field(default_factory=list)
     source_at: float | None = None
+    #: The attempt's PNG text (job, item, spec): an object store puts it in the objects' metadata.
+    text: Mapping[str, str] = field(default_factory=dict)
 
 
 class OutputFolder:

@@ -244,4 +244,4 @@ class Outcomes:
             prepare(data, name, {**text, "batchfuse:image": f"{n}/{count}"})
             for n, (data, name) in enumerate(zip(reply.images, names, strict=True), start=1)
         ]
-        return PendingOutputs(names, images, reply.source_urls, reply.source_at)
+        return PendingOutputs(names, images, reply.source_urls, reply.source_at, text=text)
