@@ -30,6 +30,10 @@ class Faults:
     methods: set[str] = field(default_factory=set)
     status: int = 503
     left: int | None = None
+    #: Matching requests let through before the faults start.
+    skip: int = 0
+    #: Only requests whose path contains this (e.g. ".png": the uploads, not the probe or marker).
+    match: str = ""
 
 
 class _Proxy(ThreadingHTTPServer):
@@ -67,8 +71,10 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._body()
         with self.server.lock:
             f = self.server.faults
-            fail = self.command in f.methods and (f.left is None or f.left > 0)
-            if fail and f.left is not None:
+            fail = self.command in f.methods and f.match in self.path and (f.left is None or f.left > 0)
+            if fail and f.skip > 0:
+                f.skip, fail = f.skip - 1, False
+            elif fail and f.left is not None:
                 f.left -= 1
         if fail:
             payload = b"<Error><Code>ServiceUnavailable</Code><Message>injected by the test</Message></Error>"
@@ -89,7 +95,7 @@ class _Handler(BaseHTTPRequestHandler):
         for k, v in resp.getheaders():
             if k.lower() not in ("transfer-encoding", "content-length", "connection", "server", "date"):
                 self.send_header(k, v)
-        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Content-Length", resp.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data)))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
@@ -131,9 +137,9 @@ class S3:
     def head(self, bucket: str, key: str) -> dict[str, Any]:
         return self.client().head_object(Bucket=bucket, Key=key)
 
-    def fail(self, *methods: str, count: int | None = None, status: int = 503) -> None:
+    def fail(self, *methods: str, count: int | None = None, status: int = 503, skip: int = 0, match: str = "") -> None:
         with self.proxy.lock:
-            self.proxy.faults = Faults(set(methods), status, count)
+            self.proxy.faults = Faults(set(methods), status, count, skip, match)
 
     def heal(self) -> None:
         self.fail()
@@ -198,6 +204,7 @@ def s3_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any, key_id: str | None, s
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role lookup off loopback
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "3")  # a failing store gives up quickly
     if key_id is not None:
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
     if secret is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import re
 import threading
 import uuid
@@ -48,6 +49,14 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 _NO_BUCKET = {"NoSuchBucket"}
 _REFUSED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
             "AllAccessDisabled", "AccountProblem", "403"}
+
+
+def _env_attempts() -> int:
+    """Attempts per request: ``AWS_MAX_ATTEMPTS`` (the AWS SDKs' own setting) or :data:`MAX_ATTEMPTS`."""
+    try:
+        return max(1, min(20, int(os.environ.get("AWS_MAX_ATTEMPTS", MAX_ATTEMPTS))))
+    except ValueError:
+        return MAX_ATTEMPTS
 
 
 def is_object_url(value: str) -> bool:
@@ -141,9 +150,10 @@ def _code(exc: BaseException) -> str:
 class Bucket:
     """The async client of one :class:`Location`; use as ``async with Bucket(loc) as b:``."""
 
-    def __init__(self, location: Location, *, max_attempts: int = MAX_ATTEMPTS, timeout_s: float = 60.0) -> None:
+    def __init__(self, location: Location, *, max_attempts: int | None = None, timeout_s: float = 60.0) -> None:
         self.location = location
-        self.max_attempts, self.timeout_s = max_attempts, timeout_s
+        self.max_attempts = max_attempts or _env_attempts()
+        self.timeout_s = timeout_s
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: Any = None
         #: Requests sent (tests and the probe count them).

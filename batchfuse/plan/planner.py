@@ -152,6 +152,12 @@ class Planner:
         return Location.parse(out.dir, out.s3.endpoint_url if out.s3 else None, out.s3.region if out.s3 else None)
 
     @property
+    def output_shown(self) -> str:
+        """Where outputs go, as shown to the user: the folder, or the bucket's s3:// URL."""
+        location = self.output_location
+        return location.url if location is not None else str(self.output_dir)
+
+    @property
     def output_dir(self) -> Path:
         """The output folder; for a bucket, the local folder where images are staged before upload."""
         location = self.output_location

@@ -242,7 +242,7 @@ async def run_job(
                 await db.retry_failed(job)
             if found:
                 summary = with_adoptions(
-                    summary, found, await db.in_thread(store.settled, job), loaded.planner.output_dir
+                    summary, found, await db.in_thread(store.settled, job), loaded.planner.output_shown
                 )
             if not shared:  # alone on the job: whatever is in the temp folder is a dead run's
                 await asyncio.to_thread(outputs.clean_temp)
