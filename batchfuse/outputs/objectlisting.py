@@ -25,7 +25,7 @@ class ObjectListing:
 
     def __init__(self, location: Location, job: str) -> None:
         self.location, self.job = location, job
-        self.names: dict[str, tuple[int, str]] = {}
+        self.names: dict[str, tuple[int, str, float]] = {}
         self._heads: dict[str, Head] = {}
 
     def load(self) -> str | None:

@@ -163,3 +163,34 @@ def test_an_object_of_someone_else_under_an_output_name_is_refused_at_plan_time(
     assert generation_requests(mock) == []
     body = s3.client().get_object(Bucket=bucket, Key="out/i001.png")["Body"].read()
     assert body == b"theirs"
+
+
+def test_export_names_the_objects_and_the_report_thumbnails_them_once(job, mock, s3, tmp_path):
+    from tests.conftest import page_items
+
+    bucket = s3.new_bucket()
+    job.write(manifest(mock.url, items(3), output=s3.output(bucket)))
+    assert cli("run", job.manifest).exit_code == 0
+    exported = cli("export", job.manifest, "--format", "jsonl")
+    assert exported.exit_code == 0, exported.stderr
+    rows = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert {r["output_dir"] for r in rows} == {f"s3://{bucket}/out/"}
+    assert sorted(r["outputs"][0] for r in rows) == ["i000.png", "i001.png", "i002.png"]
+
+    elsewhere = tmp_path / "review"
+    elsewhere.mkdir()
+    s3.proxy.log.clear()
+    made = cli("report", job.manifest, "-o", elsewhere / "r.html")
+    assert made.exit_code == 0, made.stderr
+    html = (elsewhere / "r.html").read_text(encoding="utf-8")
+    cards = page_items(html)
+    hrefs = sorted(o["href"] for c in cards.values() for o in c["outputs"])
+    assert hrefs == [f"{s3.url}/{bucket}/out/i00{i}.png" for i in range(3)]
+    assert all(o["thumb"] for c in cards.values() for o in c["outputs"])
+    gets = [p for m, p, _ in s3.requests() if m == "GET" and p.endswith(".png")]
+    assert len(gets) == 3
+
+    s3.proxy.log.clear()  # again: the thumbnails are kept, nothing is downloaded
+    assert cli("report", job.manifest, "-o", elsewhere / "r.html").exit_code == 0
+    assert [p for m, p, _ in s3.requests() if m == "GET" and p.endswith(".png")] == []
+    assert all(o["thumb"] for c in page_items((elsewhere / "r.html").read_text("utf-8")).values() for o in c["outputs"])
