@@ -29,9 +29,14 @@ class Base64Problem(ValueError):
     """The text is not valid base64 (or is cut short)."""
 
 
-def decode_into(text: bytes | bytearray | memoryview | str, sinks: Iterable[Sink]) -> int:
+def decode_into(
+    text: bytes | bytearray | memoryview | str,
+    sinks: Iterable[Sink],
+    done: Callable[[int, int], object] | None = None,
+) -> int:
     """Decode base64 ``text`` piece by piece, giving each decoded piece to every sink in order;
-    returns the number of bytes decoded. Whitespace anywhere is skipped."""
+    returns the number of bytes decoded. Whitespace anywhere is skipped. ``done(start, end)``,
+    when given, hears each range of ``text`` that has been read (to let its memory go)."""
     if isinstance(text, str):
         try:
             text = text.encode("ascii")
@@ -69,6 +74,8 @@ def decode_into(text: bytes | bytearray | memoryview | str, sinks: Iterable[Sink
             for sink in sinks:
                 sink(data)
             total += len(data)
+        if done is not None:
+            done(start, min(start + PIECE_CHARS, end))
     if carry:
         raise Base64Problem(f"base64 text ends with {len(carry)} character(s) short of a 4-character group")
     return total

@@ -15,6 +15,7 @@ or the body is not well-formed enough to scan, it returns ``None`` and the calle
 from __future__ import annotations
 
 import json
+import mmap
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,26 @@ class RawString:
     def text(self) -> str:
         """The value as a ``str`` (a copy: for the rare caller that needs one)."""
         return bytes(self.view()).decode("utf-8")
+
+    def release(self, start: int = 0, end: int | None = None) -> None:
+        """Done with ``[start:end]`` of the value: its pages leave memory if the body is an ``mmap``."""
+        stop = self.end if end is None else self.start + end
+        release_pages(self.body, self.start + start, stop)
+
+
+def release_pages(body: Any, start: int = 0, end: int | None = None) -> None:
+    """Drop the pages of ``body[start:end]`` from this process's memory when ``body`` is an
+    ``mmap`` of a file (they stay in the file; touching them again reads them back); for
+    anything else, nothing."""
+    if not isinstance(body, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    end = len(body) if end is None else min(end, len(body))
+    start -= start % mmap.PAGESIZE
+    if end > start:
+        try:
+            body.madvise(mmap.MADV_DONTNEED, start, end - start)
+        except (OSError, ValueError):  # a mapping that cannot take the advice is just kept
+            pass
 
 
 def _string_end(body: Any, opening: int) -> int:

@@ -85,9 +85,11 @@ def raw_size(width: int, height: int, bit_depth: int, color_type: int, interlace
 
 
 def max_compressed(raw: int) -> int:
-    """The most bytes a zlib stream of ``raw`` bytes can take (all stored blocks): header,
-    5 bytes per 65,535-byte block, Adler-32."""
-    return 2 + raw + 5 * (raw // 65535 + 1) + 4
+    """The most bytes a zlib stream of ``raw`` bytes may take here: all stored blocks, with the
+    5-byte header of a stored block allowed every 64 bytes (an encoder may cut its blocks short:
+    zlib stores incompressible data in blocks of about 16 KiB), plus the zlib header and
+    Adler-32.  A real encoder stays far below; this only refuses absurd IDAT sizes early."""
+    return 2 + raw + 5 * (raw // 64 + 1) + 4
 
 
 class PngChecker:

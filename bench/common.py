@@ -379,6 +379,20 @@ def solid_png(path: Path, size: tuple[int, int] = (48, 48), colour: tuple[int, i
     return path
 
 
+def noise_png(path: Path, kilobytes: int, seed: int = 1) -> Path:
+    """A reference image of about ``kilobytes`` KB: a square PNG of grey-ish noise (a photo's
+    entropy), like the 50-300 KB product shots a real job sends."""
+    import random
+
+    from PIL import Image
+
+    rng = random.Random(seed)
+    side = int((kilobytes * 1024 / 0.97) ** 0.5)  # ~0.97 bytes per pixel with 2 random bits a channel
+    raw = bytes(rng.getrandbits(2) * 64 + 32 for _ in range(side * side * 3))
+    Image.frombytes("RGB", (side, side), raw).save(path)
+    return path
+
+
 def status_json(manifest_path: Path, db: Path) -> dict[str, Any]:
     result = batchfuse("status", manifest_path, "--db", db, "--json", timeout_s=120).check()
     return json.loads(result.stdout)

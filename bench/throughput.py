@@ -1,9 +1,9 @@
 """1. Throughput and overhead: batchfuse against the bare aiohttp baseline.
 
 2,000 items, mock latency 200 ms ± 50, concurrency 64, no rate limit, 64×64 solid images,
-one small reference image per request. Each client runs as its own subprocess pinned to the
-client core, against a fresh mock pinned to the other core; the rounds alternate which client
-goes first and the median of each figure is reported.
+two reference images of realistic size per request (noise PNGs of about 85 and 240 KB). Each
+client runs as its own subprocess pinned to the client core, against a fresh mock pinned to the
+other core; the rounds alternate which client goes first and the median of each figure is reported.
 
 Figures, per client:
 
@@ -36,10 +36,10 @@ from common import (
     gen_rate,
     last_json_line,
     manifest,
+    noise_png,
     output_files,
     ratio,
     settle,
-    solid_png,
     status_json,
     write_catalog,
     write_manifest,
@@ -53,14 +53,14 @@ MOCK_ARGS = ["--latency-ms", LATENCY_MS, "--jitter-ms", JITTER_MS, "--image-mode
 PROMPT = "A studio photograph of {title} ({id})"
 
 
-def _measure(kind: str, n: int, folder: Path, ref: Path) -> dict[str, Any]:
+def _measure(kind: str, n: int, folder: Path, refs: list[Path]) -> dict[str, Any]:
     """One run of one client against a fresh mock, in a new folder."""
     folder.mkdir(parents=True)
     settle()
     with Mock(*map(str, MOCK_ARGS)) as mock:
         mock_cpu0 = mock.cpu_s()
         if kind == "baseline":
-            result = baseline(mock.url, n, CONCURRENCY, folder / "out", image=[ref], prompt=PROMPT,
+            result = baseline(mock.url, n, CONCURRENCY, folder / "out", image=refs, prompt=PROMPT,
                               timeout_s=600).check()
             summary = last_json_line(result.stdout)
             if summary["written"] != n:
@@ -68,10 +68,11 @@ def _measure(kind: str, n: int, folder: Path, ref: Path) -> dict[str, Any]:
             extra: dict[str, Any] = {}
         else:
             write_catalog(folder / "catalog.csv", n)
-            shutil.copy(ref, folder / "ref.png")
+            for ref in refs:
+                shutil.copy(ref, folder / ref.name)
             path = write_manifest(folder / "job.yaml", manifest(
                 mock.url, "bench-throughput",
-                items_from={"file": "catalog.csv", "key": "{id}"}, prompt=PROMPT, images=["ref.png"],
+                items_from={"file": "catalog.csv", "key": "{id}"}, prompt=PROMPT, images=[r.name for r in refs],
                 limits={"concurrency": CONCURRENCY, "requests_per_minute": None},
             ))
             db = folder / "batchfuse.db"
@@ -108,18 +109,19 @@ def _measure(kind: str, n: int, folder: Path, ref: Path) -> dict[str, Any]:
 def run(quick: bool, work: Path) -> Report:
     n = 500 if quick else 2000
     rounds = 1 if quick else 3
-    ref = solid_png(work / "ref.png", (48, 48))
+    refs = [noise_png(work / "ref-a.png", 85, seed=1), noise_png(work / "ref-b.png", 240, seed=2)]
+    sizes = " and ".join(f"{r.stat().st_size / 1024:.0f} KB" for r in refs)
     runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "batchfuse": []}
     for r in range(rounds):
         order = ["baseline", "batchfuse"] if r % 2 == 0 else ["batchfuse", "baseline"]
         for kind in order:
-            m = _measure(kind, n, work / f"{kind}-{r + 1}", ref)
+            m = _measure(kind, n, work / f"{kind}-{r + 1}", refs)
             runs[kind].append(m)
             print(f"  round {r + 1}/{rounds} {kind:9s}: {m['steady_items_s']:.1f} items/s steady, "
                   f"{m['e2e_items_s']:.1f} end to end, {m['cpu_ms_item']:.2f} ms CPU/item, "
                   f"{m['maxrss_mb']:.0f} MB", flush=True)
     # The fixed cost: a 1-item job from scratch (start-up, new database, plan, one request, exit).
-    ones = {kind: [_measure(kind, 1, work / f"{kind}-one-{i}", ref) for i in range(3)] for kind in runs}
+    ones = {kind: [_measure(kind, 1, work / f"{kind}-one-{i}", refs) for i in range(3)] for kind in runs}
 
     def med(kind: str, key: str) -> float:
         return statistics.median(m[key] for m in runs[kind])
@@ -167,7 +169,8 @@ def run(quick: bool, work: Path) -> Report:
         name=NAME,
         title=TITLE,
         setup=(f"{n:,} items, mock latency {LATENCY_MS} ms ± {JITTER_MS}, concurrency {CONCURRENCY}, no rate limit, "
-               f"64×64 solid images, one 48×48 reference image per request; {rounds} round(s), medians; "
+               f"64×64 solid images, two reference images per request (noise PNGs of {sizes}); "
+               f"{rounds} round(s), medians; "
                f"{allowed:.0f} items/s is what concurrency/latency allows"),
         header=["", "baseline", "batchfuse", "batchfuse / baseline"],
         rows=rows,

@@ -2,6 +2,11 @@
 folder) so that no partial file ever carries a final name, adoption of files left by a crash,
 and cleaning up temp files.  Names come from :mod:`batchfuse.outputs.names`, the bytes (with
 their PNG metadata) from :mod:`batchfuse.outputs.png`.
+
+Writing is staging then committing (:mod:`batchfuse.outputs.stage`): every image is first a
+complete, fsynced temp file in the folder's temp folder (large ones already are when they come
+from :func:`~batchfuse.outputs.png.prepare`), then the folder's :class:`LocalTarget` renames
+them into place.  Another target (object storage) would take the staged files from there.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import hashlib
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +23,7 @@ from batchfuse import faultpoints
 from batchfuse.errors import OutputError
 from batchfuse.outputs.names import TEMP_DIR
 from batchfuse.outputs.png import PreparedImage, read_png_text
+from batchfuse.outputs.stage import CommitTarget
 from batchfuse.records import OutputRecord
 
 
@@ -32,14 +38,50 @@ class PendingOutputs:
     #: The attempt's PNG text (job, item, spec): an object store puts it in the objects' metadata.
     text: Mapping[str, str] = field(default_factory=dict)
 
+    def discard(self) -> None:
+        """These outputs will not be written: their staged temp files go."""
+        for img in self.images:
+            img.discard()
+
+
+class LocalTarget:
+    """Commit into a local folder: each staged file renamed to its final path (made inside
+    ``root``), folders created as needed; the folders touched are returned for fsync."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def final_path(self, name: str) -> Path:
+        path = (self.root / name).resolve()
+        if not path.is_relative_to(self.root.resolve()):  # a symlinked folder pointing out
+            raise OutputError(f"output {name} would be written outside {self.root}")
+        return path
+
+    def commit(self, moves: Sequence[tuple[Path, str]]) -> set[Path]:
+        finals = [self.final_path(name) for _, name in moves]  # all checked before any rename
+        touched: set[Path] = set()
+        for (tmp, _), final in zip(moves, finals, strict=True):
+            final.parent.mkdir(parents=True, exist_ok=True)
+            faultpoints.hit("output.rename")
+            os.replace(tmp, final)
+            touched.add(final.parent)
+        return touched
+
 
 class OutputFolder:
     """The job's output folder: atomic writes into it, and cleaning up after a crash."""
 
-    def __init__(self, root: Path, writer_tag: str = "w") -> None:
+    def __init__(self, root: Path, writer_tag: str = "w", target: CommitTarget | None = None) -> None:
         self.root = root
         self.temp = root / TEMP_DIR
         self.writer_tag = writer_tag.replace(":", "_").replace("/", "_")
+        self.local = LocalTarget(root)
+        self.target: CommitTarget = target or self.local
+
+    def temp_path(self) -> Path:
+        """A new temp file's path in the temp folder (made if missing), named after this writer."""
+        self.temp.mkdir(parents=True, exist_ok=True)
+        return self.temp / f"{self.writer_tag}-{uuid.uuid4().hex}.part"
 
     def clean_temp(self, only_mine: bool = False) -> int:
         """Remove temp files left by killed runs (or, with ``only_mine``, by this writer);
@@ -98,60 +140,67 @@ class OutputFolder:
         return None
 
     def final_path(self, name: str) -> Path:
-        path = (self.root / name).resolve()
-        if not path.is_relative_to(self.root.resolve()):  # a symlinked folder pointing out
-            raise OutputError(f"output {name} would be written outside {self.root}")
-        return path
+        return self.local.final_path(name)
 
     def write(self, pending: PendingOutputs, dirs: set[Path] | None = None) -> list[OutputRecord]:
         """Write every image of one attempt; all or none get their final names.
 
-        With ``dirs``, the folders that received files are added to it and left for the caller
-        to fsync once for a whole group (:func:`fsync_dirs`); without, they are fsynced here.
+        Images still in memory are staged first (temp file, fsync); then the target commits
+        them all.  With ``dirs``, the folders that received files are added to it and left for
+        the caller to fsync once for a whole group (:func:`fsync_dirs`); without, they are
+        fsynced here.  On any failure no staged file of the attempt is left behind.
         """
-        staged: list[tuple[Path, Path]] = []
+        staged: list[tuple[Path, str]] = [(img.staged.path, name) for name, img in
+                                          zip(pending.names, pending.images, strict=True) if img.staged is not None]
         records: list[OutputRecord] = []
         try:
-            self.temp.mkdir(parents=True, exist_ok=True)
             for i, (name, img) in enumerate(zip(pending.names, pending.images, strict=True)):
-                tmp = self.temp / f"{self.writer_tag}-{uuid.uuid4().hex}.part"
-                with open(tmp, "wb") as f:
-                    staged.append((tmp, self.final_path(name)))
-                    f.write(img.payload)
-                    f.flush()
-                    faultpoints.hit("output.write")
-                    faultpoints.hit("output.fsync")
-                    os.fsync(f.fileno())
+                if img.staged is not None:
+                    sha256, size = img.staged.sha256, img.staged.size
+                else:
+                    tmp = self.temp_path()
+                    with open(tmp, "wb") as f:
+                        staged.append((tmp, name))
+                        f.write(img.payload)
+                        f.flush()
+                        faultpoints.hit("output.write")
+                        faultpoints.hit("output.fsync")
+                        os.fsync(f.fileno())
+                    sha256, size = hashlib.sha256(img.payload).hexdigest(), len(img.payload)
                 records.append(
                     OutputRecord(
                         idx=i + 1,
                         path=name,
-                        sha256=hashlib.sha256(img.payload).hexdigest(),
+                        sha256=sha256,
                         width=img.width,
                         height=img.height,
-                        bytes=len(img.payload),
+                        bytes=size,
                         source_url=pending.source_urls[i] if i < len(pending.source_urls) else None,
                         source_at=pending.source_at,
                     )
                 )
-            touched: set[Path] = set()
-            for tmp, final in staged:
-                final.parent.mkdir(parents=True, exist_ok=True)
-                faultpoints.hit("output.rename")
-                os.replace(tmp, final)
-                touched.add(final.parent)
+            order = {name: n for n, name in enumerate(pending.names)}
+            touched = self.target.commit(sorted(staged, key=lambda move: order[move[1]]))
             if dirs is None:
                 fsync_dirs(touched)
             else:
                 dirs.update(touched)
         except OSError as exc:
-            for tmp, _ in staged:
-                try:
-                    tmp.unlink()
-                except OSError:
-                    pass
+            _drop(staged)
             raise OutputError(f"cannot write outputs to {self.root}: {exc.strerror or exc}") from None
+        except BaseException:
+            _drop(staged)
+            raise
         return records
+
+
+def _drop(staged: list[tuple[Path, str]]) -> None:
+    """Remove the temp files of an attempt that was not committed (committed ones are gone)."""
+    for tmp, _ in staged:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
 
 
 def fsync_dirs(paths: set[Path]) -> None:

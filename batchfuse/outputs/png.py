@@ -1,24 +1,30 @@
-"""Output bytes: a reply's image checked with Pillow, converted to the format its name asks for,
-PNGs carrying the prompt, model and item key as iTXt chunks (and reading them back)."""
+"""Output bytes: a reply's image checked, converted to the format its name asks for, PNGs
+carrying the prompt, model and item key as iTXt chunks (and reading them back).
+
+A PNG kept as PNG is checked without decoding its pixels (:mod:`batchfuse.pngcheck`: chunk
+CRCs, the zlib stream inflated and counted against the IHDR dimensions); a large one is staged
+straight into a temp file (:func:`batchfuse.outputs.stage.stage_png`).  Anything else (a
+conversion, JPEG, WebP) is decoded by Pillow."""
 
 from __future__ import annotations
 
 import io
 import struct
-import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from batchfuse.images import open_image
+from batchfuse.images import ImageProblem, open_image
+from batchfuse.jsonscan import RawString
 from batchfuse.outputs.names import FORMATS
+from batchfuse.outputs.stage import StagedFile, decoded, is_png_source, png_itxt, stage_png
+from batchfuse.pngcheck import PngProblem, check_png
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _png_itxt(keyword: str, text: str) -> bytes:
-    data = keyword.encode("latin-1") + b"\x00\x00\x00\x00\x00" + text.encode("utf-8")
-    return struct.pack(">I", len(data)) + b"iTXt" + data + struct.pack(">I", zlib.crc32(b"iTXt" + data))
+_png_itxt = png_itxt
+#: Images at least this large (their base64, or bytes) are staged in a temp file as they are
+#: decoded, rather than prepared in memory.
+STAGE_BYTES = 256 * 1024
 
 
 def add_png_text(png: bytes, text: Mapping[str, str]) -> bytes:
@@ -32,18 +38,44 @@ def add_png_text(png: bytes, text: Mapping[str, str]) -> bytes:
 
 @dataclass(frozen=True)
 class PreparedImage:
-    """An image from a reply, checked and converted to the format its name asks for."""
+    """An image from a reply, checked and converted to the format its name asks for: its bytes
+    in memory (``payload``), or already ``staged`` in a temp file (``payload`` empty)."""
 
     payload: bytes
     width: int
     height: int
+    staged: StagedFile | None = None
+
+    def discard(self) -> None:
+        """Give up on this image: its staged temp file, if any, goes."""
+        if self.staged is not None:
+            self.staged.discard()
 
 
-def prepare(data: bytes, name: str, text: Mapping[str, str]) -> PreparedImage:
-    """Decode ``data`` with Pillow (raises ``ImageProblem`` when it is not a whole image) and
-    produce the bytes to write under ``name``."""
-    im = open_image(data, formats=("PNG", "JPEG", "WEBP"))
+def prepare(
+    data: bytes | RawString, name: str, text: Mapping[str, str], temp_path: Callable[[], Path] | None = None
+) -> PreparedImage:
+    """Check ``data`` (raises ``ImageProblem`` when it is not a whole image) and produce the
+    bytes to write under ``name``.  With ``temp_path`` (a new temp file's path per call), a
+    large PNG is staged there as it is decoded; when the temp file cannot be written it is
+    prepared in memory instead (the write that follows reports the folder's trouble)."""
     target = FORMATS[PurePosixPath(name).suffix.lower()]
+    if target == "PNG" and is_png_source(data):
+        if temp_path is not None and len(data) >= STAGE_BYTES:
+            try:
+                staged, info = stage_png(data, text, temp_path())
+            except OSError:
+                pass  # prepared in memory below; writing it fails alike, and the result is spooled
+            else:
+                return PreparedImage(b"", info.width, info.height, staged)
+        png = decoded(data)
+        try:
+            info = check_png(png)
+        except PngProblem as exc:
+            raise ImageProblem(str(exc)) from None
+        return PreparedImage(add_png_text(png, text), info.width, info.height)
+    data = decoded(data)
+    im = open_image(data, formats=("PNG", "JPEG", "WEBP"))
     if im.format == target:
         payload = add_png_text(data, text) if target == "PNG" else data
     else:

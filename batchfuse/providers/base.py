@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import aiohttp
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from batchfuse.errors import scrub, shorten
 from batchfuse.images import EncodedImageCache, ImageInfo
+from batchfuse.jsonscan import RawString
 from batchfuse.providers.credentials import Credentials, key_from_env
 from batchfuse.providers.fetch import Fetcher
 from batchfuse.records import ItemSpec
@@ -30,7 +32,8 @@ FINISH_REASON_CHARS = 48
 class Reply:
     """A successful reply: the final images (bytes) and what came with them."""
 
-    images: list[bytes]
+    #: Each image's bytes, or its base64 left in the reply's body (decoded when it is written).
+    images: list[bytes | RawString]
     http_status: int = 200
     texts: list[str] = field(default_factory=list)
     prompt_tokens: int | None = None
@@ -77,6 +80,8 @@ class ProviderContext:
     fetcher: Fetcher
     #: The provider's own settings (an instance of its ``Config``).
     config: BaseModel = field(default_factory=NoConfig)
+    #: Where large replies are spooled while they are read (None: the system's temp folder).
+    spool_dir: Path | None = None
 
 
 class Provider(ABC):

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from batchfuse.errors import NoImageError, ProviderError, RejectedError, shorten
 from batchfuse.images import ImageInfo
+from batchfuse.jsonscan import RawString
 from batchfuse.model_catalog import model_entry
 from batchfuse.providers.base import FINISH_REASON_CHARS, Problem, Provider, Reply
 from batchfuse.providers.http import (
@@ -143,6 +144,7 @@ class GeminiProvider(Provider):
             {"x-goog-api-key": self.ctx.credentials.secret()},
             self.build_body(self.ctx.model, spec, parts),
             self.ctx.timeout_s,
+            spool_dir=self.ctx.spool_dir,
         )
         if reply.status != 200:
             raise classify_error(reply)
@@ -195,7 +197,7 @@ def parse_reply(reply: HttpReply) -> Reply:
         block = shorten(str(block), 60)
         raise RejectedError(f"prompt blocked by the API: {block}", status=200, code=block,
                             block_reason=shorten(str(block), FINISH_REASON_CHARS))
-    images: list[bytes] = []
+    images: list[bytes | RawString] = []
     texts: list[str] = []
     finish = None
     for cand in data.get("candidates") or []:
@@ -205,7 +207,7 @@ def parse_reply(reply: HttpReply) -> Reply:
                 continue  # interim images of Gemini 3's thinking are not outputs
             inline = part.get("inlineData") or part.get("inline_data")
             if inline:
-                images.append(decode_b64(inline.get("data", "")))
+                images.append(_image_data(inline.get("data", "")))
             elif isinstance(part.get("text"), str):
                 found = _DATA_URL.findall(part["text"])
                 if found:
@@ -233,6 +235,13 @@ def parse_reply(reply: HttpReply) -> Reply:
         total_tokens=_count(usage.get("totalTokenCount")),
         finish_reason=finish,
     )
+
+
+def _image_data(value: Any) -> bytes | RawString:
+    """An inline image: a long one stays base64 in the reply's body (a :class:`RawString`, decoded
+    in pieces straight into its output file); a short one, or one from a dict parsed whole
+    (Batch mode's result lines), is decoded here."""
+    return value if isinstance(value, RawString) else decode_b64(value if isinstance(value, str) else "")
 
 
 def _count(value: Any) -> int | None:

@@ -2,6 +2,13 @@
 
 Connection failures, timeouts, cut-short and undecodable bodies are all *transient*: the
 same request may well succeed a moment later.  Messages are scrubbed of keys.
+
+Large replies never become large Python objects: a 200 body over :data:`SPOOL_BODY_BYTES` is
+streamed into an unnamed temp file (``spool_dir``, the output folder's temp folder in a run) and
+read back through ``mmap``; the JSON is parsed by :func:`batchfuse.jsonscan.loads_skeleton`,
+which leaves each long image string (``data``, ``b64_json``) in the body as a
+:class:`~batchfuse.jsonscan.RawString` for the outputs to decode in pieces.  Pages of a spooled
+body are dropped from memory (``MADV_DONTNEED``) once scanned, and again as they are decoded.
 """
 
 from __future__ import annotations
@@ -12,17 +19,25 @@ import binascii
 import email.utils
 import json
 import math
+import mmap
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from batchfuse.errors import FatalError, ProviderError, RejectedError, TransientError, scrub, shorten
+from batchfuse.jsonscan import MIN_CHARS, loads_skeleton, release_pages
 
 #: Replies larger than this are parsed in a worker thread so the event loop keeps moving.
 PARSE_IN_THREAD_BYTES = 512 * 1024
+#: 200 replies larger than this are streamed to a temp file instead of held in memory.
+SPOOL_BODY_BYTES = 4 * 1024 * 1024
+#: The JSON keys whose long string values (base64 images) stay in the body, unparsed.
+IMAGE_KEYS = ("data", "b64_json")
 #: How much of an API's error message is kept (after scrubbing).
 MESSAGE_CHARS = 300
 #: The longest wait a ``Retry-After`` header can ask for.
@@ -33,7 +48,8 @@ MAX_RETRY_AFTER_S = 3600.0
 class HttpReply:
     status: int
     headers: Mapping[str, str]
-    body: bytes
+    #: The body: ``bytes``/``bytearray``, or a read-only ``mmap`` of a spooled temp file.
+    body: Any
     data: Any
     latency_ms: float
 
@@ -70,8 +86,10 @@ async def post_json(
     headers: Mapping[str, str],
     body: dict[str, Any],
     timeout_s: float,
+    spool_dir: Path | None = None,
 ) -> HttpReply:
-    """POST ``body`` as JSON and parse the JSON reply (of any status)."""
+    """POST ``body`` as JSON and parse the JSON reply (of any status); a large 200 reply is
+    spooled to an unnamed temp file in ``spool_dir`` (default: the system's temp folder)."""
     payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
     started = time.monotonic()
     try:
@@ -81,8 +99,8 @@ async def post_json(
             headers={**headers, "Content-Type": "application/json"},
             timeout=aiohttp.ClientTimeout(total=timeout_s),
         ) as resp:
-            raw = await resp.read()
             status, resp_headers = resp.status, resp.headers
+            raw = await _read_body(resp, spool_dir)
     except (asyncio.TimeoutError, TimeoutError):
         raise TransientError(f"no reply within {timeout_s:g} s (timeout)", code="timeout") from None
     except aiohttp.ClientPayloadError:
@@ -93,12 +111,17 @@ async def post_json(
         raise TransientError(f"connection failed: {scrub(str(exc)) or type(exc).__name__}", code="connection") from None
     except aiohttp.ClientError as exc:
         raise TransientError(f"HTTP client error: {scrub(str(exc)) or type(exc).__name__}", code="client") from None
+    except OSError as exc:  # the spool file could not be written (full disk): try again later
+        raise TransientError(f"cannot keep the reply in a temp file: {exc.strerror or exc}", code="spool") from None
     latency_ms = (time.monotonic() - started) * 1000
     try:
-        if len(raw) > PARSE_IN_THREAD_BYTES:
-            data = await asyncio.to_thread(json.loads, raw)
+        data = loads_skeleton(raw, IMAGE_KEYS) if status == 200 and len(raw) >= MIN_CHARS else None
+        if data is not None:
+            release_pages(raw)  # scanned; the image strings are read again, in pieces, when decoded
+        elif len(raw) > PARSE_IN_THREAD_BYTES:
+            data = await asyncio.to_thread(_loads, raw)
         else:
-            data = json.loads(raw) if raw else None
+            data = _loads(raw) if raw else None
     except ValueError:
         if status >= 400:
             data = None
@@ -107,6 +130,39 @@ async def post_json(
                 f"HTTP {status} reply is not valid JSON (truncated or garbled)", status=status, code="bad_json"
             ) from None
     return HttpReply(status, resp_headers, raw, data, latency_ms)
+
+
+def _loads(raw: Any) -> Any:
+    """``json.loads`` of a body of any kind (an ``mmap`` is copied first: the rare slow path)."""
+    return json.loads(raw if isinstance(raw, (bytes, bytearray)) else raw[:])
+
+
+async def _read_body(resp: aiohttp.ClientResponse, spool_dir: Path | None) -> Any:
+    """The reply's body: ``bytes`` when small (or not a 200), else a read-only ``mmap`` of an
+    unnamed temp file it was streamed into (gone from disk once the last view of it is)."""
+    if resp.status != 200 or (resp.content_length is not None and resp.content_length <= SPOOL_BODY_BYTES):
+        return await resp.read()
+    buf = bytearray()
+    spool = None
+    try:
+        async for piece in resp.content.iter_any():
+            if spool is not None:
+                spool.write(piece)
+                continue
+            buf += piece
+            if len(buf) > SPOOL_BODY_BYTES:
+                if spool_dir is not None:
+                    spool_dir.mkdir(parents=True, exist_ok=True)
+                spool = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115 - closed below, the mmap outlives it
+                spool.write(buf)
+                buf = bytearray()
+        if spool is None:
+            return bytes(buf)
+        spool.flush()
+        return mmap.mmap(spool.fileno(), 0, access=mmap.ACCESS_READ)
+    finally:
+        if spool is not None:
+            spool.close()  # the mmap keeps its own handle
 
 
 def not_an_image(content_type: str) -> str | None:

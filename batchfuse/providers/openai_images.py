@@ -28,6 +28,7 @@ from batchfuse.errors import (
     shorten,
 )
 from batchfuse.images import ImageInfo
+from batchfuse.jsonscan import RawString
 from batchfuse.model_catalog import model_entry
 from batchfuse.providers.base import Problem, Provider, ProviderContext, Reply
 from batchfuse.providers.fetch import is_url
@@ -129,6 +130,7 @@ class OpenAIImagesProvider(Provider):
             {"Authorization": f"Bearer {self.ctx.credentials.secret()}"},
             self.build_body(self.ctx.model, spec, images),
             self.ctx.timeout_s,
+            spool_dir=self.ctx.spool_dir,
         )
         if reply.status != 200:
             raise classify_error(reply)
@@ -139,7 +141,7 @@ class OpenAIImagesProvider(Provider):
             got = len(data) if isinstance(data, list) else 0
             raise NoImageError(f"the reply carried {got} of {expected} images", status=200, code="no_image")
         if all(isinstance(d, dict) and d.get("b64_json") for d in data):
-            return Reply(images=[decode_b64(d["b64_json"]) for d in data[:expected]], http_status=200)
+            return Reply(images=[_image_data(d["b64_json"]) for d in data[:expected]], http_status=200)
         urls = [d.get("url") for d in data[:expected] if isinstance(d, dict)]
         if len(urls) != expected or not all(isinstance(u, str) and u for u in urls):
             raise TransientError("the reply's data entries carry neither url nor b64_json", status=200)
@@ -211,6 +213,12 @@ def classify_error(reply: HttpReply) -> ProviderError:
         not_found=code == "model_not_found",
         quota="quota exhausted ({text})" if "quota" in code or "quota" in kind else None,
     )
+
+
+def _image_data(value: Any) -> bytes | RawString:
+    """A ``b64_json`` image: a long one stays base64 in the reply's body (a :class:`RawString`,
+    decoded in pieces into its output file), a short one is decoded here."""
+    return value if isinstance(value, RawString) else decode_b64(value if isinstance(value, str) else "")
 
 
 def _created(value: Any) -> float:

@@ -269,6 +269,7 @@ async def run_job(
                         timeout_s=m.limits.timeout_s,
                         fetcher=fetcher,
                         config=loaded.planner.provider_config,
+                        spool_dir=outputs.temp,
                     )
                 )
                 config = scheduler_config(loaded, options, only, shared)

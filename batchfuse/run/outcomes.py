@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from batchfuse.errors import BatchfuseError, ErrorClass, NoImageError, OutputError, ProviderError, StoreError
 from batchfuse.outputs.files import OutputFolder, PendingOutputs
 from batchfuse.outputs.names import output_name
-from batchfuse.outputs.png import prepare
+from batchfuse.outputs.png import PreparedImage, prepare
 from batchfuse.providers.base import Reply
 from batchfuse.records import AttemptOutcome, AttemptRecord, ClaimedItem, ItemState, SpooledImage
 from batchfuse.run.recorder import Recorder
@@ -223,8 +223,9 @@ class Outcomes:
             log.warning("could not record interrupted attempt of %s: %s", item.key, exc)
 
     async def _prepare(self, item: ClaimedItem, reply: Reply) -> PendingOutputs:
-        """Check every image of a reply with Pillow and give it its name and metadata; in a
-        worker thread when the images are large enough to block the event loop."""
+        """Check every image of a reply and give it its name and metadata (a large PNG is staged
+        in a temp file as it is decoded); in a worker thread when the images are large enough
+        to block the event loop."""
         if sum(len(data) for data in reply.images) > PREPARE_INLINE_BYTES:
             return await asyncio.to_thread(self._prepare_now, item, reply)
         return self._prepare_now(item, reply)
@@ -240,8 +241,12 @@ class Outcomes:
             "batchfuse:item": item.key,
             "batchfuse:spec": item.spec_hash,
         }
-        images = [
-            prepare(data, name, {**text, "batchfuse:image": f"{n}/{count}"})
-            for n, (data, name) in enumerate(zip(reply.images, names, strict=True), start=1)
-        ]
+        images: list[PreparedImage] = []
+        try:
+            for n, (data, name) in enumerate(zip(reply.images, names, strict=True), start=1):
+                images.append(prepare(data, name, {**text, "batchfuse:image": f"{n}/{count}"}, self.outputs.temp_path))
+        except BaseException:
+            for img in images:  # an image of the reply is bad: the ones staged before it go
+                img.discard()
+            raise
         return PendingOutputs(names, images, reply.source_urls, reply.source_at, text=text)

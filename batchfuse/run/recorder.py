@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from batchfuse.errors import BatchfuseError, ErrorClass, OutputError, StoreError
 from batchfuse.outputs.files import OutputFolder, PendingOutputs, fsync_dirs
+from batchfuse.outputs.stage import decoded
 from batchfuse.records import AttemptOutcome, AttemptRecord, ItemState, OutputRecord
 from batchfuse.store.aio import AsyncStore
 
@@ -138,6 +139,8 @@ class Recorder:
                 except OutputError as exc:
                     errors[i] = exc
                     rec = _unwritten(entry, exc)
+            elif entry.pending is not None:  # not this runner's any more: its staged files go
+                entry.pending.discard()
             records.append(rec)
         try:
             fsync_dirs(dirs)
@@ -158,7 +161,12 @@ class Recorder:
 def _unwritten(entry: _Entry, exc: OutputError) -> AttemptRecord:
     """What is recorded for an attempt whose outputs could not be written."""
     if entry.unwritten is not None:
-        return replace(entry.unwritten, error_message=f"{exc.message}{entry.unwritten.error_message or ''}")
+        return replace(
+            entry.unwritten,
+            error_message=f"{exc.message}{entry.unwritten.error_message or ''}",
+            # an image still in the reply's body as base64 is decoded for the spool (the rare path)
+            spool=tuple(replace(img, data=decoded(img.data)) for img in entry.unwritten.spool),
+        )
     return replace(
         entry.record, outcome=AttemptOutcome.interrupted, item_state=ItemState.pending, counts=False,
         error_class=ErrorClass.interrupted.value, error_message=exc.message,
