@@ -107,7 +107,7 @@ class ObjectOutputs(OutputFolder):
         a run died after uploading but before recording.  Read from HEAD (the metadata holds
         the digest and dimensions), so nothing is downloaded."""
         assert self.bucket is not None
-        for first in (name_for(1, 1), name_for(1, 2)):
+        for first in dict.fromkeys((name_for(1, 1), name_for(1, 2))):
             head = await self.bucket.head(first)
             if head is None or head.meta.get(META_SPEC) != spec_hash or not same_owner(head.meta, self.job_name):
                 continue

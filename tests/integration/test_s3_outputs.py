@@ -98,14 +98,16 @@ def test_credentials_in_the_manifest_are_refused(job, mock, s3):
     assert "Wr0ngSecret" not in result.stderr
 
 
-def test_a_lost_commit_is_adopted_from_the_bucket_without_paying_again(job, mock, s3):
+@pytest.mark.parametrize("ext", ["png", "jpg"])  # the metadata is the object's, whatever its format
+def test_a_lost_commit_is_adopted_from_the_bucket_without_paying_again(job, mock, s3, ext):
     bucket = s3.new_bucket()
-    job.write(manifest(mock.url, items(4), output=s3.output(bucket), limits={"concurrency": 1}))
+    output = {**s3.output(bucket), "filename": "{item}." + ext}
+    job.write(manifest(mock.url, items(4), output=output, limits={"concurrency": 1}))
     # killed inside the transaction that records the first finished attempts: uploaded, not recorded
     first = cli_process("run", job.manifest, env={"BATCHFUSE_FAULTPOINT": "db.record:1:kill"})
     first.communicate(timeout=60)
     assert first.returncode == -9, first.err()
-    uploaded = {k for k in s3.keys(bucket) if k.endswith(".png")}
+    uploaded = {k for k in s3.keys(bucket) if k.endswith("." + ext)}
     assert uploaded and job.sql("SELECT count(*) FROM outputs") == [(0,)]
     paid = len(generation_requests(mock))
 
