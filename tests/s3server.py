@@ -151,8 +151,16 @@ class S3:
         return {"dir": f"s3://{bucket}/{prefix}", "s3": {"endpoint_url": self.url, "region": REGION}}
 
 
+#: The one server of the session: the fixture is imported into several modules (each import
+#: is a fixture of its own to pytest), and moto's authentication switch is process-wide.
+_STARTED: list[S3] = []
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3]:
+    if _STARTED:
+        yield _STARTED[0]
+        return
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -175,9 +183,12 @@ def s3_server() -> Iterator[S3]:
     proxy = _Proxy((host, port))
     thread = threading.Thread(target=proxy.serve_forever, daemon=True)
     thread.start()
+    _STARTED.append(S3(f"http://127.0.0.1:{proxy.server_address[1]}", direct, key["AccessKeyId"],
+                       key["SecretAccessKey"], proxy))
     try:
-        yield S3(f"http://127.0.0.1:{proxy.server_address[1]}", direct, key["AccessKeyId"], key["SecretAccessKey"], proxy)
+        yield _STARTED[0]
     finally:
+        _STARTED.clear()
         proxy.shutdown()
         proxy.server_close()
         server.stop()
