@@ -37,6 +37,8 @@ SCHEME = "s3://"
 STAGING_DIR = ".batchfuse-s3"
 #: Images above this size go up as a multipart upload, in parts of this size.
 MULTIPART_BYTES = 8 * 1024 * 1024
+#: A multipart upload begun this long ago was a killed runner's (an upload must end within its lease).
+STALE_UPLOAD_S = 6 * 3600.0
 #: Attempts per request (botocore's standard retry mode: backoff with jitter between them).
 MAX_ATTEMPTS = 5
 #: Object metadata keys (S3 keeps user metadata keys in lower case).
@@ -244,6 +246,28 @@ class Bucket:
         key = self.location.key(f".batchfuse-probe-{uuid.uuid4().hex}")
         await self._call("probe (write) of", "put_object", Key=key, Body=b"batchfuse write probe\n")
         await self._call("probe (delete) in", "delete_object", Key=key)
+
+    async def abort_stale_uploads(self, older_than_s: float = STALE_UPLOAD_S) -> int:
+        """Abort multipart uploads under the prefix begun over ``older_than_s`` ago (a killed
+        runner's, never completed: invisible, but stored and billed); returns how many.  Best
+        effort: credentials that may not list or abort them change nothing."""
+        import time
+
+        try:
+            r = await self._call("list uploads in", "list_multipart_uploads", Prefix=self.location.prefix)
+        except (InputError, OutputError):
+            return 0
+        aborted = 0
+        for up in r.get("Uploads", ()):
+            started = up.get("Initiated")
+            if started is None or started.timestamp() > time.time() - older_than_s:
+                continue
+            try:
+                await self._call("abort an upload in", "abort_multipart_upload", Key=up["Key"], UploadId=up["UploadId"])
+                aborted += 1
+            except (InputError, OutputError):
+                continue
+        return aborted
 
     async def head(self, name: str) -> Head | None:
         """The object's size, ETag and metadata; None when there is none under ``name``."""

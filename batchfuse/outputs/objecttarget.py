@@ -83,6 +83,7 @@ class ObjectOutputs(OutputFolder):
         sharing a job, the marker: every runner must write to the same bucket and prefix."""
         assert self.bucket is not None
         await self.bucket.probe()
+        await self.bucket.abort_stale_uploads()
         if token is None or live_runners is None:
             return
         others = await live_runners()

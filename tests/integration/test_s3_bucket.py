@@ -13,7 +13,14 @@ import pytest
 
 from batchfuse.errors import OutputError
 from batchfuse.mock.server import MockConfig, MockServerThread
-from batchfuse.outputs.objectstore import MULTIPART_BYTES, STAGING_DIR, Bucket, Location, object_meta
+from batchfuse.outputs.objectstore import (
+    MULTIPART_BYTES,
+    STAGING_DIR,
+    STALE_UPLOAD_S,
+    Bucket,
+    Location,
+    object_meta,
+)
 from tests.conftest import cli, generation_requests, manifest
 from tests.s3server import REGION, s3, s3_server  # noqa: F401  (fixtures)
 
@@ -48,6 +55,21 @@ def test_a_failed_multipart_upload_leaves_no_object_and_no_open_upload(s3, tmp_p
     with pytest.raises(OutputError, match="cannot upload big.png"):
         put(s3, bucket, "big.png", data, len(data), "item-1")
     assert s3.keys(bucket) == {}
+    assert s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_a_killed_runners_unfinished_upload_is_aborted_but_a_fresh_one_is_left(s3):
+    bucket = s3.new_bucket()
+    left = s3.client().create_multipart_upload(Bucket=bucket, Key="p/killed.png")["UploadId"]
+
+    async def abort(older_than_s: float) -> int:
+        async with Bucket(Location.parse(f"s3://{bucket}/p/", s3.url, REGION)) as b:
+            return await b.abort_stale_uploads(older_than_s)
+
+    # moto dates every upload 2010-11-10: the cutoff moves instead of the upload's age
+    assert asyncio.run(abort(100 * 365 * 86400.0)) == 0  # begun after the cutoff: may be a live runner's
+    assert [u["UploadId"] for u in s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])] == [left]
+    assert asyncio.run(abort(STALE_UPLOAD_S)) == 1
     assert s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
