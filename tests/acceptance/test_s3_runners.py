@@ -88,3 +88,25 @@ def test_three_runners_on_three_machines_fill_one_bucket(job, mock, pg, s3, tmp_
     assert len(cards) == n
     assert all(c["outputs"][0]["thumb"] and c["outputs"][0]["href"].startswith(f"{s3.url}/{bucket}/catalog/")
                for c in cards.values())
+
+
+def test_a_runner_pointed_at_another_prefix_is_refused_while_others_run(job, mock, pg, s3, tmp_path_factory):
+    mock.configure(image_mode="solid", record_bodies=False)
+    mock.faults(hold=True)  # the first runner stays in the middle of its job
+    bucket = s3.new_bucket()
+    job.write(manifest(mock.url, items(20), output=s3.output(bucket, "catalog/"),
+                       limits={"concurrency": 2, "requests_per_minute": None, "timeout_s": 300}))
+    first = cli_process("run", job.manifest)
+    wait_for(lambda: mock.faults()["held"] == 2, "the first runner to plan and send", proc=first)
+    elsewhere = machine(job, tmp_path_factory, "misconfigured")
+    job.write(manifest(mock.url, items(20), output=s3.output(bucket, "elsewhere/"),
+                       limits={"concurrency": 2, "requests_per_minute": None, "timeout_s": 300}))
+    shutil.copy(job.manifest, elsewhere / "job.yaml")
+    refused = cli("run", elsewhere / "job.yaml")
+    first.send_signal(signal.SIGTERM)
+    mock.faults(hold=False)
+    _, err = first.communicate(timeout=60)
+    assert first.returncode == 3, err
+    assert refused.exit_code == 2, refused.stderr
+    assert f"output.dir s3://{bucket}/elsewhere/ is not where the other runners" in refused.stderr
+    assert len([r for r in mock.requests() if r["api"] in ("gemini", "openai")]) == 2  # the refused one sent nothing
