@@ -17,7 +17,7 @@ import sys
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -26,14 +26,12 @@ from batchfuse.errors import EXIT_INTERNAL, BatchfuseError
 from batchfuse.records import PlanSummary
 from batchfuse.review.reading import job_status
 from batchfuse.run import logs
-from batchfuse.run.job import (
-    EXIT_STOPPED,
-    RunControl,
-    RunOptions,
-    run_job,
-)
 from batchfuse.run.progress import final_line, fmt_duration, plural, show_progress
-from batchfuse.run.validate import plan_preview
+
+# run and validate import what sending needs (aiohttp, the scheduler, the providers) when they
+# are used, so `status` does not pay for it
+if TYPE_CHECKING:
+    from batchfuse.run.job import RunOptions
 
 manifest_arg = click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
 db_option = click.option(
@@ -77,6 +75,8 @@ class Group(click.Group):
             fail(exc)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
+            from batchfuse.run.job import EXIT_STOPPED
+
             sys.exit(EXIT_STOPPED)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
@@ -149,6 +149,8 @@ def _plan_line(plan: PlanSummary, retry_failed: bool = False) -> str:
 @db_option
 def validate(manifest: Path, db: str | None) -> None:
     """Check a manifest completely; send nothing; say what would be sent."""
+    from batchfuse.run.validate import plan_preview
+
     preview = plan_preview(manifest, db)
     loaded, plan, first, est = preview.loaded, preview.plan, preview.first, preview.estimate
     m = loaded.manifest
@@ -209,6 +211,8 @@ def run(
         said = _deadline_line(min(deadlines))
         click.echo(said, err=True)
         logging.getLogger("batchfuse.run").info(said, extra={"event": "deadline", "deadline": min(deadlines)})
+    from batchfuse.run.job import RunOptions
+
     options = RunOptions(
         db=db,
         retry_failed=retry_failed,
@@ -240,6 +244,8 @@ def _to_do_line(counts: dict[str, int], to_do: int, retry_failed: bool) -> str:
 
 
 async def _run(manifest: Path, options: RunOptions) -> int:
+    from batchfuse.run.job import RunControl, run_job
+
     control = RunControl()
     loop = asyncio.get_running_loop()
     signals_seen = 0

@@ -31,6 +31,8 @@ try:  # optional, faster inflate with the same API and the same checks (Adler-32
     from isal import isal_zlib as _inflate_lib  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover - depends on what is installed
     _inflate_lib = zlib
+#: CRC-32 of the chunks: ISA-L's is about 5 times faster than zlib's, and the same function.
+_crc32 = getattr(_inflate_lib, "crc32", zlib.crc32)
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: Largest input handed to the inflater at once, and largest output it may produce per call.
@@ -125,7 +127,7 @@ class PngChecker:
             if self._state == "body":
                 take = min(self._chunk_left, len(view))
                 piece = view[:take]
-                self._crc = zlib.crc32(piece, self._crc)
+                self._crc = _crc32(piece, self._crc)
                 if self._chunk_type == b"IDAT":
                     self._idat(piece)
                 else:
@@ -158,7 +160,7 @@ class PngChecker:
                 raise PngProblem(f"bad chunk type at byte {self._offset}")
             self._begin(ctype, length)
             self._chunk_type, self._chunk_left = ctype, length
-            self._crc = zlib.crc32(ctype)
+            self._crc = _crc32(ctype)
             self._offset += 8 + length
             self._state = "body" if length else "crc"
         else:  # crc

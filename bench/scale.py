@@ -33,6 +33,9 @@ TITLE = "Scale: large CSV catalog"
 KINDS = ["lamp", "vase", "mug", "chair", "clock", "kettle", "bowl", "stool", "candle", "planter"]
 COLOURS = ["sage", "terracotta", "ivory", "charcoal", "ochre", "teal"]
 RSS_TARGET_MB = 300
+#: The issue's targets for the 100,000-row job with 99,000 done (wall seconds).
+VALIDATE_S, STATUS_S, FIRST_REQUEST_S = 3.0, 0.5, 2.0
+VALIDATES = ("validate (no database)", "validate (database)")
 MOCK_ARGS = ["--latency-ms", "0", "--image-mode", "solid", "--image-scale", "0.0625", "--seed", "1"]
 
 
@@ -116,12 +119,16 @@ def run(quick: bool, work: Path) -> Report:
         Target(f"peak RSS during plan and run well under {RSS_TARGET_MB} MB", peak < RSS_TARGET_MB,
                f"highest {peak:.0f} MB (validate {s('validate (no database)', 'maxrss_mb', 0)}, "
                f"run {s(seed_step, 'maxrss_mb', 0)}, resume {s(resume_step, 'maxrss_mb', 0)} MB)"),
-        Target("plan time (validate)", None, f"{s('validate (no database)', 'wall_s')} s for {n:,} rows "
-               f"({s('validate (database)', 'wall_s')} s against the database)"),
-        Target("status time", None, f"{s('status', 'wall_s')} s ({s('status --json', 'wall_s')} s with --json)"),
-        Target(f"first request when resuming with {done:,} done", None,
+        Target(f"validate < {VALIDATE_S:g} s", max(steps[v]["wall_s"] for v in VALIDATES) < VALIDATE_S,
+               f"{s('validate (no database)', 'wall_s')} s for {n:,} rows "
+               f"({s('validate (database)', 'wall_s')} s against the database); CPU "
+               f"{s('validate (no database)', 'cpu_s')} / {s('validate (database)', 'cpu_s')} s"),
+        Target(f"status < {STATUS_S:g} s", steps["status"]["wall_s"] < STATUS_S,
+               f"{s('status', 'wall_s')} s ({s('status --json', 'wall_s')} s with --json); CPU {s('status', 'cpu_s')} s"),
+        Target(f"first request when resuming with {done:,} done < {FIRST_REQUEST_S:g} s",
+               steps[resume_step]["first_request_s"] < FIRST_REQUEST_S,
                f"{fmt(steps[resume_step]['first_request_s'], 2)} s after process start; the remaining {left:,} "
-               f"took {s(resume_step, 'wall_s')} s in all"),
+               f"took {s(resume_step, 'wall_s')} s in all ({s(resume_step, 'cpu_s')} s CPU)"),
     ]
     notes = [
         f"the {done:,}-item run went at {fmt(steps[seed_step]['items_s'])} items/s end to end (mock latency 0, "

@@ -29,6 +29,9 @@ NAME_MAX = 255
 
 _UNSTORABLE = re.compile(r'[:*?"<>|\x01-\x1f]')
 _DEVICE = re.compile(r"(?i)^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\.|$)")
+#: A name the checks and the mapping would return unchanged (one plain ASCII file name with an
+#: output extension): taken as it is, which is most names of a large catalog.
+_PLAIN = re.compile(r"(?i)[A-Za-z0-9_+\-][A-Za-z0-9_+ .\-]{0,200}\.(?:png|jpg|jpeg|webp)")
 
 
 class PathProblem(ValueError):
@@ -50,6 +53,8 @@ def output_name(template: str, values: Mapping[str, Any], n: int, count: int) ->
     if count > 1 and "n" not in fields_of(template):
         stem, dot, ext = rendered.rpartition(".")
         rendered = f"{stem}-{n}.{ext}" if dot else f"{rendered}-{n}"
+    if _PLAIN.fullmatch(rendered) and not _DEVICE.match(rendered):
+        return rendered
     return portable(check_relative(rendered))
 
 

@@ -119,6 +119,9 @@ class Planner:
         self._params: dict[Any, BaseModel] = {}
         #: Every output name of the plan, kept by :meth:`validate` for the check against other jobs.
         self.claims: PathClaims | None = None
+        #: The plan in brief, kept by :meth:`validate`: key -> (spec hash, ordinal, images, output
+        #: tokens) of each row, so syncing with the store and estimating need no second pass.
+        self.digest: dict[str, tuple[str, int, int, int]] | None = None
 
     def _validated_params(self, overrides: dict[str, Any]) -> BaseModel:
         """The item's parameters: defaults with its overrides, validated once per distinct set."""
@@ -178,11 +181,16 @@ class Planner:
         if problem:
             raise ManifestError(self.file, problem, field="output.dir")
         problems: list[ManifestError] = []
-        n = sum(1 for _ in self.rows(problems, claims))
+        digest: dict[str, tuple[str, int, int, int]] = {}
+        provider, model = self.provider, self.manifest.provider.model
+        for row in self.rows(problems, claims):
+            images = provider.images_per_item(row.spec.params)
+            digest[row.key] = (row.spec_hash, row.ordinal, images, images * provider.tokens_per_image(model, row.spec.params))
         if problems:
             raise ManifestProblems(problems[:MAX_PROBLEMS])
         self.claims = claims
-        return n
+        self.digest = digest
+        return len(digest)
 
     def _provider_config(self) -> BaseModel:
         """The keys under ``provider:`` beyond the generic ones, validated by the provider's own model."""

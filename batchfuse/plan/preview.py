@@ -72,7 +72,11 @@ def estimate(loaded: Loaded, settled: dict[str, str]) -> Estimate:
     while their spec is unchanged."""
     provider, model = loaded.planner.provider, loaded.manifest.provider.model
     requests = images = tokens = 0
-    for row in loaded.planner.rows([]):
+    if loaded.planner.digest is not None:  # validated: the plan in brief, no second pass
+        for key, (spec_hash, _, n, row_tokens) in loaded.planner.digest.items():
+            if settled.get(key) != spec_hash:
+                requests, images, tokens = requests + 1, images + n, tokens + row_tokens
+    for row in loaded.planner.rows([]) if loaded.planner.digest is None else ():
         if settled.get(row.key) == row.spec_hash:
             continue
         n = provider.images_per_item(row.spec.params)

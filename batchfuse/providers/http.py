@@ -137,6 +137,13 @@ def _loads(raw: Any) -> Any:
     return json.loads(raw if isinstance(raw, (bytes, bytearray)) else raw[:])
 
 
+def _spool_file(spool_dir: Path | None) -> Any:
+    """An unnamed temp file for a reply's body (gone from disk when closed and unmapped)."""
+    if spool_dir is not None:
+        spool_dir.mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115 - the caller closes it
+
+
 async def _read_body(resp: aiohttp.ClientResponse, spool_dir: Path | None) -> Any:
     """The reply's body: ``bytes`` when small (or not a 200), else a read-only ``mmap`` of an
     unnamed temp file it was streamed into (gone from disk once the last view of it is)."""
@@ -145,19 +152,21 @@ async def _read_body(resp: aiohttp.ClientResponse, spool_dir: Path | None) -> An
     buf = bytearray()
     spool = None
     try:
+        if resp.content_length is not None:  # known to be large: straight to the file
+            spool = _spool_file(spool_dir)
         async for piece in resp.content.iter_any():
             if spool is not None:
                 spool.write(piece)
                 continue
             buf += piece
             if len(buf) > SPOOL_BODY_BYTES:
-                if spool_dir is not None:
-                    spool_dir.mkdir(parents=True, exist_ok=True)
-                spool = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115 - closed below, the mmap outlives it
+                spool = _spool_file(spool_dir)
                 spool.write(buf)
                 buf = bytearray()
         if spool is None:
             return bytes(buf)
+        if spool.tell() == 0:  # an empty body cannot be mapped; there is nothing to map anyway
+            return b""
         spool.flush()
         return mmap.mmap(spool.fileno(), 0, access=mmap.ACCESS_READ)
     finally:

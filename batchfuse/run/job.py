@@ -112,7 +112,8 @@ def sync(store: Store, loaded: Loaded, *, dry_run: bool = False, job: Job | None
     if job is None:  # dry run of a job never planned: everything is new
         return Job(-1, m.job, m.provider.kind, m.provider.model, ""), PlanSummary(new=loaded.items)
     problems: list[ManifestError] = []
-    summary = store.sync_plan(job, loaded.planner.rows(problems), m.limits.max_attempts, dry_run=dry_run)
+    summary = store.sync_plan(job, loaded.planner.rows(problems), m.limits.max_attempts, dry_run=dry_run,
+                              digest=loaded.planner.digest)
     return job, summary
 
 

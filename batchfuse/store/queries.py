@@ -11,7 +11,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -35,8 +35,6 @@ from batchfuse.records import (
     AttemptRecord,
     ItemState,
     Job,
-    PlannedRow,
-    PlanSummary,
 )
 from batchfuse.store.engine import (
     SCHEMA_HEAD,
@@ -47,31 +45,9 @@ from batchfuse.store.engine import (
     upgrade,
 )
 from batchfuse.store.leases import StoreLeases
+from batchfuse.store.plan_sync import StorePlanSync
 from batchfuse.store.reads import runner_alive
 from batchfuse.store.schema import attempts, items, jobs, outputs, runs, spool
-
-PLAN_BATCH = 1000
-
-
-def _spec_json(row: PlannedRow) -> str:
-    return json.dumps(row.spec.to_json(), sort_keys=True, ensure_ascii=False)
-
-
-def _unchanged_category(state: str, attempts_used: int) -> str:
-    """Where an item whose spec did not change stands in the plan summary."""
-    if state == ItemState.succeeded.value:
-        return "unchanged_done"
-    if state == ItemState.failed.value:
-        return "failed"
-    return "to_retry" if attempts_used > 0 else "to_run"
-
-
-def _update_by_id(rows: list[dict[str, Any]]) -> Any:
-    """An executemany UPDATE of the columns the rows carry, by ``b_id``."""
-    return update(items).where(items.c.id == bindparam("b_id")).values(
-        **{k: bindparam(k) for k in rows[0] if k != "b_id"}
-    )
-
 
 #: One executemany UPDATE for every item a group of attempts finished with.
 _ITEM_AFTER_ATTEMPT = (
@@ -129,7 +105,7 @@ def _attempt_row(rec: AttemptRecord, run_id: int, dropped: AttemptOutcome | None
 
 
 
-class Store(StoreLeases):
+class Store(StorePlanSync, StoreLeases):
     """The job database. Open with :meth:`open`; close with :meth:`close`.
 
     The write side (jobs, planning, runs, recording) is here; claims and leases are in
@@ -223,80 +199,6 @@ class Store(StoreLeases):
         return Job(job_id, name, provider, model, manifest_path)
 
     # ---------------------------------------------------------------- planning
-
-    def sync_plan(
-        self, job: Job, planned: Iterable[PlannedRow], max_attempts: int, *, dry_run: bool = False
-    ) -> PlanSummary:
-        """Bring the items table in line with the manifest's plan.
-
-        New keys are added as pending; a key whose spec hash changed is reset to pending with a
-        fresh attempt allowance (its old outputs stay on record until replaced); keys no longer
-        in the manifest are marked ``in_plan = false`` and left alone.  With ``dry_run`` nothing
-        is written and the summary says what would happen.
-        """
-        with self._write() as conn:
-            if not dry_run:
-                self._lock_job(conn, job.name)
-            existing: dict[str, Any] = {
-                r.key: r
-                for r in conn.execute(
-                    select(
-                        items.c.key, items.c.id, items.c.spec_hash, items.c.state, items.c.attempts,
-                        items.c.ordinal, items.c.in_plan,
-                    ).where(items.c.job_id == job.id)
-                )
-            }
-            now = time.time()
-            counts = dict(new=0, changed=0, unchanged_done=0, to_run=0, to_retry=0, failed=0)
-            new_rows: list[dict[str, Any]] = []
-            changed_rows: list[dict[str, Any]] = []
-            moved_rows: list[dict[str, Any]] = []
-            for row in planned:
-                old = existing.pop(row.key, None)  # what is left at the end was removed
-                if old is None:
-                    counts["new"] += 1
-                    if not dry_run:
-                        new_rows.append(
-                            dict(
-                                job_id=job.id, key=row.key, ordinal=row.ordinal, spec_hash=row.spec_hash,
-                                spec=_spec_json(row), state=ItemState.pending.value, attempts=0, in_plan=True,
-                                updated_at=now,
-                            )
-                        )
-                elif old.spec_hash != row.spec_hash:
-                    counts["changed"] += 1
-                    if not dry_run:
-                        changed_rows.append(
-                            dict(
-                                b_id=old.id, ordinal=row.ordinal, spec_hash=row.spec_hash, spec=_spec_json(row),
-                                state=ItemState.pending.value, attempts=0, in_plan=True, error_class=None,
-                                last_error=None, resume_token=None, updated_at=now,
-                            )
-                        )
-                else:
-                    counts[_unchanged_category(old.state, old.attempts)] += 1
-                    if not dry_run and (old.ordinal != row.ordinal or not old.in_plan):
-                        moved_rows.append(dict(b_id=old.id, ordinal=row.ordinal, in_plan=True))
-                for batch, statement in ((new_rows, insert(items)), (changed_rows, None), (moved_rows, None)):
-                    if len(batch) >= PLAN_BATCH:
-                        conn.execute(statement if statement is not None else _update_by_id(batch), batch)
-                        batch.clear()
-            removed = sorted(k for k, old in existing.items() if old.in_plan)
-            if dry_run:
-                conn.rollback()
-            else:
-                for batch, statement in ((new_rows, insert(items)), (changed_rows, None), (moved_rows, None)):
-                    if batch:
-                        conn.execute(statement if statement is not None else _update_by_id(batch), batch)
-                ids = [existing[k].id for k in removed]
-                for i in range(0, len(ids), PLAN_BATCH):
-                    conn.execute(update(items).where(items.c.id.in_(ids[i : i + PLAN_BATCH])).values(in_plan=False))
-                conn.execute(update(jobs).where(jobs.c.id == job.id).values(planned_at=now))
-        return PlanSummary(
-            **counts,
-            removed=len(removed),
-            removed_keys=tuple(removed[:20]),
-        )
 
     def retry_failed(self, job: Job) -> int:
         """Give failed items a fresh attempt allowance; returns how many."""

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, case, func, select
 
 from batchfuse.records import ItemState, Job
-from batchfuse.store.schema import attempts, items, outputs, runs
+from batchfuse.store.schema import attempts, items, jobs, outputs, runs
 
 #: A runner that has not written a heartbeat for this long is taken for dead.
 STALE_RUNNER_S = 60.0
@@ -69,33 +69,47 @@ class StoreReads:
         live runner holds; those claimed by a runner that is gone are ``orphaned`` (they run next time)."""
         counts = self.counts(job)
         with self._read() as conn:
-            in_flight = self._in_flight(conn, job)
-            live = self._live_runners(conn, job) if in_flight else set()
+            return self._shown(conn, job, counts)
+
+    def _shown(self, conn: Connection, job: Job, counts: dict[str, int]) -> dict[str, int]:
+        in_flight = self._in_flight(conn, job)
+        live = self._live_runners(conn, job) if in_flight else set()
         orphaned = sum(n for owner, n in in_flight.items() if owner not in live)
         return {**counts, "running": counts["running"] - orphaned, "orphaned": orphaned}
 
     def status(self, job: Job) -> dict[str, Any]:
         """Everything ``batchfuse status`` shows."""
-        counts = self.shown_counts(job)
         with self._read() as conn:
-            n_attempts, tokens = conn.execute(
-                select(func.count(attempts.c.id), func.coalesce(func.sum(attempts.c.total_tokens), 0))
-                .select_from(attempts.join(items, attempts.c.item_id == items.c.id))
+            # one pass over the job's items for the counts and the removed ones
+            counts = {s.value: 0 for s in ItemState}
+            removed = 0
+            for state, in_plan, n in conn.execute(
+                select(items.c.state, items.c.in_plan, func.count())
                 .where(items.c.job_id == job.id)
-            ).one()
-            rate_limited = conn.execute(
-                select(func.count(attempts.c.id))
-                .select_from(attempts.join(items, attempts.c.item_id == items.c.id))
-                .where(items.c.job_id == job.id, attempts.c.http_status == 429)
-            ).scalar_one()
-            by_outcome = dict(
-                conn.execute(
-                    select(attempts.c.outcome, func.count())
-                    .select_from(attempts.join(items, attempts.c.item_id == items.c.id))
-                    .where(items.c.job_id == job.id)
-                    .group_by(attempts.c.outcome)
-                ).all()
+                .group_by(items.c.state, items.c.in_plan)
+            ).all():
+                if in_plan:
+                    counts[state] += n
+                else:
+                    removed += n
+            counts["total"] = sum(counts.values())
+            counts = self._shown(conn, job, counts)
+            figures = select(
+                attempts.c.outcome,
+                func.count(),
+                func.coalesce(func.sum(case((attempts.c.http_status == 429, 1), else_=0)), 0),
+                func.coalesce(func.sum(attempts.c.total_tokens), 0),
             )
+            if conn.execute(select(func.count()).select_from(jobs)).scalar_one() > 1:  # else all are this job's
+                figures = figures.select_from(attempts.join(items, attempts.c.item_id == items.c.id)).where(
+                    items.c.job_id == job.id
+                )
+            # one pass over the job's attempts for all four figures
+            per_outcome = conn.execute(figures.group_by(attempts.c.outcome)).all()
+            by_outcome = {outcome: n for outcome, n, _, _ in per_outcome}
+            n_attempts = sum(by_outcome.values())
+            rate_limited = sum(int(r[2]) for r in per_outcome)
+            tokens = sum(int(r[3]) for r in per_outcome)
             errors = conn.execute(
                 select(items.c.error_class, items.c.last_error, func.count().label("n"), func.min(items.c.key))
                 .where(
@@ -108,9 +122,6 @@ class StoreReads:
                 .order_by(func.count().desc())
                 .limit(20)
             ).all()
-            removed = conn.execute(
-                select(func.count()).where(items.c.job_id == job.id, ~items.c.in_plan)
-            ).scalar_one()
             run_rows = conn.execute(
                 select(runs).where(runs.c.job_id == job.id).order_by(runs.c.started_at.desc()).limit(10)
             ).all()
