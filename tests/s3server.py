@@ -77,7 +77,8 @@ class _Handler(BaseHTTPRequestHandler):
             elif fail and f.left is not None:
                 f.left -= 1
         if fail:
-            payload = b"<Error><Code>ServiceUnavailable</Code><Message>injected by the test</Message></Error>"
+            code = {500: "InternalError", 501: "NotImplemented", 503: "ServiceUnavailable"}.get(f.status, "Error")
+            payload = f"<Error><Code>{code}</Code><Message>injected by the test</Message></Error>".encode()
             self.send_response(f.status)
             self.send_header("Content-Type", "application/xml")
             self.send_header("Content-Length", str(len(payload)))

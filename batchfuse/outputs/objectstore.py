@@ -160,6 +160,8 @@ class Bucket:
         self._client: Any = None
         #: Requests sent (tests and the probe count them).
         self.requests = 0
+        #: Whether PUTs are conditional (until the store says it does not take If-None-Match).
+        self.conditional = True
 
     async def __aenter__(self) -> Bucket:
         try:
@@ -319,10 +321,13 @@ class Bucket:
         object is never overwritten (OutputError).
         """
         key = self.location.key(name)
-        try:
-            return await self._put(key, source, size, meta, content_type, {"IfNoneMatch": "*"})
-        except _Precondition:
-            pass
+        if self.conditional:
+            try:
+                return await self._put(key, source, size, meta, content_type, {"IfNoneMatch": "*"})
+            except _Precondition:
+                pass
+            except _Unsupported:  # a store without conditional writes: HEAD first, then a plain PUT
+                self.conditional = False
         existing = await self.head(name)
         if existing is None:  # deleted meanwhile: plain create
             return await self._put(key, source, size, meta, content_type, {})
@@ -331,8 +336,10 @@ class Bucket:
                 f"{self.location.object_url(name)} is {shown_owner(existing.meta)}; it is not overwritten "
                 "(give each job its own output.dir prefix)"
             )
+        if not self.conditional:
+            return await self._put(key, source, size, meta, content_type, {})
         try:
-            return await self._put(key, source, size, meta, content_type, {"IfMatch": existing.etag})
+            return await self._put(key, source, size, meta, content_type, {"IfMatch": f'"{existing.etag}"'})
         except _Precondition:
             raise OutputError(f"{self.location.object_url(name)} changed while it was being replaced") from None
 
@@ -354,6 +361,8 @@ class Bucket:
         except Exception as exc:
             if _code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
                 raise _Precondition() from None
+            if condition and _code(exc) in ("NotImplemented", "501"):
+                raise _Unsupported() from None
             raise self._error(exc, doing) from None
 
     async def _multipart(self, common: dict[str, Any], source: Path | bytes, size: int, condition: dict[str, str]) -> str:
@@ -390,6 +399,10 @@ class Bucket:
 
 class _Precondition(Exception):
     """The conditional PUT found an object under the key (or it changed)."""
+
+
+class _Unsupported(Exception):
+    """The store does not take conditional writes (501 NotImplemented)."""
 
 
 # ---------------------------------------------------------------------- sync callers

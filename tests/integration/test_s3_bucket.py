@@ -106,3 +106,20 @@ def test_a_staged_2k_image_goes_up_from_its_file_and_the_file_goes(job, noise_mo
     staged = [p for p in (job.root / STAGING_DIR).rglob("*") if p.is_file()]
     assert staged == []  # nothing left behind locally
     assert len(generation_requests(noise_mock)) == 1
+
+
+def test_a_store_without_conditional_writes_still_never_replaces_another_items_object(s3):
+    bucket = s3.new_bucket()
+    put(s3, bucket, "a.png", b"first", 5, "item-1")
+    s3.fail("PUT", status=501, count=1, match="a.png")  # "NotImplemented" for the If-None-Match PUT
+
+    async def go() -> None:
+        async with Bucket(Location.parse(f"s3://{bucket}/p/", s3.url, REGION)) as b:
+            with pytest.raises(OutputError, match="is an output of item 'item-1'"):
+                await b.put("a.png", b"second", 6, object_meta("j", "item-2", "s", "1/1", "0" * 64, 1, 1), "image/png")
+            assert b.conditional is False
+            await b.put("b.png", b"new", 3, object_meta("j", "item-2", "s", "1/1", "0" * 64, 1, 1), "image/png")
+
+    asyncio.run(go())
+    assert s3.client().get_object(Bucket=bucket, Key="p/a.png")["Body"].read() == b"first"
+    assert s3.client().get_object(Bucket=bucket, Key="p/b.png")["Body"].read() == b"new"
