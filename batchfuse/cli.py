@@ -305,7 +305,8 @@ async def _run(manifest: Path, options: RunOptions) -> int:
         display.cancel()
         await asyncio.gather(display, return_exceptions=True)
     c = result.counts
-    folder = str(control.scheduler.outputs.root) if control.scheduler is not None else None
+    outputs = control.scheduler.outputs if control.scheduler is not None else None
+    folder = (getattr(outputs, "where", None) or str(outputs.root)) if outputs is not None else None
     click.echo(
         f"{result.reason}: {final_line(control.stats, folder)}; took {fmt_duration(time.monotonic() - started)}",
         err=True,

@@ -15,7 +15,7 @@ import hashlib
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +35,8 @@ class PendingOutputs:
     images: list[PreparedImage]
     source_urls: list[str | None] = field(default_factory=list)
     source_at: float | None = None
+    #: The attempt's PNG text (job, item, spec): an object store puts it in the objects' metadata.
+    text: Mapping[str, str] = field(default_factory=dict)
 
     def discard(self) -> None:
         """These outputs will not be written: their staged temp files go."""

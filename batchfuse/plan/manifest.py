@@ -89,9 +89,57 @@ class Limits(Strict):
     max_cost: float | None = Field(None, gt=0, le=1e12)
 
 
+class S3Output(Strict):
+    """How to reach the bucket of an ``s3://`` output.dir (credentials never come from here)."""
+
+    #: Another S3-compatible service (MinIO, R2, GCS interop, Ceph): its base URL.
+    endpoint_url: str | None = None
+    #: The bucket's region (default: AWS_REGION / AWS_DEFAULT_REGION / the profile's, else us-east-1).
+    region: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[a-z0-9-]+$")
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None and (not re.match(r"^https?://[^\s/@]+(/[^\s@]*)?$", v)):
+            raise ValueError("must be an http(s) URL without user or password (e.g. https://minio.internal:9000)")
+        return v.rstrip("/") if v else v
+
+
+#: Keys under output.s3 that would put a credential into a manifest.
+S3_SECRET_KEYS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token", "access_key", "secret_key",
+                  "access_key_id", "secret_access_key", "session_token", "secret", "key", "token", "password",
+                  "credentials")
+
+
 class OutputConfig(Strict):
+    #: A folder (relative to the manifest) or a bucket: ``s3://bucket/prefix/``.
     dir: str = "out"
     filename: str = "{item}.png"
+    s3: S3Output | None = None
+
+    @field_validator("dir")
+    @classmethod
+    def _dir(cls, v: str) -> str:
+        if v.lower().startswith("s3://"):
+            from batchfuse.outputs.objectstore import Location
+
+            if "@" in v.split("/")[2]:  # never echo what may be a credential
+                raise ValueError("an s3:// URL must not carry a user or key; credentials come from the environment")
+            try:
+                Location.parse(v)
+            except ValueError as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
+    @model_validator(mode="after")
+    def _s3_needs_bucket(self) -> OutputConfig:
+        if self.s3 is not None and not self.dir.lower().startswith("s3://"):
+            raise ValueError("output.s3 is for an s3:// output.dir")
+        return self
+
+    @property
+    def is_object_store(self) -> bool:
+        return self.dir.lower().startswith("s3://")
 
 
 class NetworkConfig(Strict):
@@ -338,6 +386,15 @@ def load_manifest(path: Path) -> Manifest:
                 raise InputError(
                     f"{shown}: provider.{secret_key}: an API key must not be written into a manifest; "
                     "set provider.api_key_env to the name of an environment variable that holds it"
+                )
+    output = data.get("output")
+    s3 = output.get("s3") if isinstance(output, dict) else None
+    if isinstance(s3, dict):
+        for secret_key in S3_SECRET_KEYS:
+            if secret_key in s3:
+                raise InputError(
+                    f"{shown}: output.s3.{secret_key}: credentials must not be written into a manifest; they come "
+                    "from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE (~/.aws/credentials) or an instance role"
                 )
     try:
         return Manifest.model_validate(data)

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 from batchfuse.errors import OutputError, printable
 from batchfuse.outputs.names import same_file_key, short
+from batchfuse.outputs.objectlisting import ObjectListing
+from batchfuse.outputs.objectstore import META_ITEM, meta_value
 
 if TYPE_CHECKING:
     pass
@@ -79,8 +81,10 @@ def png_job(path: str) -> str | None:
 class PathClaims:
     """Every name of a plan under its same-file key, checked against each other and the disk."""
 
-    def __init__(self, root: Path, job: str, extras: bool = False) -> None:
+    def __init__(self, root: Path, job: str, extras: bool = False, objects: ObjectListing | None = None) -> None:
         self.root = root
+        #: For an s3:// output.dir: what is in the bucket, instead of the disk.
+        self.objects = objects
         self.job = job
         #: A reply may carry more images than asked for, written as ``name-1``, ``name-2``, ...
         #: (when the template has no ``{n}``): those names count as the item's too.
@@ -104,6 +108,8 @@ class PathClaims:
 
     def root_problem(self) -> str | None:
         """Why the output folder can never be written, if it cannot (one pass, before the items)."""
+        if self.objects is not None:  # a bucket: listing its prefix finds a missing bucket or bad credentials
+            return self.objects.load()
         probe = self.root
         while True:
             try:
@@ -164,6 +170,14 @@ class PathClaims:
                     return f"writes {name!r}, but {describe(other[0])} writes the file {other[1]!r}: a path cannot be a file and a folder"
                 self.folders.setdefault(prefix, (owner, name))
             size = self._root_bytes + 1 + len(name.encode("utf-8"))
+            if self.objects is not None:
+                problem = self.objects.problem(name)
+                if problem:
+                    return problem
+                if name in self.objects.names:
+                    self.existing.append((self._owner, name))
+                self.files[key] = (owner, name)
+                continue
             if size >= self.path_max:
                 return f"output name {short(name)!r} makes a path {size} bytes long; this filesystem takes at most {self.path_max - 1}"
             problem = self._on_disk(name, key)
@@ -234,6 +248,9 @@ class PathClaims:
     def foreign(self, ours: set[str]) -> Iterator[tuple[Owner, str]]:
         """For each existing PNG under a final name that is not a recorded output of this job
         (``ours``: their same-file keys) whose metadata names another job: its item and why."""
+        if self.objects is not None:
+            yield from self._foreign_objects(ours)
+            return
         for owner, name in self.existing:
             if same_file_key(name) in ours:
                 continue
@@ -250,6 +267,13 @@ class PathClaims:
         is not a recorded output (``ours``) and was made by this job from the item's current spec: a
         dead run's paid image, which the next run adopts instead of paying again."""
         found: dict[str, str] = {}
+        if self.objects is not None:
+            for (key, _), name in self.existing:
+                spec = self.spec_of.get(key)
+                if (key not in found and spec is not None and same_file_key(name) not in ours
+                        and self.objects.spec_of(name) == spec):
+                    found[key] = spec
+            return found
         for (key, _), name in self.existing:
             spec = self.spec_of.get(key)
             if key in found or spec is None or same_file_key(name) in ours:
@@ -258,6 +282,23 @@ class PathClaims:
             if text.get("batchfuse:job") == self.job and text.get("batchfuse:spec") == spec:
                 found[key] = spec
         return found
+
+    def _foreign_objects(self, ours: set[str]) -> Iterator[tuple[Owner, str]]:
+        """Objects under claimed names that are not this job's recorded outputs and belong to
+        another job, another item, or not to batchfuse at all: never overwritten."""
+        assert self.objects is not None
+        unrecorded = [(owner, name) for owner, name in self.existing if same_file_key(name) not in ours]
+        self.objects.read_heads([name for _, name in unrecorded])
+        for owner, name in unrecorded:
+            url = self.objects.location.object_url(name)
+            elsewhere = self.objects.owner_elsewhere(name)
+            head = self.objects._heads.get(name)
+            if elsewhere is None and head is not None and head.meta.get(META_ITEM) not in (None, meta_value(owner[0])):
+                elsewhere = f"an output of another item of job {self.job!r}"
+            if elsewhere is None and head is not None and META_ITEM not in head.meta:
+                elsewhere = "an object batchfuse did not write"
+            if elsewhere is not None:
+                yield owner, f"{url} already exists and is {elsewhere}; it is never overwritten (use another prefix)"
 
     # ------------------------------------------------------------ other jobs
 

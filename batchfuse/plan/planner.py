@@ -23,6 +23,8 @@ from pydantic import BaseModel, ValidationError
 from batchfuse.errors import ManifestError, ManifestProblems, OutputError
 from batchfuse.images import ImageInfo, ImageInspector, ImageProblem, fit_steps
 from batchfuse.outputs.names import PathProblem, item_names
+from batchfuse.outputs.objectlisting import ObjectListing
+from batchfuse.outputs.objectstore import STAGING_DIR, Location
 from batchfuse.plan.catalog import RawItem, raw_items
 from batchfuse.plan.fitting import BodySizer, Fitted, mb
 from batchfuse.plan.manifest import (
@@ -163,13 +165,33 @@ class Planner:
         return hit
 
     @property
+    def output_location(self) -> Location | None:
+        """The bucket and prefix of an ``s3://`` output.dir (None for a local folder)."""
+        out = self.manifest.output
+        if not out.is_object_store:
+            return None
+        return Location.parse(out.dir, out.s3.endpoint_url if out.s3 else None, out.s3.region if out.s3 else None)
+
+    @property
+    def output_shown(self) -> str:
+        """Where outputs go, as shown to the user: the folder, or the bucket's s3:// URL."""
+        location = self.output_location
+        return location.url if location is not None else str(self.output_dir)
+
+    @property
     def output_dir(self) -> Path:
+        """The output folder; for a bucket, the local folder where images are staged before upload."""
+        location = self.output_location
+        if location is not None:
+            return (self.base_dir / STAGING_DIR / location.bucket / location.prefix).resolve()
         return (self.base_dir / self.manifest.output.dir).resolve()
 
     def validate(self) -> int:
         """Check every item and every output path (unique, storable, writable on disk); raises
         :class:`ManifestProblems` listing the problems. Returns the count."""
-        claims = PathClaims(self.output_dir, self.manifest.job, self._extras)
+        location = self.output_location
+        objects = ObjectListing(location, self.manifest.job) if location is not None else None
+        claims = PathClaims(self.output_dir, self.manifest.job, self._extras, objects)
         try:
             problem = claims.root_problem()
         except OutputError as exc:  # a read-only file system: exit 3, but named like the rest

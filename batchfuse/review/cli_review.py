@@ -18,9 +18,11 @@ from typing import TextIO
 
 import click
 
+from batchfuse.outputs.objectstore import Location
 from batchfuse.plan.planner import Planner
 from batchfuse.records import Job
 from batchfuse.review.export import WRITERS, atomic_text_file, write_export
+from batchfuse.review.objects import BucketOutputs
 from batchfuse.review.own_files import check_not_own_file
 from batchfuse.review.reading import reading_job
 from batchfuse.review.report import summary_line, write_report
@@ -41,13 +43,17 @@ class ReviewedJob:
     store: Store
     job: Job
     output_dir: Path
+    #: For outputs in a bucket: where they are (else None), and the folder or URL as shown.
+    location: Location | None = None
+    shown: str = ""
 
 
 @contextmanager
 def open_job(manifest: Path, db: str | None) -> Iterator[ReviewedJob]:
     """The job of ``manifest`` opened for reading, with its output folder."""
     with reading_job(manifest, db) as (m, store, job):
-        yield ReviewedJob(store, job, Planner(m, manifest).output_dir)
+        planner = Planner(m, manifest)
+        yield ReviewedJob(store, job, planner.output_dir, planner.output_location, planner.output_shown)
 
 
 def default_report_name(job: str) -> str:
@@ -73,14 +79,20 @@ def report(manifest: Path, output: Path | None, db: str | None) -> None:
     with open_job(manifest, db) as reviewed:
         dest = output or manifest.parent / default_report_name(reviewed.job.name)
         counts = reviewed.store.shown_counts(reviewed.job)
-        result = write_report(
-            reviewed.store.item_rows(reviewed.job),
-            counts=counts,
-            job_name=reviewed.job.name,
-            output_dir=reviewed.output_dir,
-            manifest_dir=manifest.resolve().parent,
-            dest=dest,
-        )
+        remote = BucketOutputs(reviewed.location) if reviewed.location is not None else None
+        try:
+            result = write_report(
+                reviewed.store.item_rows(reviewed.job),
+                counts=counts,
+                job_name=reviewed.job.name,
+                output_dir=remote.mirror if remote is not None else reviewed.output_dir,
+                manifest_dir=manifest.resolve().parent,
+                dest=dest,
+                remote=remote,
+            )
+        finally:
+            if remote is not None:
+                remote.close()
     if any(result.items[s] != counts.get(s, 0) for s in result.items):
         click.echo(
             "warning: the job changed while the report was written (is a run live?); "
@@ -106,7 +118,7 @@ def export(manifest: Path, fmt: str, output: Path | None, db: str | None) -> Non
     if output is not None and str(output) != "-":
         check_not_own_file(output, manifest, db, "-o")
     with open_job(manifest, db) as reviewed, _destination(output) as out:
-        write_export(reviewed.store.item_rows(reviewed.job), fmt, reviewed.output_dir, out)
+        write_export(reviewed.store.item_rows(reviewed.job), fmt, reviewed.shown or reviewed.output_dir, out)
 
 
 @contextmanager

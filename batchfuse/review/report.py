@@ -29,7 +29,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
 from PIL import Image, ImageOps, features
@@ -38,6 +38,9 @@ from batchfuse.errors import scrub
 from batchfuse.outputs.atomic import atomic_file
 from batchfuse.providers.fetch import has_scheme, is_url
 from batchfuse.review.export import atomic_text_file
+
+if TYPE_CHECKING:
+    from batchfuse.review.objects import BucketOutputs
 
 #: Longest side of a thumbnail, in pixels.
 THUMB_SIDE = 256
@@ -234,7 +237,9 @@ def _sources(row: dict[str, Any], output_dir: Path, resolver: RefResolver) -> _S
     return _Sources(outputs, refs)
 
 
-def _card(row: dict[str, Any], sources: _Sources, base: Path, thumbs: ThumbnailFolder) -> dict[str, Any]:
+def _card(
+    row: dict[str, Any], sources: _Sources, base: Path, thumbs: ThumbnailFolder, remote: BucketOutputs | None = None
+) -> dict[str, Any]:
     """The data of one card, exactly what the page shows and nothing else."""
     spec = row.get("spec") or {}
     error = row.get("last_error")
@@ -242,7 +247,7 @@ def _card(row: dict[str, Any], sources: _Sources, base: Path, thumbs: ThumbnailF
         {
             "thumb": thumbs.href(d),
             "note": thumbs.note(d),
-            "href": file_href(path, base),
+            "href": remote.href(out["path"]) if remote is not None else file_href(path, base),
             "name": out["path"],
             "size": f"{out['width']}×{out['height']}" if out.get("width") else "",
         }
@@ -336,6 +341,7 @@ def write_report(
     manifest_dir: Path,
     dest: Path,
     workers: int | None = None,
+    remote: BucketOutputs | None = None,
 ) -> ReportResult:
     """Write the contact sheet of ``rows`` (``Store.item_rows``) to ``dest``, thumbnails beside it.
 
@@ -343,7 +349,8 @@ def write_report(
     ``manifest_dir`` (absolute) locates reference images recorded with relative paths.  Rows are
     processed a batch at a time: thumbnails for the batch are made in a thread pool (Pillow
     releases the GIL while decoding, resizing and encoding), then its cards are appended
-    to the page, so memory stays flat for large jobs.
+    to the page, so memory stays flat for large jobs.  With ``remote`` (outputs in a bucket),
+    ``output_dir`` is its local mirror and the outputs link to the objects.
     """
     started = time.monotonic()
     dest = dest.resolve()
@@ -356,17 +363,19 @@ def write_report(
     ):
         folder.mkdir(exist_ok=True)
         thumbs = ThumbnailFolder(folder, pool)
-        out.write(_head(job_name, output_dir, counts))
+        out.write(_head(job_name, Path(remote.shown) if remote else output_dir, counts))
         out.write('<script type="application/json" id="bf-items">[')
         first = True
         for batch in _batches(rows, BATCH):
             sources = [_sources(row, output_dir, resolver) for row in batch]
             wanted = {d: p for s in sources for d, p, _ in s.outputs}
+            if remote is not None:
+                remote.fetch(wanted, thumbs)
             wanted.update({d: p for s in sources for d, p, _ in s.refs if d is not None and p is not None})
             thumbs.ensure(wanted)
             for row, src in zip(batch, sources, strict=True):
                 tally[row["state"]] += 1
-                out.write(("" if first else ",\n") + script_json(_card(row, src, dest.parent, thumbs)))
+                out.write(("" if first else ",\n") + script_json(_card(row, src, dest.parent, thumbs, remote)))
                 first = False
         out.write("]</script>\n")
         out.write(_tail())

@@ -24,6 +24,7 @@ from batchfuse.errors import InputError, ManifestError
 from batchfuse.images import EncodedImageCache
 from batchfuse.outputs.files import OutputFolder
 from batchfuse.outputs.marker import check_output_folder
+from batchfuse.outputs.objecttarget import ObjectOutputs
 from batchfuse.plan.catalog import raw_items
 from batchfuse.plan.manifest import did_you_mean
 from batchfuse.plan.preview import Loaded, cost_per_image, cost_per_token, load, mock_config
@@ -201,7 +202,9 @@ def check_only(loaded: Loaded, only: list[str] | None) -> list[str] | None:
     return [key for k in dict.fromkeys(only) for key in variant_rows.get(k, [k])]
 
 
-async def _take_job(store: Store, db: AsyncStore, loaded: Loaded, options: RunOptions) -> tuple[Job, int, str]:
+async def _take_job(
+    store: Store, db: AsyncStore, loaded: Loaded, options: RunOptions, remote: ObjectOutputs | None = None
+) -> tuple[Job, int, str]:
     """Register this runner on the job, before planning writes anything.
 
     Alone on SQLite, the job lock (a live runner refuses the start) is taken first, in one
@@ -213,6 +216,9 @@ async def _take_job(store: Store, db: AsyncStore, loaded: Loaded, options: RunOp
     if not store.is_sqlite:
         job = await db.ensure_job(*args)
         token = await db.output_token(job, create=True)
+        if remote is not None:  # the marker is an object under the bucket's prefix
+            await remote.check(token, lambda: db.in_thread(store.live_runners, job, options.lease_s))
+            return await db.open_run(*args, exclusive=store.is_sqlite)
         await db.in_thread(
             check_output_folder, token, lambda: store.live_runners(job, options.lease_s), job.name,
             loaded.planner.output_dir,
@@ -238,22 +244,23 @@ async def run_job(
     )
     only_keys = await asyncio.to_thread(check_only, loaded, options.only)
     m = loaded.manifest
+    remote = await _open_bucket(loaded)  # probed: a missing bucket or refused credentials stop here
     store = await asyncio.to_thread(open_store, loaded, options.db)
     db = AsyncStore(store)
     try:
         found = await db.in_thread(check_other_jobs, store, loaded.planner)  # read-only: before anything is written
         shared = not store.is_sqlite
-        job, run_id, runner_id = await _take_job(store, db, loaded, options)
+        job, run_id, runner_id = await _take_job(store, db, loaded, options, remote)
         reason, error, internal = "completed", None, False
         image_cache = EncodedImageCache(max_side=m.images_config.max_side)
-        outputs = OutputFolder(loaded.planner.output_dir, runner_id)
+        outputs = OutputFolder(loaded.planner.output_dir, runner_id) if remote is None else remote.tagged(runner_id)
         try:
             job, summary = await db.in_thread(sync, store, loaded, job=job)
             if options.retry_failed:
                 await db.retry_failed(job)
             if found:
                 summary = with_adoptions(
-                    summary, found, await db.in_thread(store.settled, job), loaded.planner.output_dir
+                    summary, found, await db.in_thread(store.settled, job), loaded.planner.output_shown
                 )
             if not shared:  # alone on the job: whatever is in the temp folder is a dead run's
                 await asyncio.to_thread(outputs.clean_temp)
@@ -342,6 +349,22 @@ async def run_job(
     finally:
         db.close()
         store.close()
+        if remote is not None:
+            await remote.close()
+
+
+async def _open_bucket(loaded: Loaded) -> ObjectOutputs | None:
+    """For an ``s3://`` output.dir: the bucket's client, after a tiny write and delete there."""
+    location = loaded.planner.output_location
+    if location is None:
+        return None
+    remote = await ObjectOutputs(location, loaded.planner.output_dir, "w", loaded.manifest.job).open()
+    try:
+        await remote.check(None, None)
+    except BaseException:
+        await remote.close()
+        raise
+    return remote
 
 
 async def cancel_batches(path: Path, options: RunOptions) -> tuple[int, int]:

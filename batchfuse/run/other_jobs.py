@@ -108,7 +108,7 @@ def check_other_jobs(store: Store | None, planner: Planner) -> dict[str, str]:
     return claims.adoptable(ours)
 
 
-def with_adoptions(summary: PlanSummary, found: dict[str, str], settled: dict[str, str], folder: Path) -> PlanSummary:
+def with_adoptions(summary: PlanSummary, found: dict[str, str], settled: dict[str, str], folder: Path | str) -> PlanSummary:
     """``summary`` with the number of items a run will adopt from ``found`` (see
     :func:`check_other_jobs`) in ``folder``: those not already settled (done or failed) with that spec."""
     adoptable = sum(1 for key, spec in found.items() if settled.get(key) != spec)

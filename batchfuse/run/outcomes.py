@@ -250,4 +250,4 @@ class Outcomes:
             for img in images:  # an image of the reply is bad: the ones staged before it go
                 img.discard()
             raise
-        return PendingOutputs(names, images, reply.source_urls, reply.source_at)
+        return PendingOutputs(names, images, reply.source_urls, reply.source_at, text=text)

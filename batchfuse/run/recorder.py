@@ -95,7 +95,7 @@ class Recorder:
             if not batch:
                 continue
             try:
-                results = await self.db.in_thread(self._commit, batch)
+                results = await self._commit_group(batch)
             except BaseException as exc:  # the database failed: every waiter hears it
                 for entry in batch:
                     if not entry.future.done():
@@ -111,6 +111,13 @@ class Recorder:
                     entry.future.set_exception(result)
                 else:
                     entry.future.set_result(result)
+
+    async def _commit_group(self, batch: list[_Entry]) -> list[Recorded | OutputError]:
+        if getattr(self.outputs, "remote", False):  # uploads on the event loop, between two DB trips
+            from batchfuse.run.remote_commit import commit_remote
+
+            return await commit_remote(self, batch)
+        return await self.db.in_thread(self._commit, batch)
 
     def _commit(self, batch: list[_Entry]) -> list[Recorded | OutputError]:
         """In the database thread: write the group's files, then record the group.

@@ -118,8 +118,8 @@ class Scheduler(Outcomes):
         self.breaker.on_change = self._breaker_changed
         self._grace: asyncio.TimerHandle | None = None
         self._runners = 1
-        #: Only PNG outputs carry the metadata that proves which spec made them.
-        self._may_adopt = config.output_template.lower().endswith(".png")
+        #: Only PNG outputs carry the metadata that proves which spec made them (objects in a bucket: any format).
+        self._may_adopt = config.output_template.lower().endswith(".png") or getattr(outputs, "remote", False)
         self.stop_reason: str | None = None
         self.stop_error: BatchfuseError | None = None
         self._stopping = asyncio.Event()

@@ -40,6 +40,6 @@ def plan_preview(path: Path, db: str | None = None) -> Preview:
             store.close()
     else:
         found = check_other_jobs(None, loaded.planner)
-    summary = with_adoptions(summary, found, settled, loaded.planner.output_dir)
+    summary = with_adoptions(summary, found, settled, loaded.planner.output_shown)
     first = next(iter(loaded.planner.rows([])), None)
     return Preview(loaded, summary, first.spec if first else None, estimate(loaded, settled, thoughts))
