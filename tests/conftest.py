@@ -8,6 +8,7 @@ in-process, over HTTP to the mock on 127.0.0.1, real SQLite files) and ``accepta
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import socket
@@ -300,6 +301,18 @@ def wait_for(
             stderr = f"\nstderr of the process:\n{proc.err()}" if proc is not None else ""
             raise AssertionError(f"waiting for {what}: {why}{detail}{stderr}")
         time.sleep(0.02)  # the poll interval, not a wait for anything
+
+
+def events(log: Path) -> list[dict]:
+    """The records of a run's JSON log (``--log-format json``)."""
+    return [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+
+
+def stop_time(log: Path) -> float:
+    """When the run began stopping, from its JSON log (millisecond timestamps, local time)."""
+    (stopping,) = [e for e in events(log) if e["event"] == "stopping"]
+    ts = stopping["ts"]
+    return time.mktime(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) + int(ts[20:23]) / 1000
 
 
 def generation_requests(server: Any) -> list[dict[str, Any]]:

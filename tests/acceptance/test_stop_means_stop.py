@@ -6,24 +6,11 @@ its "stopping" event; nothing else here depends on the clock."""
 
 from __future__ import annotations
 
-import json
 import re
 import signal
-import time
 from pathlib import Path
 
-from tests.conftest import cli, cli_process, generation_requests, manifest, wait_for
-
-
-def events(log: Path) -> list[dict]:
-    return [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
-
-
-def stop_time(log: Path) -> float:
-    """When the run began stopping, from its JSON log (millisecond timestamps, local time)."""
-    (stopping,) = [e for e in events(log) if e["event"] == "stopping"]
-    ts = stopping["ts"]
-    return time.mktime(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) + int(ts[20:23]) / 1000
+from tests.conftest import cli, cli_process, events, generation_requests, manifest, stop_time, wait_for
 
 
 def slow_job(job, mock) -> None:
