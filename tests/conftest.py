@@ -87,6 +87,16 @@ def mock() -> Any:
         server.stop()
 
 
+@pytest.fixture
+def noise_mock() -> Any:
+    """The mock with real-size noise PNGs (2K: about 5 MB, a 7 MB reply, spooled to disk)."""
+    server = MockServerThread(MockConfig(image_mode="noise", seed=1)).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @dataclass
 class JobDir:
     """A job folder in tmp_path with sample images and a manifest written from a dict.

@@ -23,7 +23,6 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from batchfuse.mock import MockConfig, MockServerThread
 from batchfuse.providers.http import SPOOL_BODY_BYTES
 from tests.conftest import cli, cli_process, generation_requests, manifest
 
@@ -202,16 +201,6 @@ def test_openai_b64_json_takes_the_same_path(job, crafted, monkeypatch):
     assert cli("run", job.manifest, "--retry-failed").exit_code == 0
     recorded_output_matches_file(job)
     assert leftovers(job.out) == ["a.png"]
-
-
-@pytest.fixture
-def noise_mock():
-    """The mock with real-size noise PNGs (2K: about 5 MB, a 7 MB reply, spooled to disk)."""
-    server = MockServerThread(MockConfig(image_mode="noise", seed=1)).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_a_large_paid_result_that_cannot_be_renamed_is_spooled_and_written_next_run(job, noise_mock):

@@ -12,7 +12,6 @@ import os
 import pytest
 
 from batchfuse.errors import OutputError
-from batchfuse.mock.server import MockConfig, MockServerThread
 from batchfuse.outputs.objectstore import (
     MULTIPART_BYTES,
     STAGING_DIR,
@@ -83,15 +82,6 @@ def test_an_object_of_another_item_is_never_replaced_but_the_items_own_is(s3):
     assert s3.client().get_object(Bucket=bucket, Key="p/a.png")["Body"].read() == b"first"
     put(s3, bucket, "a.png", b"newer", 5, "item-1")  # the same item (its spec changed): replaced
     assert s3.client().get_object(Bucket=bucket, Key="p/a.png")["Body"].read() == b"newer"
-
-
-@pytest.fixture
-def noise_mock():
-    server = MockServerThread(MockConfig(image_mode="noise", seed=1)).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_a_staged_2k_image_goes_up_from_its_file_and_the_file_goes(job, noise_mock, s3):
