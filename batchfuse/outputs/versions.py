@@ -1,0 +1,62 @@
+"""Kept versions: an output about to be replaced lives on in the versions folder.
+
+When an item's spec changes (a reject in the review, or an edited manifest), its current files
+are linked (a hard link: no copy, no second of disk) into ``<output dir>/.batchfuse-versions/``
+before the next attempt writes new ones under the stable names.  The new file is renamed over
+the stable name, which leaves the linked one untouched: no earlier image is ever destroyed,
+and ``out/{item}.png`` is always the newest.  Where hard links are not possible the file is
+copied.  ``out/a/b.png`` of version 2 is kept as ``.batchfuse-versions/a/b.v2.png``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path, PurePosixPath
+
+from batchfuse.errors import OutputError
+
+VERSIONS_DIR = ".batchfuse-versions"
+
+
+def version_name(name: str, number: int) -> str:
+    """Where version ``number`` of the output ``name`` is kept, relative to the output folder."""
+    path = PurePosixPath(name)
+    return str(PurePosixPath(VERSIONS_DIR, path.parent, f"{path.stem}.v{number}{path.suffix}"))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def keep_version(root: Path, name: str, number: int, sha256: str) -> str | None:
+    """Link (or copy) ``root/name`` to its version name if it still holds the recorded image
+    (``sha256``); returns the kept path (relative to ``root``), or None when the file is gone
+    or is already another image.  Idempotent: a version already kept is left as it is."""
+    src = root / name
+    rel = version_name(name, number)
+    dest = root / rel
+    try:
+        if dest.is_file():
+            return rel
+        if not src.is_file() or _sha256(src) != sha256:
+            return None
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".part")
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copy2(src, tmp)
+        os.replace(tmp, dest)
+    except OSError as exc:
+        raise OutputError(f"cannot keep the earlier version of {src}: {exc.strerror or exc}") from None
+    return rel

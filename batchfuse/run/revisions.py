@@ -1,0 +1,37 @@
+"""Where the review meets the plan: revisions applied to the planned rows, earlier outputs kept.
+
+The planner knows nothing of the store; the run composes the two here.  A planned row whose
+manifest spec hash is the one an item's revision was made from becomes that revision (the
+spec plus the added prompt lines and seed salt, with its own hash); any other row passes as it
+is, so an edited manifest still wins.  After planning, the outputs of every item whose spec
+changed are kept as versions before anything is sent (:mod:`batchfuse.outputs.versions`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+from batchfuse.outputs.versions import keep_version
+from batchfuse.records import ItemSpec, Job, PlannedRow
+from batchfuse.store.queries import Store
+from batchfuse.store.verdicts import Revision, record_versions, revise_spec, revised_hash, superseded_outputs
+
+
+def revised_rows(rows: Iterator[PlannedRow], revisions: dict[str, Revision]) -> Iterator[PlannedRow]:
+    """``rows`` with each item's revision applied where it was made from the row's spec."""
+    for row in rows:
+        rev = revisions.get(row.key)
+        if rev is None or rev.base_hash != row.spec_hash:
+            yield row
+            continue
+        spec = ItemSpec.from_json(revise_spec(row.spec.to_json(), rev))
+        yield replace(row, spec=spec, spec_hash=revised_hash(rev))
+
+
+def keep_superseded(store: Store, job: Job, output_dir: Path) -> int:
+    """Keep (link into the versions folder, and record) every output made under an earlier spec."""
+    found = superseded_outputs(store, job)
+    kept = [(s, keep_version(output_dir, s.name, s.revision, s.sha256)) for s in found]
+    return record_versions(store, kept)
