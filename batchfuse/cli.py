@@ -57,6 +57,7 @@ class Group(click.Group):
     LAZY = {
         "report": "batchfuse.review.cli_review:report",
         "export": "batchfuse.review.cli_review:export",
+        "review": "batchfuse.review.cli_review:review",
         "mock-server": "batchfuse.mock.cli:mock_server",
         "schema": "batchfuse.plan.schema:schema",
     }
@@ -296,6 +297,9 @@ def status(manifest: Path, db: str | None, as_json: bool) -> None:
         click.echo(f"  {'orphaned':<10} {items['orphaned']} (claimed by a runner that died; they run next time)")
     if items["removed"]:
         click.echo(f"  {'removed':<10} {items['removed']} (no longer in the manifest)")
+    review = info.get("verdicts") or {}
+    if review.get("approved") or review.get("rejected"):
+        click.echo(f"review: {review['approved']} approved, {review['rejected']} rejected, {review['unjudged']} not judged")
     share = f" ({100 * info['rate_limited'] / info['attempts']:.1f}%)" if info["attempts"] else ""
     click.echo(f"attempts: {info['attempts']}, rate limited (429): {info['rate_limited']}{share}, tokens: {info['tokens']}")
     left = items["pending"] + items["running"] + items["orphaned"]

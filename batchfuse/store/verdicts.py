@@ -343,16 +343,17 @@ def _with_details(conn: Connection, page_rows: list[Any], live: set[str]) -> lis
     ]
 
 
-def item_keys_by_verdict(store: Any, job: Job, verdict: str) -> set[str]:
-    """Keys of the job's items whose standing verdict is ``verdict`` (``approve``/``reject``)."""
+def standing_verdicts(store: Any, job: Job) -> dict[str, tuple[str, str | None]]:
+    """Key -> (standing verdict, pick) of every judged item of ``job``."""
     with store._read() as conn:
-        return set(
-            conn.execute(
-                select(items.c.key)
+        return {
+            r.key: (r.verdict, r.pick)
+            for r in conn.execute(
+                select(items.c.key, reviews.c.verdict, reviews.c.pick)
                 .join_from(reviews, items, reviews.c.item_id == items.c.id)
-                .where(reviews.c.job_id == job.id, reviews.c.verdict == verdict)
-            ).scalars()
-        )
+                .where(reviews.c.job_id == job.id, reviews.c.verdict.is_not(None))
+            )
+        }
 
 
 def change_marker(store: Any, job: Job) -> tuple[Any, ...]:
