@@ -65,8 +65,10 @@ def _size(o: dict[str, Any]) -> str:
     return f"{o['width']}×{o['height']}" if o.get("width") else ""
 
 
-def _file(path: str) -> dict[str, str]:
-    q = quote(path, safe="/")
+def _file(path: str, sha256: str) -> dict[str, str]:
+    """Addresses of an output; the digest in the query makes a new image under the same name a
+    new address, so the browser never shows a cached earlier one."""
+    q = quote(path, safe="/") + f"?v={sha256[:16]}"
     return {"href": f"/file/out/{q}", "thumb": f"/thumb/out/{q}"}
 
 
@@ -75,9 +77,9 @@ def card(row: dict[str, Any], cost_per_image: float) -> dict[str, Any]:
     spec = row.get("spec") or {}
     error = row.get("last_error")
     key_q = quote(row["key"], safe="")
-    outputs = [{**_file(o["path"]), "name": o["path"], "size": _size(o), "sha256": o["sha256"]} for o in row["outputs"]]
+    outputs = [{**_file(o["path"], o["sha256"]), "name": o["path"], "size": _size(o), "sha256": o["sha256"]} for o in row["outputs"]]
     versions = [
-        {**(_file(v["path"]) if v["path"] else {"href": None, "thumb": None, "note": "file was gone"}),
+        {**(_file(v["path"], v["sha256"]) if v["path"] else {"href": None, "thumb": None, "note": "file was gone"}),
          "name": v["path"] or v["name"], "size": _size(v), "version": v["revision"], "made_at": v["made_at"],
          "sha256": v["sha256"]}
         for v in row["versions"]

@@ -158,6 +158,8 @@ def record_verdict(
         raise VerdictRefused(f"verdict must be one of {', '.join(VERDICTS)}, not {verdict!r}", 400)
     if verdict != "reject" and (prompt_extra or new_seed):
         raise VerdictRefused("prompt_extra and new_seed go with a reject", 400)
+    if pick is not None and verdict != "approve":
+        raise VerdictRefused("pick goes with an approve", 400)
     note, prompt_extra = (_text(note, "note"), _text(prompt_extra, "prompt_extra"))
     now = time.time()
     with store._write() as conn:
@@ -166,6 +168,8 @@ def record_verdict(
         ).first()
         if item is None:
             raise VerdictRefused(f"job {job.name!r} has no item {key!r}", 404)
+        if pick is not None and not _names_output(conn, item.id, pick):
+            raise VerdictRefused(f"item {key!r} has no output or kept version {pick!r} to pick", 400)
         state = _fold(conn, item.id)
         row: dict[str, Any] = dict(
             item_id=item.id, verdict=verdict, note=note, prompt_extra=prompt_extra, new_seed=bool(new_seed),
@@ -191,6 +195,13 @@ def record_verdict(
         if conn.execute(update(reviews).where(reviews.c.item_id == item.id).values(**values)).rowcount == 0:
             conn.execute(insert(reviews).values(item_id=item.id, job_id=job.id, **values))
     return {"key": key, **state.row()}
+
+
+def _names_output(conn: Connection, item_id: int, path: str) -> bool:
+    return any(
+        conn.execute(select(t.c.id).where(t.c.item_id == item_id, t.c.path == path).limit(1)).first() is not None
+        for t in (outputs, output_versions)
+    )
 
 
 def _text(value: Any, name: str) -> str | None:

@@ -416,6 +416,16 @@
     ev.preventDefault();
   }
 
+  // A live update must not throw away what the user is typing: while a reject form is open the
+  // reload waits (sending the form reloads anyway).
+  function reloadWhenIdle() {
+    if (cardsEl.querySelector(".reject-form:not([hidden])")) {
+      setTimeout(reloadWhenIdle, 500);
+      return;
+    }
+    load();
+  }
+
   function liveSetup() {
     const nav = el("nav");
     nav.id = "verdicts";
@@ -441,7 +451,7 @@
       document.body.dataset.events = String(Number(document.body.dataset.events || 0) + 1);
       showCounts(data.counts, data.verdicts);
       clearTimeout(pending);
-      pending = setTimeout(load, 100);
+      pending = setTimeout(reloadWhenIdle, 100);
     });
   }
 
