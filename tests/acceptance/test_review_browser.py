@@ -141,12 +141,33 @@ def test_approve_by_click_and_key_reject_with_a_note_then_run_regenerates_only_t
                 i002 = [i for i in images if "/i002." in i["src"]]
                 assert len(i002) == 2 and all(i["w"] > 0 for i in i002), images
                 assert any(".batchfuse-versions/i002.v1.png" in i["src"] for i in i002)
+                # the full image on a click, closed with Esc
+                await page.click("[data-key=i002] .outputs a")
+                await page.wait_until("(document.querySelector('#viewer img') || {}).complete === true")
+                full = await page.evaluate("[document.querySelector('#viewer img').naturalWidth, "
+                                           "document.querySelector('#viewer img').src]")
+                assert full[0] > 0 and "/file/out/i002.png?v=" in full[1]
+                await key(page, "Escape")
+                await page.wait_until("document.getElementById('viewer').hidden")
+                # pick the earlier version with its number key: an approve that names it
+                await key(page, "ArrowRight")
+                await key(page, "ArrowRight")
+                await page.wait_until("document.querySelector('.card.selected').dataset.key === 'i002'")
+                await key(page, "2")
+                await page.wait_until(f"{card_verdict('i002')} === 'approve'")
+                await page.wait_until("document.querySelector('[data-key=i002] figure.picked') !== null")
+                # / goes to the search box
+                await key(page, "/")
+                assert await page.evaluate("document.activeElement.id") == "q"
                 facts = await page.evaluate("document.querySelector('[data-key=i002] .card > .facts, [data-key=i002] > .facts')"
                                             ".textContent")
                 assert "revision 1" in facts
 
         (tmp_path / "again").mkdir()
         run_in_budget(both_versions())
+    assert job.sql("SELECT verdict, pick FROM reviews r JOIN items i ON i.id = r.item_id WHERE i.key = 'i002'") == [
+        ("approve", ".batchfuse-versions/i002.v1.png")
+    ]
 
 
 def test_the_page_updates_live_while_a_run_regenerates(job, mock, tmp_path):
