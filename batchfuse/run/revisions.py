@@ -35,3 +35,18 @@ def keep_superseded(store: Store, job: Job, output_dir: Path) -> int:
     found = superseded_outputs(store, job)
     kept = [(s, keep_version(output_dir, s.name, s.revision, s.sha256)) for s in found]
     return record_versions(store, kept)
+
+
+def settled_as_planned(settled: dict[str, str], revisions: dict[str, Revision]) -> dict[str, str]:
+    """``settled`` (key -> spec hash of done or failed items) as the planner's hashes see it, for
+    the estimate: an item done under its current revision counts as done, one whose reject still
+    waits for a run does not."""
+    out = dict(settled)
+    for key, rev in revisions.items():
+        if key not in out:
+            continue
+        if out[key] == revised_hash(rev):
+            out[key] = rev.base_hash
+        elif out[key] == rev.base_hash:
+            del out[key]
+    return out

@@ -90,3 +90,29 @@ def test_a_manifest_edit_after_a_reject_wins(job, mock):
     assert cli("run", job.manifest).exit_code == 0
     assert _sent_prompts(mock)[1:] == ["new prompt 0"]
     assert (job.out / ".batchfuse-versions" / "i000.v1.png").is_file()
+
+
+def test_validate_counts_a_waiting_reject_and_not_a_regenerated_one(job, mock):
+    job.write(manifest(mock.url, items(3)))
+    assert cli("run", job.manifest).exit_code == 0
+    _judge(job, "i001", "reject", prompt_extra="closer")
+    before = cli("validate", job.manifest).stdout
+    assert "1 changed" in before and "would send 1 request " in before and "estimate: 1 images" in before
+    assert cli("run", job.manifest).exit_code == 0
+    after = cli("validate", job.manifest).stdout
+    assert "0 changed" in after and "would send 0 requests" in after and "estimate: 0 images" in after
+
+
+def test_the_review_pages_change_queries_work_on_both_backends(job, mock):
+    from batchfuse.store.verdicts import change_marker, changed_keys
+
+    job.write(manifest(mock.url, items(2)))
+    assert cli("run", job.manifest).exit_code == 0
+    with reading_job(job.manifest, None) as (_, store, j):
+        marker = change_marker(store, j)
+        assert sorted(changed_keys(store, j, 0.0)) == ["i000", "i001"]
+        since = max(t for (t,) in job.sql("SELECT updated_at FROM items"))
+    _judge(job, "i001", "approve")
+    with reading_job(job.manifest, None) as (_, store, j):
+        assert change_marker(store, j) != marker
+        assert changed_keys(store, j, since) == ["i001"]
