@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import uuid
 from pathlib import Path, PurePosixPath
 
 from batchfuse.errors import OutputError
@@ -47,11 +48,7 @@ def keep_version(root: Path, name: str, number: int, sha256: str) -> str | None:
         if not src.is_file() or _sha256(src) != sha256:
             return None
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".part")
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.part")
         try:
             os.link(src, tmp)
         except OSError:

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, and_, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from batchfuse.errors import InputError
 from batchfuse.records import ItemState, Job
@@ -486,5 +488,7 @@ def record_versions(store: Any, kept: Iterable[tuple[Superseded, str | None]]) -
     ]
     if rows:
         with store._write() as conn:
-            conn.execute(insert(output_versions), rows)
+            # runners sharing a job (PostgreSQL) may keep the same version at once: the first wins
+            dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+            conn.execute(dialect_insert(output_versions).on_conflict_do_nothing(), rows)
     return len(rows)
