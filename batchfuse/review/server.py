@@ -68,7 +68,10 @@ async def guard(request: web.Request, handler):  # type: ignore[no-untyped-def]
         exc.headers.update(SECURITY_HEADERS)
         raise
     if not response.prepared:
+        cache = response.headers.get("Cache-Control")
         response.headers.update(SECURITY_HEADERS)
+        if cache:  # an image addressed by its digest may be kept
+            response.headers["Cache-Control"] = cache
     return response
 
 
@@ -113,11 +116,18 @@ async def _ref_file(request: web.Request) -> Path:
     return _served(RefResolver(ctx.manifest_dir).resolve(src), None)
 
 
-def _image(path: Path) -> web.FileResponse:
-    return web.FileResponse(path, headers={"Content-Type": IMAGE_TYPES[path.suffix.lower()]})
+#: Outputs are addressed with their digest (``?v=``): the browser may keep them while the page lives.
+KEEP = "private, max-age=3600"
 
 
-async def _thumbnail(request: web.Request, src: Path) -> web.StreamResponse:
+def _image(path: Path, cache: bool = False) -> web.FileResponse:
+    headers = {"Content-Type": IMAGE_TYPES[path.suffix.lower()]}
+    if cache:
+        headers["Cache-Control"] = KEEP
+    return web.FileResponse(path, headers=headers)
+
+
+async def _thumbnail(request: web.Request, src: Path, cache: bool = False) -> web.StreamResponse:
     """The cached thumbnail of ``src`` (made once, remade when the source is newer)."""
     ctx = request.app[CONTEXT]
     digest = hashlib.sha256(str(src).encode("utf-8", "surrogatepass")).hexdigest()
@@ -125,16 +135,19 @@ async def _thumbnail(request: web.Request, src: Path) -> web.StreamResponse:
     ctx.thumbs_dir.mkdir(exist_ok=True)
     outcome = await asyncio.to_thread(make_thumbnail, src, dest)
     if outcome not in ("made", "reused"):
-        return _image(src)  # an image Pillow cannot shrink: the browser may still show it
-    return web.FileResponse(dest, headers={"Content-Type": "image/webp" if THUMB_EXT == ".webp" else "image/jpeg"})
+        return _image(src, cache)  # an image Pillow cannot shrink: the browser may still show it
+    headers = {"Content-Type": "image/webp" if THUMB_EXT == ".webp" else "image/jpeg"}
+    if cache:
+        headers["Cache-Control"] = KEEP
+    return web.FileResponse(dest, headers=headers)
 
 
 async def output_file(request: web.Request) -> web.StreamResponse:
-    return _image(await _output_file(request))
+    return _image(await _output_file(request), "v" in request.query)
 
 
 async def output_thumb(request: web.Request) -> web.StreamResponse:
-    return await _thumbnail(request, await _output_file(request))
+    return await _thumbnail(request, await _output_file(request), "v" in request.query)
 
 
 async def ref_file(request: web.Request) -> web.StreamResponse:

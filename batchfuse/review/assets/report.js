@@ -450,6 +450,10 @@
       const data = JSON.parse(ev.data);
       document.body.dataset.events = String(Number(document.body.dataset.events || 0) + 1);
       showCounts(data.counts, data.verdicts);
+      // reload when something shown changed, or when a filter may have let items in or out
+      const onPage = new Set(shown.map((it) => it.key));
+      const filtered = view.state !== "all" || view.verdict !== "all" || data.changed.length >= 1000;
+      if (!filtered && !data.changed.some((k) => onPage.has(k))) return;
       clearTimeout(pending);
       pending = setTimeout(reloadWhenIdle, 100);
     });
