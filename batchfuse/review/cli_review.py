@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import click
 
@@ -75,7 +75,7 @@ def report(manifest: Path, output: Path | None, db: str | None) -> None:
         dest = output or manifest.parent / default_report_name(reviewed.job.name)
         counts = reviewed.store.shown_counts(reviewed.job)
         result = write_report(
-            reviewed.store.item_rows(reviewed.job),
+            _with_verdicts(reviewed),
             counts=counts,
             job_name=reviewed.job.name,
             output_dir=reviewed.output_dir,
@@ -109,14 +109,18 @@ def export(manifest: Path, fmt: str, output: Path | None, db: str | None, only: 
     if output is not None and str(output) != "-":
         check_not_own_file(output, manifest, db, "-o")
     with open_job(manifest, db) as reviewed, _destination(output) as out:
-        judged = standing_verdicts(reviewed.store, reviewed.job)
-        rows = (
-            {**row, "verdict": judged[row["key"]][0], "pick": judged[row["key"]][1]} if row["key"] in judged else row
-            for row in reviewed.store.item_rows(reviewed.job)
-        )
+        rows = _with_verdicts(reviewed)
         if only:
             rows = (row for row in rows if row.get("verdict") == only)
         write_export(rows, fmt, reviewed.output_dir, out)
+
+
+def _with_verdicts(reviewed: ReviewedJob) -> Iterator[dict[str, Any]]:
+    """The job's item rows, each judged one with its standing verdict and pick from the review."""
+    judged = standing_verdicts(reviewed.store, reviewed.job)
+    for row in reviewed.store.item_rows(reviewed.job):
+        hit = judged.get(row["key"])
+        yield {**row, "verdict": hit[0], "pick": hit[1]} if hit else row
 
 
 @contextmanager

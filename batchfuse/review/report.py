@@ -272,6 +272,7 @@ def _card(row: dict[str, Any], sources: _Sources, base: Path, thumbs: ThumbnailF
         "error": clip(scrub(error)) if error else None,
         "outputs": outputs,
         "refs": refs,
+        "verdict": row.get("verdict"),
     }
 
 

@@ -102,6 +102,12 @@ def test_approve_by_click_and_key_reject_with_a_note_then_run_regenerates_only_t
                 # approve with a click
                 await page.click("[data-key=i000] .act-approve")
                 await page.wait_until(f"{card_verdict('i000')} === 'approve'")
+                # and undo: the verdict stays on record, marked undone
+                await page.click("[data-key=i003] .act-approve")
+                await page.wait_until(f"{card_verdict('i003')} === 'approve'")
+                await page.click("[data-key=i003] .act-clear")
+                await page.wait_until(f"{card_verdict('i003')} === 'none'")
+                assert await page.evaluate("document.querySelectorAll('[data-key=i003] .history .undone').length") == 1
                 # approve with the keyboard: the first card is selected, → moves, a approves
                 await key(page, "ArrowRight")
                 await page.wait_until("document.querySelector('.card.selected').dataset.key === 'i001'")
@@ -124,6 +130,8 @@ def test_approve_by_click_and_key_reject_with_a_note_then_run_regenerates_only_t
         run_in_budget(judge())
         assert verdict_rows(job) == [
             ("i000", "approve", None, None, me),
+            ("i003", "approve", None, None, me),
+            ("i003", "clear", None, None, me),
             ("i001", "approve", None, None, me),
             ("i002", "reject", "the logo is misspelt", "spell the logo ACME", me),
         ]

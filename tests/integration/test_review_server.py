@@ -161,3 +161,17 @@ def test_reviewing_a_job_never_run_is_one_line(job, mock):
     result = cli("review", job.manifest)
     assert result.exit_code == 2 and "has not been run yet" in result.stderr
     assert not job.db.exists()
+
+
+def test_the_static_report_shows_the_verdicts_too(judged_job):
+    from batchfuse.review.reading import reading_job
+    from batchfuse.store.verdicts import record_verdict
+    from tests.conftest import page_items
+
+    job = judged_job
+    with reading_job(job.manifest, None, writable=True) as (_, store, j):
+        record_verdict(store, j, "i000", "approve", reviewer="t")
+        record_verdict(store, j, "i001", "reject", reviewer="t")
+    assert cli("report", job.manifest).exit_code == 0
+    shown = page_items((job.root / "test-job.report.html").read_text(encoding="utf-8"))
+    assert {k: v["verdict"] for k, v in shown.items()} == {"i000": "approve", "i001": "reject", "ref": None}

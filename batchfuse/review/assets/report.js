@@ -163,10 +163,10 @@
     c.dataset.key = item.key;
     const head = el("header");
     head.append(el("span", "key", item.key), el("span", "badge", item.state));
+    c.dataset.verdict = item.verdict || "none";
+    if (item.verdict) head.append(el("span", "verdict verdict-" + item.verdict, item.verdict === "approve" ? "approved" : "rejected"));
     if (LIVE) {
-      c.dataset.verdict = item.verdict || "none";
       c.tabIndex = -1;
-      if (item.verdict) head.append(el("span", "verdict verdict-" + item.verdict, item.verdict === "approve" ? "approved" : "rejected"));
       c.addEventListener("click", (ev) => { if (!ev.target.closest("a, button, input, form")) select(index); });
     }
     let facts = item.attempts + (item.attempts === 1 ? " attempt" : " attempts") +
