@@ -15,8 +15,9 @@ from pathlib import Path
 
 from batchfuse.outputs.versions import keep_version
 from batchfuse.records import ItemSpec, Job, PlannedRow
+from batchfuse.store.output_versions import record_versions, superseded_outputs
 from batchfuse.store.queries import Store
-from batchfuse.store.verdicts import Revision, record_versions, revise_spec, revised_hash, superseded_outputs
+from batchfuse.store.verdicts import Revision, revise_spec, revised_hash
 
 
 def revised_rows(rows: Iterator[PlannedRow], revisions: dict[str, Revision]) -> Iterator[PlannedRow]:

@@ -18,13 +18,10 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, insert, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Connection, func, insert, or_, select, update
 
 from batchfuse.errors import InputError
 from batchfuse.records import ItemState, Job
@@ -416,79 +413,3 @@ def item_spec(store: Any, job: Job, key: str) -> dict[str, Any] | None:
     with store._read() as conn:
         spec = conn.execute(select(items.c.spec).where(items.c.job_id == job.id, items.c.key == key)).scalar()
     return json.loads(spec) if spec is not None else None
-
-
-# ---------------------------------------------------------------- kept versions
-
-
-@dataclass(frozen=True)
-class Superseded:
-    """A recorded output made under a spec the item no longer has: to be kept as a version."""
-
-    item_id: int
-    key: str
-    spec_hash: str
-    revision: int
-    idx: int
-    name: str
-    sha256: str
-    width: int
-    height: int
-    bytes: int
-    made_at: float
-
-
-def superseded_outputs(store: Any, job: Job) -> list[Superseded]:
-    """Outputs whose attempt's spec is not the item's spec any more and that are not kept yet."""
-    with store._read() as conn:
-        rows = conn.execute(
-            select(
-                items.c.id, items.c.key, attempts.c.spec_hash, outputs.c.idx, outputs.c.path, outputs.c.sha256,
-                outputs.c.width, outputs.c.height, outputs.c.bytes, outputs.c.created_at,
-            )
-            .select_from(
-                outputs.join(items, outputs.c.item_id == items.c.id).join(attempts, outputs.c.attempt_id == attempts.c.id)
-            )
-            .outerjoin(
-                output_versions,
-                and_(
-                    output_versions.c.item_id == items.c.id,
-                    output_versions.c.spec_hash == attempts.c.spec_hash,
-                    output_versions.c.idx == outputs.c.idx,
-                ),
-            )
-            .where(items.c.job_id == job.id, attempts.c.spec_hash != items.c.spec_hash, output_versions.c.id.is_(None))
-        ).all()
-        counts = dict(
-            conn.execute(
-                select(output_versions.c.item_id, func.count(func.distinct(output_versions.c.spec_hash)))
-                .where(output_versions.c.item_id.in_({r.id for r in rows} or {0}))
-                .group_by(output_versions.c.item_id)
-            ).all()
-        )
-    numbers: dict[tuple[int, str], int] = {}  # (item, spec) -> its version number, 1, 2, ... per item
-    next_n = dict(counts)
-    found = []
-    for r in sorted(rows, key=lambda r: (r.id, r.created_at, r.idx)):
-        if (r.id, r.spec_hash) not in numbers:
-            next_n[r.id] = next_n.get(r.id, 0) + 1
-            numbers[(r.id, r.spec_hash)] = next_n[r.id]
-        found.append(Superseded(r.id, r.key, r.spec_hash, numbers[(r.id, r.spec_hash)], r.idx, r.path, r.sha256,
-                                r.width, r.height, r.bytes, r.created_at))
-    return found
-
-
-def record_versions(store: Any, kept: Iterable[tuple[Superseded, str | None]]) -> int:
-    """Record kept versions (each with its path in the versions folder, None if its file was gone)."""
-    now = time.time()
-    rows = [
-        dict(item_id=s.item_id, spec_hash=s.spec_hash, revision=s.revision, idx=s.idx, name=s.name, path=path,
-             sha256=s.sha256, width=s.width, height=s.height, bytes=s.bytes, made_at=s.made_at, kept_at=now)
-        for s, path in kept
-    ]
-    if rows:
-        with store._write() as conn:
-            # runners sharing a job (PostgreSQL) may keep the same version at once: the first wins
-            dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-            conn.execute(dialect_insert(output_versions).on_conflict_do_nothing(), rows)
-    return len(rows)
