@@ -17,8 +17,9 @@ import uuid
 from pathlib import Path, PurePosixPath
 
 from batchfuse.errors import OutputError
+from batchfuse.outputs.names import VERSIONS_DIR
 
-VERSIONS_DIR = ".batchfuse-versions"
+__all__ = ["VERSIONS_DIR", "keep_version", "version_name"]
 
 
 def version_name(name: str, number: int) -> str:

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from batchfuse.errors import InputError
 from batchfuse.records import ItemState, Job
@@ -31,6 +33,8 @@ VERDICTS = ("approve", "reject", "clear")
 #: ``verdict=`` filter values of the review API -> the stored verdict (None: not judged).
 VERDICT_FILTERS = {"approved": "approve", "rejected": "reject", "none": None}
 STATE_FILTERS = ("succeeded", "failed", "pending", "running", "orphaned")
+#: Seeds are 32-bit signed integers at the API: a salted seed stays in 0 .. 2**31 - 1.
+SEED_RANGE = 2**31
 #: Longest note or added prompt line kept.
 TEXT_MAX = 4000
 
@@ -64,13 +68,16 @@ def revised_hash(rev: Revision) -> str:
 
 def revise_spec(spec: dict[str, Any], rev: Revision) -> dict[str, Any]:
     """The spec (as :meth:`ItemSpec.to_json`) of revision ``rev``: the added prompt lines after the
-    prompt, a salted ``seed`` when the parameters carry one, and the revision itself in ``vars``."""
+    prompt, a new ``seed`` for a new-seed reject (salted), and the revision itself in ``vars``."""
     out = {**spec, "params": dict(spec.get("params") or {}), "vars": dict(spec.get("vars") or {})}
     if rev.prompt_extra:
         out["prompt"] = f"{spec.get('prompt', '')}\n\n{rev.prompt_extra}"
     seed = out["params"].get("seed")
-    if rev.seed_salt is not None and isinstance(seed, int) and not isinstance(seed, bool):
-        out["params"]["seed"] = (seed + rev.seed_salt) % 2**31
+    if rev.seed_salt is not None:
+        # the request's seed (Gemini: ``generationConfig.seed``) changes: the item's own seed plus the
+        # salt, or, without one (none given; ``seed: auto`` is an integer by now), the salt itself
+        has_seed = isinstance(seed, int) and not isinstance(seed, bool)
+        out["params"]["seed"] = ((seed if has_seed else 0) + rev.seed_salt) % SEED_RANGE
     out["vars"]["revision"] = rev.to_json()
     return out
 
@@ -162,8 +169,10 @@ def record_verdict(
     note, prompt_extra = (_text(note, "note"), _text(prompt_extra, "prompt_extra"))
     now = time.time()
     with store._write() as conn:
+        # the item's row is locked to commit (PostgreSQL; SQLite writes one at a time anyway): two
+        # reviewers judging one item at once fold each other's verdicts, in turn
         item = conn.execute(
-            select(items.c.id, items.c.spec_hash).where(items.c.job_id == job.id, items.c.key == key)
+            select(items.c.id, items.c.spec_hash).where(items.c.job_id == job.id, items.c.key == key).with_for_update()
         ).first()
         if item is None:
             raise VerdictRefused(f"job {job.name!r} has no item {key!r}", 404)
@@ -191,9 +200,14 @@ def record_verdict(
         conn.execute(insert(verdicts).values(**row))
         state = _fold(conn, item.id)
         values = {**state.row(), "updated_at": now}
-        if conn.execute(update(reviews).where(reviews.c.item_id == item.id).values(**values)).rowcount == 0:
-            conn.execute(insert(reviews).values(item_id=item.id, job_id=job.id, **values))
+        conn.execute(_upsert(conn, reviews, ["item_id"], dict(item_id=item.id, job_id=job.id, **values), values))
     return {"key": key, **state.row()}
+
+
+def _upsert(conn: Connection, table: Any, keys: list[str], row: dict[str, Any], changes: dict[str, Any]) -> Any:
+    """INSERT .. ON CONFLICT (``keys``) DO UPDATE SET ``changes``, in the connection's dialect."""
+    dialect = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    return dialect(table).values(**row).on_conflict_do_update(index_elements=keys, set_=changes)
 
 
 def _names_output(conn: Connection, item_id: int, path: str) -> bool:
