@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from batchfuse.errors import OutputError
 from batchfuse.outputs.names import VERSIONS_DIR
 
-__all__ = ["VERSIONS_DIR", "keep_version", "version_name"]
+__all__ = ["VERSIONS_DIR", "keep_version", "restore_version", "version_name"]
 
 
 def version_name(name: str, number: int) -> str:
@@ -58,3 +58,20 @@ def keep_version(root: Path, name: str, number: int, sha256: str) -> str | None:
     except OSError as exc:
         raise OutputError(f"cannot keep the earlier version of {src}: {exc.strerror or exc}") from None
     return rel
+
+
+def restore_version(root: Path, source: str, name: str, sha256: str) -> None:
+    """Make ``root/name`` hold a copy of the kept version ``root/source`` (which must still be the
+    image recorded, ``sha256``): copied to a temporary file beside it and renamed over the name, so
+    the name holds one image or the other, never half, and the kept file stays as it was (a copy,
+    not a link: a tool editing the stable name in place cannot change a kept version)."""
+    src, dest = root / source, root / name
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.part")
+    try:
+        if not src.is_file() or _sha256(src) != sha256:
+            raise OutputError(f"the kept version {src} is gone or is not the image recorded; not picked")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot put the kept version {src} at {dest}: {exc.strerror or exc}") from None

@@ -19,9 +19,10 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from batchfuse.errors import scrub
+from batchfuse.errors import OutputError, scrub
 from batchfuse.providers.fetch import has_scheme, is_url
 from batchfuse.records import Job
+from batchfuse.review.picking import judge
 from batchfuse.review.report import PAGE_SIZE, clip
 from batchfuse.store.queries import Store
 from batchfuse.store.verdicts import (
@@ -29,7 +30,6 @@ from batchfuse.store.verdicts import (
     VERDICT_FILTERS,
     VerdictRefused,
     list_items,
-    record_verdict,
     verdict_counts,
 )
 
@@ -168,12 +168,14 @@ async def post_verdict(request: web.Request) -> web.Response:
         return web.json_response({"error": "pick must be a string (an output or version path)"}, status=400)
     try:
         review = await asyncio.to_thread(
-            record_verdict, ctx.store, ctx.job, key, str(body.get("verdict")), reviewer=ctx.reviewer,
+            judge, ctx.store, ctx.job, ctx.output_dir, key, str(body.get("verdict")), reviewer=ctx.reviewer,
             note=body.get("note"), prompt_extra=body.get("prompt_extra"), new_seed=body.get("new_seed") is True,
             pick=pick,
         )
     except VerdictRefused as exc:
         return web.json_response({"error": exc.message}, status=exc.status)
+    except OutputError as exc:  # the verdict stands; its files could not follow (said, never half done)
+        return web.json_response({"error": exc.message}, status=500)
     return web.json_response({"ok": True, "review": review})
 
 

@@ -160,6 +160,7 @@ def review(manifest: Path, host: str, port: int, token: str | None, db: str | No
 
     from batchfuse.errors import InputError
     from batchfuse.review.api import ReviewContext
+    from batchfuse.review.picking import settle_all
     from batchfuse.review.server import is_loopback, serve, token_for
 
     if not is_loopback(host):
@@ -168,6 +169,9 @@ def review(manifest: Path, host: str, port: int, token: str | None, db: str | No
         click.echo(f"warning: serving on {host}, reachable from other machines; the token guards every change", err=True)
     with reading_job(manifest, db, writable=True) as (m, store, job):
         planner = Planner(m, manifest)
+        # a pick whose files a crash left half moved is finished before anything is shown
+        picks = {key: pick for key, (_, pick) in standing_verdicts(store, job).items() if pick}
+        settle_all(store, job, planner.output_dir, picks)
         ctx = ReviewContext(
             store=store, job=job, output_dir=planner.output_dir, manifest_dir=manifest.resolve().parent,
             thumbs_dir=thumbs_dir_for((manifest.parent / default_report_name(job.name)).resolve()),

@@ -172,10 +172,14 @@ def record_verdict(
         # the item's row is locked to commit (PostgreSQL; SQLite writes one at a time anyway): two
         # reviewers judging one item at once fold each other's verdicts, in turn
         item = conn.execute(
-            select(items.c.id, items.c.spec_hash).where(items.c.job_id == job.id, items.c.key == key).with_for_update()
+            select(items.c.id, items.c.spec_hash, items.c.state)
+            .where(items.c.job_id == job.id, items.c.key == key)
+            .with_for_update()
         ).first()
         if item is None:
             raise VerdictRefused(f"job {job.name!r} has no item {key!r}", 404)
+        if pick is not None and item.state != ItemState.succeeded.value:
+            raise VerdictRefused(f"item {key!r} is {item.state}; pick an image of a finished item")
         if pick is not None and not _names_output(conn, item.id, pick):
             raise VerdictRefused(f"item {key!r} has no output or kept version {pick!r} to pick", 400)
         state = _fold(conn, item.id)
@@ -390,6 +394,7 @@ def change_marker(store: Any, job: Job) -> tuple[Any, ...]:
                     select(func.max(verdicts.c.id)).scalar_subquery(),
                     select(func.max(attempts.c.id)).scalar_subquery(),
                     select(func.max(output_versions.c.id)).scalar_subquery(),
+                    select(func.max(reviews.c.updated_at)).where(reviews.c.job_id == job.id).scalar_subquery(),
                 )
             ).one()
         )
