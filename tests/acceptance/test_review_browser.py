@@ -1,45 +1,30 @@
 """The review page in a real browser: ``batchfuse review`` runs as its own process, headless
-Chromium (Debian's, driven over the DevTools protocol like the report's tests) clicks and types
-like a user, and the verdicts land in the database; ``batchfuse run`` then regenerates exactly the
-rejected items (counted at the mock), the page shows both versions, and while a run is going the
-page updates itself.  The token check refuses a script without the header and a form posted from
-another origin; 10,000 items filter and page.
+Chromium (Debian's, driven by Playwright) clicks and types like a user, and the verdicts land in
+the database; ``batchfuse run`` then regenerates exactly the rejected items (counted at the mock),
+the page shows both versions, picking the earlier one puts it back under the stable name, and
+while a run is going the page updates itself.  The token check refuses a script without the header
+and a form posted from another origin; 10,000 items filter and page.
 """
 
 from __future__ import annotations
 
 import getpass
-import json
+import hashlib
+import http.client
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
-import pytest
-from aiohttp import web
+from playwright.sync_api import Page, expect
 
-import tests.acceptance.test_report_browser as report_browser
-from tests.acceptance.test_report_browser import CHROMIUM, DevTools, browser, run_in_budget
+from tests.acceptance.browser import all_images_loaded, chromium, keys_of_cards, needs_chromium, rendered
 from tests.conftest import cli, cli_process, generation_requests, items, manifest, wait_for
 
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="no chromium binary on PATH (Debian: apt-get install -y chromium; .ci/run does)"
-)
-
-
-@pytest.fixture(autouse=True)
-def loopback_browser(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The report tests' Chromium, but reaching loopback directly (the review server is there):
-    no proxy at all, and still every host name but 127.0.0.1 resolves to nothing."""
-    plain = report_browser.chromium_args
-
-    def args(profile: Any) -> list[str]:
-        return [a for a in plain(profile) if not a.startswith(("--proxy-server", "--proxy-bypass-list"))] + [
-            "--no-proxy-server"
-        ]
-
-    monkeypatch.setattr(report_browser, "chromium_args", args)
+pytestmark = needs_chromium
 
 
 @contextmanager
@@ -54,24 +39,9 @@ def review_server(job: Any, *extra: str) -> Iterator[tuple[str, Any]]:
         proc.communicate(timeout=30)
 
 
-async def key(page: DevTools, name: str) -> None:
-    """One key pressed and released, as a keyboard sends it."""
-    codes = {"ArrowRight": 39, "ArrowLeft": 37, "ArrowDown": 40, "ArrowUp": 38, "Enter": 13, "Escape": 27}
-    down: dict[str, Any] = {"type": "keyDown", "key": name}
-    if name in codes:
-        down.update(code=name, windowsVirtualKeyCode=codes[name])
-        if name == "Enter":
-            down["text"] = "\r"
-    else:
-        down.update(text=name, code=f"Key{name.upper()}" if name.isalpha() else f"Digit{name}",
-                    windowsVirtualKeyCode=ord(name.upper()))
-    await page.call("Input.dispatchKeyEvent", **down)
-    await page.call("Input.dispatchKeyEvent", type="keyUp", key=name)
-
-
-async def open_review(page: DevTools, url: str) -> None:
-    await page.call("Page.navigate", url=url)
-    await page.wait_until("document.body !== null && Number(document.body.dataset.rendered) > 0")
+def open_review(page: Page, url: str) -> None:
+    page.goto(url)
+    rendered(page)
 
 
 def verdict_rows(job: Any) -> list[tuple]:
@@ -81,53 +51,53 @@ def verdict_rows(job: Any) -> list[tuple]:
     )
 
 
-def card_verdict(key_: str) -> str:
-    return f"document.querySelector('[data-key={key_}]').dataset.verdict"
+def card(page: Page, key: str) -> Any:
+    return page.locator(f"[data-key={key}]")
+
+
+def sha(path: Any) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_approve_by_click_and_key_reject_with_a_note_then_run_regenerates_only_that(job, mock, tmp_path):
     job.write(manifest(mock.url, items(4)))
     assert cli("run", job.manifest).exit_code == 0
     assert len(generation_requests(mock)) == 4
+    first = sha(job.out / "i002.png")
     me = getpass.getuser()
 
     with review_server(job) as (url, _proc):
+        with chromium(tmp_path, loopback=True) as (page, _seen):
+            open_review(page, url)
+            expect(page.locator("#cards .card")).to_have_count(4)
+            assert re.search(r'<meta name="batchfuse-token" content="[\w-]{20,}">', page.content())
+            # approve with a click
+            card(page, "i000").locator(".act-approve").click()
+            expect(card(page, "i000")).to_have_attribute("data-verdict", "approve")
+            # and undo: the verdict stays on record, marked undone
+            card(page, "i003").locator(".act-approve").click()
+            expect(card(page, "i003")).to_have_attribute("data-verdict", "approve")
+            card(page, "i003").locator(".act-clear").click()
+            expect(card(page, "i003")).to_have_attribute("data-verdict", "none")
+            expect(card(page, "i003").locator(".history .undone")).to_have_count(1)
+            # approve with the keyboard: the first card is selected, → moves, a approves
+            page.keyboard.press("ArrowRight")
+            expect(page.locator(".card.selected")).to_have_attribute("data-key", "i001")
+            page.keyboard.press("a")
+            expect(card(page, "i001")).to_have_attribute("data-verdict", "approve")
+            # reject with a note and an added prompt line: r opens the form, Enter sends it
+            page.keyboard.press("ArrowRight")
+            page.keyboard.press("r")
+            expect(card(page, "i002").locator(".note")).to_be_focused()
+            page.keyboard.insert_text("the logo is misspelt")
+            card(page, "i002").locator(".prompt-extra").click()
+            page.keyboard.insert_text("spell the logo ACME")
+            page.keyboard.press("Enter")
+            expect(card(page, "i002")).to_have_attribute("data-verdict", "reject")
+            expect(card(page, "i002").locator(".history")).to_contain_text("the logo is misspelt")
+            expect(page.locator("#verdicts [data-verdict=approved] span")).to_have_text("2")
+            expect(page.locator("#verdicts [data-verdict=rejected] span")).to_have_text("1")
 
-        async def judge() -> None:
-            async with browser(tmp_path) as page:
-                await open_review(page, url)
-                assert await page.evaluate("document.querySelectorAll('#cards .card').length") == 4
-                html = await page.evaluate("document.documentElement.outerHTML")
-                assert re.search(r'<meta name="batchfuse-token" content="[\w-]{20,}">', html)
-                # approve with a click
-                await page.click("[data-key=i000] .act-approve")
-                await page.wait_until(f"{card_verdict('i000')} === 'approve'")
-                # and undo: the verdict stays on record, marked undone
-                await page.click("[data-key=i003] .act-approve")
-                await page.wait_until(f"{card_verdict('i003')} === 'approve'")
-                await page.click("[data-key=i003] .act-clear")
-                await page.wait_until(f"{card_verdict('i003')} === 'none'")
-                assert await page.evaluate("document.querySelectorAll('[data-key=i003] .history .undone').length") == 1
-                # approve with the keyboard: the first card is selected, → moves, a approves
-                await key(page, "ArrowRight")
-                await page.wait_until("document.querySelector('.card.selected').dataset.key === 'i001'")
-                await key(page, "a")
-                await page.wait_until(f"{card_verdict('i001')} === 'approve'")
-                # reject with a note and an added prompt line: r opens the form, Enter sends it
-                await key(page, "ArrowRight")
-                await key(page, "r")
-                await page.wait_until("document.activeElement.classList.contains('note')")
-                await page.call("Input.insertText", text="the logo is misspelt")
-                await page.click("[data-key=i002] .prompt-extra")
-                await page.call("Input.insertText", text="spell the logo ACME")
-                await key(page, "Enter")
-                await page.wait_until(f"{card_verdict('i002')} === 'reject'")
-                assert "the logo is misspelt" in await page.evaluate(
-                    "document.querySelector('[data-key=i002] .history').textContent")
-                await page.wait_until("document.querySelector('#verdicts [data-verdict=approved] span').textContent === '2'"
-                                      " && document.querySelector('#verdicts [data-verdict=rejected] span').textContent === '1'")
-
-        run_in_budget(judge())
         assert verdict_rows(job) == [
             ("i000", "approve", None, None, me),
             ("i003", "approve", None, None, me),
@@ -140,42 +110,45 @@ def test_approve_by_click_and_key_reject_with_a_note_then_run_regenerates_only_t
         assert result.exit_code == 0, result.stderr
         sent = [r["prompt"] for r in generation_requests(mock)[4:]]
         assert sent == ["prompt 2\n\nspell the logo ACME"]  # exactly the rejected item, once
-
-        async def both_versions() -> None:
-            async with browser(tmp_path / "again") as page:
-                await open_review(page, url)
-                await page.wait_until("document.querySelectorAll('[data-key=i002] .versions figure').length === 1")
-                images = await page.all_images_loaded()
-                i002 = [i for i in images if "/i002." in i["src"]]
-                assert len(i002) == 2 and all(i["w"] > 0 for i in i002), images
-                assert any(".batchfuse-versions/i002.v1.png" in i["src"] for i in i002)
-                # the full image on a click, closed with Esc
-                await page.click("[data-key=i002] .outputs a")
-                await page.wait_until("(document.querySelector('#viewer img') || {}).complete === true")
-                full = await page.evaluate("[document.querySelector('#viewer img').naturalWidth, "
-                                           "document.querySelector('#viewer img').src]")
-                assert full[0] > 0 and "/file/out/i002.png?v=" in full[1]
-                await key(page, "Escape")
-                await page.wait_until("document.getElementById('viewer').hidden")
-                # pick the earlier version with its number key: an approve that names it
-                await key(page, "ArrowRight")
-                await key(page, "ArrowRight")
-                await page.wait_until("document.querySelector('.card.selected').dataset.key === 'i002'")
-                await key(page, "2")
-                await page.wait_until(f"{card_verdict('i002')} === 'approve'")
-                await page.wait_until("document.querySelector('[data-key=i002] figure.picked') !== null")
-                # / goes to the search box
-                await key(page, "/")
-                assert await page.evaluate("document.activeElement.id") == "q"
-                facts = await page.evaluate("document.querySelector('[data-key=i002] .card > .facts, [data-key=i002] > .facts')"
-                                            ".textContent")
-                assert "revision 1" in facts
+        second = sha(job.out / "i002.png")
+        assert second != first
 
         (tmp_path / "again").mkdir()
-        run_in_budget(both_versions())
+        with chromium(tmp_path / "again", loopback=True) as (page, _seen):
+            open_review(page, url)
+            expect(card(page, "i002").locator(".versions figure")).to_have_count(1)
+            images = all_images_loaded(page)
+            i002 = [i for i in images if "/i002." in i["src"]]
+            assert len(i002) == 2 and all(i["w"] > 0 for i in i002), images
+            assert any(".batchfuse-versions/i002.v1.png" in i["src"] for i in i002)
+            # the full image on a click, closed with Esc
+            card(page, "i002").locator(".outputs a").first.click()
+            viewer = page.locator("#viewer img")
+            expect(viewer).to_have_js_property("complete", True)
+            assert viewer.evaluate("(i) => i.naturalWidth") > 0
+            expect(viewer).to_have_attribute("src", re.compile(r"/file/out/i002\.png\?v="))
+            page.keyboard.press("Escape")
+            expect(page.locator("#viewer")).to_be_hidden()
+            # pick the earlier version with its number key: an approve that names it, and the
+            # earlier image is the item's output again, under its stable name
+            page.keyboard.press("ArrowRight")
+            page.keyboard.press("ArrowRight")
+            expect(page.locator(".card.selected")).to_have_attribute("data-key", "i002")
+            page.keyboard.press("2")
+            expect(card(page, "i002")).to_have_attribute("data-verdict", "approve")
+            expect(card(page, "i002").locator("figure.picked")).to_have_count(1)
+            assert sha(job.out / "i002.png") == first
+            assert sha(job.out / ".batchfuse-versions/i002.v2.png") == second  # the displaced one, kept
+            expect(card(page, "i002").locator(".outputs img").first).to_have_attribute("src", re.compile(f"v={first[:16]}"))
+            # / goes to the search box
+            page.keyboard.press("/")
+            expect(page.locator("#q")).to_be_focused()
+            expect(card(page, "i002").locator(":scope > .facts")).to_contain_text("revision 1")
+
     assert job.sql("SELECT verdict, pick FROM reviews r JOIN items i ON i.id = r.item_id WHERE i.key = 'i002'") == [
         ("approve", ".batchfuse-versions/i002.v1.png")
     ]
+    assert job.sql("SELECT o.sha256 FROM outputs o JOIN items i ON i.id = o.item_id WHERE i.key = 'i002'") == [(first,)]
 
 
 def test_the_page_updates_live_while_a_run_regenerates(job, mock, tmp_path):
@@ -183,96 +156,107 @@ def test_the_page_updates_live_while_a_run_regenerates(job, mock, tmp_path):
     assert cli("run", job.manifest).exit_code == 0
     old = dict(job.sql("SELECT i.key, o.sha256 FROM outputs o JOIN items i ON i.id = o.item_id"))
 
-    with review_server(job) as (url, _proc):
-        async def session() -> None:
-            async with browser(tmp_path) as page:
-                await open_review(page, url)
-                for k in ("i000", "i002"):
-                    await page.click(f"[data-key={k}] .act-reject")
-                    await page.click(f"[data-key={k}] .prompt-extra")
-                    await page.call("Input.insertText", text="at dusk")
-                    await key(page, "Enter")
-                    await page.wait_until(f"{card_verdict(k)} === 'reject'")
-                mock.faults(hold_after=1)  # the first regeneration goes through, the second waits
-                run = cli_process("run", job.manifest)
-                try:
-                    wait_for(lambda: mock.faults()["held"] >= 1, "the second request held at the mock", proc=run)
-                    # mid-run, without a reload: the first regenerated item's new image and its kept version appear
-                    shas = "SELECT i.key, o.sha256 FROM outputs o JOIN items i ON i.id = o.item_id"
-                    done = wait_for(lambda: [k for k, v in job.sql(shas) if v != old[k]], "one item regenerated", proc=run)
-                    assert len(done) == 1
-                    first, other = done[0], ({"i000", "i002"} - set(done)).pop()
-                    new = dict(job.sql(shas))[first]
-                    await page.wait_until(
-                        f"(document.querySelector('[data-key={first}] .outputs img') || {{}}).src.includes('v={new[:16]}')")
-                    await page.wait_until(f"document.querySelectorAll('[data-key={first}] .versions figure').length === 1")
-                    assert await page.evaluate(f"document.querySelector('[data-key={other}] .badge').textContent") in (
-                        "pending", "running")
-                    assert run.poll() is None  # the run was still going
-                    assert int(await page.evaluate("document.body.dataset.events || 0")) >= 1
-                    mock.faults(hold=False)
-                    run.communicate(timeout=60)
-                    assert run.returncode == 0, run.err()
-                finally:
-                    mock.faults(hold=False)
-                    if run.poll() is None:
-                        run.kill()
-                latest = dict(job.sql(shas))[other]
-                assert latest != old[other]
-                await page.wait_until(
-                    f"(document.querySelector('[data-key={other}] .outputs img') || {{}}).src.includes('v={latest[:16]}')")
-                assert await page.evaluate("document.location.href") == url  # never reloaded
-
-        run_in_budget(session())
+    with review_server(job) as (url, _proc), chromium(tmp_path, loopback=True) as (page, _seen):
+        open_review(page, url)
+        for k in ("i000", "i002"):
+            card(page, k).locator(".act-reject").click()
+            card(page, k).locator(".prompt-extra").click()
+            page.keyboard.insert_text("at dusk")
+            page.keyboard.press("Enter")
+            expect(card(page, k)).to_have_attribute("data-verdict", "reject")
+        mock.faults(hold_after=1)  # the first regeneration goes through, the second waits
+        run = cli_process("run", job.manifest)
+        try:
+            wait_for(lambda: mock.faults()["held"] >= 1, "the second request held at the mock", proc=run)
+            # mid-run, without a reload: the first regenerated item's new image and its kept version appear
+            shas = "SELECT i.key, o.sha256 FROM outputs o JOIN items i ON i.id = o.item_id"
+            done = wait_for(lambda: [k for k, v in job.sql(shas) if v != old[k]], "one item regenerated", proc=run)
+            assert len(done) == 1
+            first, other = done[0], ({"i000", "i002"} - set(done)).pop()
+            new = dict(job.sql(shas))[first]
+            expect(card(page, first).locator(".outputs img").first).to_have_attribute("src", re.compile(f"v={new[:16]}"))
+            expect(card(page, first).locator(".versions figure")).to_have_count(1)
+            assert card(page, other).locator(".badge").text_content() in ("pending", "running")
+            assert run.poll() is None  # the run was still going
+            expect(page.locator("body")).to_have_attribute("data-events", re.compile(r"^[1-9][0-9]*$"))
+            mock.faults(hold=False)
+            run.communicate(timeout=60)
+            assert run.returncode == 0, run.err()
+        finally:
+            mock.faults(hold=False)
+            if run.poll() is None:
+                run.kill()
+                run.communicate(timeout=30)
+        latest = dict(job.sql(shas))[other]
+        assert latest != old[other]
+        expect(card(page, other).locator(".outputs img").first).to_have_attribute("src", re.compile(f"v={latest[:16]}"))
+        assert page.url == url  # never reloaded
     assert len(generation_requests(mock)) == 5
+
+
+@contextmanager
+def attacker_site(target: str) -> Iterator[str]:
+    """Another local origin whose page posts a form at the review API (the classic CSRF)."""
+    page = (
+        f'<form method="post" enctype="text/plain" action="{target}">'
+        '<input name=\'{"verdict": "approve", "x": "\' value=\'"}\'></form>'
+        "<script>document.forms[0].submit()</script>"
+    ).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(30)
 
 
 def test_the_token_refuses_a_request_without_it_and_a_form_from_another_origin(job, mock, tmp_path):
     job.write(manifest(mock.url, items(2)))
     assert cli("run", job.manifest).exit_code == 0
 
-    with review_server(job) as (url, _proc):
-        async def session() -> None:
-            async with browser(tmp_path) as page:
-                await open_review(page, url)
-                # a script on the page itself, without the header or with a wrong one: 403
-                statuses = await page.evaluate(
-                    "Promise.all([{}, {'X-Batchfuse-Token': 'wrong'}].map((h) => fetch('/api/items/i000/verdict', "
-                    "{method: 'POST', headers: {'Content-Type': 'application/json', ...h}, "
-                    "body: JSON.stringify({verdict: 'approve'})}).then((r) => r.status)))"
-                )
-                assert statuses == [403, 403]
+    with review_server(job) as (url, _proc), chromium(tmp_path, loopback=True) as (page, _seen):
+        open_review(page, url)
+        # a script on the page itself, without the header or with a wrong one: 403
+        statuses = page.evaluate(
+            "Promise.all([{}, {'X-Batchfuse-Token': 'wrong'}].map((h) => fetch('/api/items/i000/verdict', "
+            "{method: 'POST', headers: {'Content-Type': 'application/json', ...h}, "
+            "body: JSON.stringify({verdict: 'approve'})}).then((r) => r.status)))"
+        )
+        assert statuses == [403, 403]
 
-                # another local origin posts a form at the API (the classic CSRF): refused
-                async def attacker(_request: web.Request) -> web.Response:
-                    return web.Response(content_type="text/html", text=(
-                        f'<form method="post" enctype="text/plain" action="{url}api/items/i001/verdict">'
-                        '<input name=\'{"verdict": "approve", "x": "\' value=\'"}\'></form>'
-                        "<script>document.forms[0].submit()</script>"))
-
-                app = web.Application()
-                app.router.add_get("/", attacker)
-                runner = web.AppRunner(app)
-                await runner.setup()
-                site = web.TCPSite(runner, "127.0.0.1", 0)
-                await site.start()
-                port = site._server.sockets[0].getsockname()[1]
-                try:
-                    await page.call("Page.navigate", url=f"http://127.0.0.1:{port}/")
-                    await page.wait_until(f"location.href.startsWith({json.dumps(url + 'api/')})")
-                    await page.wait_until("document.readyState === 'complete'")
-                    assert "X-Batchfuse-Token" in await page.evaluate("document.body.textContent")
-                finally:
-                    await runner.cleanup()
-                # and a script from that origin cannot even ask (no CORS): the fetch fails
-                preflight = {"Origin": f"http://127.0.0.1:{port}", "Access-Control-Request-Method": "POST",
-                             "Access-Control-Request-Headers": "x-batchfuse-token"}
-                async with aiohttp.ClientSession() as http, http.options(
-                    f"{url}api/items/i001/verdict", headers=preflight
-                ) as r:
-                    assert "Access-Control-Allow-Origin" not in r.headers
-
-        run_in_budget(session())
+        # another local origin posts a form at the API: refused
+        with attacker_site(f"{url}api/items/i001/verdict") as evil:
+            page.goto(evil)
+            page.wait_for_url(f"{url}api/**")
+            expect(page.locator("body")).to_contain_text("X-Batchfuse-Token")
+            origin = evil.rstrip("/")
+        # and a script from that origin cannot even ask (no CORS): the preflight is not allowed
+        parts = urlsplit(url)
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        try:
+            conn.request("OPTIONS", "/api/items/i001/verdict", headers={
+                "Origin": origin, "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "x-batchfuse-token"})
+            response = conn.getresponse()
+            response.read()
+            assert response.getheader("Access-Control-Allow-Origin") is None
+        finally:
+            conn.close()
     assert verdict_rows(job) == []  # nothing changed
 
 
@@ -304,38 +288,31 @@ def test_filtering_and_paging_ten_thousand_items(job, mock, tmp_path):
             record_verdict(store, j, f"item-{i:05d}", "approve", reviewer="t")
     assert generation_requests(mock) == []
 
-    with review_server(job) as (url, _proc):
-        async def session() -> None:
-            async with browser(tmp_path) as page:
-                await open_review(page, url)
-                shown = "document.getElementById('shown').textContent"
-                assert await page.evaluate(shown) == f"showing 1–100 of {n}"
-                assert await page.evaluate("document.querySelectorAll('#cards .card').length") == 100
-                await page.click("#verdicts button[data-verdict=rejected]")
-                await page.wait_until(f"{shown} === 'showing 1–100 of 200 (10000 in all)'")
-                await page.click(".pager button:last-child")
-                await page.wait_until(f"{shown} === 'showing 101–200 of 200 (10000 in all)'")
-                keys = await page.evaluate("Array.from(document.querySelectorAll('#cards .card'), (c) => c.dataset.key)")
-                assert keys[0] == "item-05000" and keys[-1] == "item-09950" and len(keys) == 100
-                assert await page.evaluate("location.hash") == "#verdict=rejected&page=2"
-                # search narrows in the database: lamps among the rejected (every 50th is a multiple of 10)
-                await page.click("#q")
-                await page.call("Input.insertText", text="lamp 99")
-                await page.wait_until(f"{shown} === 'showing 1–2 of 2 (10000 in all)'")
-                assert await page.evaluate(
-                    "Array.from(document.querySelectorAll('#cards .card'), (c) => c.dataset.key)"
-                ) == ["item-09900", "item-09950"]
-                await page.click("#verdicts button[data-verdict=approved]")
-                await page.wait_until(f"{shown} === 'no items match'")
-                await page.click("#verdicts button[data-verdict=all]")
-                await page.wait_until(f"{shown} === 'showing 1–11 of 11 (10000 in all)'")  # 'lamp 99…'
-                # the API pages in the database and counts the verdicts
-                async with aiohttp.ClientSession() as http, http.get(
-                    f"{url}api/items?verdict=none&page=97&state=pending"
-                ) as r:
-                    data = await r.json()
-                assert data["total"] == n - 300 and len(data["items"]) == 100
-                assert data["items"][-1]["key"] == "item-09999"
-                assert data["verdicts"] == {"approved": 100, "rejected": 200, "unjudged": n - 300}
-
-        run_in_budget(session())
+    with review_server(job) as (url, _proc), chromium(tmp_path, loopback=True) as (page, _seen):
+        open_review(page, url)
+        shown = page.locator("#shown")
+        expect(shown).to_have_text(f"showing 1–100 of {n}")
+        expect(page.locator("#cards .card")).to_have_count(100)
+        page.locator("#verdicts button[data-verdict=rejected]").click()
+        expect(shown).to_have_text("showing 1–100 of 200 (10000 in all)")
+        page.locator(".pager").first.locator("button").last.click()
+        expect(shown).to_have_text("showing 101–200 of 200 (10000 in all)")
+        keys = keys_of_cards(page)
+        assert keys[0] == "item-05000" and keys[-1] == "item-09950" and len(keys) == 100
+        assert page.evaluate("location.hash") == "#verdict=rejected&page=2"
+        # search narrows in the database: lamps among the rejected (every 50th is a multiple of 10)
+        page.locator("#q").click()
+        page.keyboard.insert_text("lamp 99")
+        expect(shown).to_have_text("showing 1–2 of 2 (10000 in all)")
+        assert keys_of_cards(page) == ["item-09900", "item-09950"]
+        page.locator("#verdicts button[data-verdict=approved]").click()
+        expect(shown).to_have_text("no items match")
+        page.locator("#verdicts button[data-verdict=all]").click()
+        expect(shown).to_have_text("showing 1–11 of 11 (10000 in all)")  # 'lamp 99…'
+        # the API pages in the database and counts the verdicts
+        answer = page.request.get(f"{url}api/items?verdict=none&page=97&state=pending")
+        assert answer.status == 200
+        data = answer.json()
+        assert data["total"] == n - 300 and len(data["items"]) == 100
+        assert data["items"][-1]["key"] == "item-09999"
+        assert data["verdicts"] == {"approved": 100, "rejected": 200, "unjudged": n - 300}
