@@ -56,6 +56,7 @@ class Group(click.Group):
     LAZY = {
         "report": "batchfuse.review.cli_review:report",
         "export": "batchfuse.review.cli_review:export",
+        "review": "batchfuse.review.cli_review:review",
         "mock-server": "batchfuse.mock.cli:mock_server",
         "schema": "batchfuse.plan.schema:schema",
         "models": "batchfuse.plan.models_cmd:models",
@@ -340,6 +341,9 @@ def status(manifest: Path, db: str | None, as_json: bool) -> None:
         click.echo(f"  {'removed':<10} {items['removed']} (no longer in the manifest)")
     if items.get("in_batch"):
         click.echo(f"  {'in batch':<10} {items['in_batch']} (submitted in a batch that has not ended)")
+    review = info.get("verdicts") or {}
+    if review.get("approved") or review.get("rejected"):
+        click.echo(f"review: {review['approved']} approved, {review['rejected']} rejected, {review['unjudged']} not judged")
     share = f" ({100 * info['rate_limited'] / info['attempts']:.1f}%)" if info["attempts"] else ""
     click.echo(f"attempts: {info['attempts']}, rate limited (429): {info['rate_limited']}{share}, tokens: {info['tokens']}")
     left = items["pending"] + items["running"] + items["orphaned"]

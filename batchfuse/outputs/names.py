@@ -23,6 +23,10 @@ from batchfuse.records import ItemSpec
 from batchfuse.templates import TemplateProblem, fields_of, render
 
 TEMP_DIR = ".batchfuse-tmp"
+#: Where earlier versions of outputs are kept (:mod:`batchfuse.outputs.versions`).
+VERSIONS_DIR = ".batchfuse-versions"
+#: Folders batchfuse keeps for itself in an output folder: no output name may use them.
+RESERVED = (TEMP_DIR, VERSIONS_DIR)
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 #: Longest file or folder name, in UTF-8 bytes, on ext4, APFS, NTFS and SMB shares.
 NAME_MAX = 255
@@ -88,8 +92,9 @@ def check_relative(name: str) -> str:
     parts = name.split("/")
     if any(part in ("..", ".", "") for part in parts):
         raise PathProblem(f"output name {name!r} leaves or skips through the output folder")
-    if any(part.startswith(TEMP_DIR) for part in parts):
-        raise PathProblem(f"output name {name!r} uses the reserved folder {TEMP_DIR}")
+    for reserved in RESERVED:
+        if any(part.lower().startswith(reserved) for part in parts):
+            raise PathProblem(f"output name {name!r} uses the reserved folder {reserved}")
     if os.path.splitext(parts[-1])[1].lower() not in FORMATS:
         raise PathProblem(f"output name {name!r} must end in one of {', '.join(sorted(FORMATS))}")
     return name

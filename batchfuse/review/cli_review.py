@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import click
 
@@ -25,8 +25,9 @@ from batchfuse.review.export import WRITERS, atomic_text_file, write_export
 from batchfuse.review.objects import BucketOutputs
 from batchfuse.review.own_files import check_not_own_file
 from batchfuse.review.reading import reading_job
-from batchfuse.review.report import summary_line, write_report
+from batchfuse.review.report import summary_line, thumbs_dir_for, write_report
 from batchfuse.store.queries import Store
+from batchfuse.store.verdicts import standing_verdicts
 
 manifest_arg = click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
 db_option = click.option(
@@ -82,7 +83,7 @@ def report(manifest: Path, output: Path | None, db: str | None) -> None:
         remote = BucketOutputs(reviewed.location) if reviewed.location is not None else None
         try:
             result = write_report(
-                reviewed.store.item_rows(reviewed.job),
+                _with_verdicts(reviewed),
                 counts=counts,
                 job_name=reviewed.job.name,
                 output_dir=remote.mirror if remote is not None else reviewed.output_dir,
@@ -112,13 +113,26 @@ def report(manifest: Path, output: Path | None, db: str | None) -> None:
     metavar="FILE",
     help="Write here instead of standard output ('-' is standard output).",
 )
+@click.option("--approved", "only", flag_value="approve", help="Only the items approved in the review.")
+@click.option("--rejected", "only", flag_value="reject", help="Only the items rejected in the review.")
 @db_option
-def export(manifest: Path, fmt: str, output: Path | None, db: str | None) -> None:
-    """One row per item (key, state, attempts, outputs, sha256, error, tokens) as CSV or JSON Lines."""
+def export(manifest: Path, fmt: str, output: Path | None, db: str | None, only: str | None = None) -> None:
+    """One row per item (key, state, attempts, outputs, sha256, error, tokens, verdict) as CSV or JSON Lines."""
     if output is not None and str(output) != "-":
         check_not_own_file(output, manifest, db, "-o")
     with open_job(manifest, db) as reviewed, _destination(output) as out:
-        write_export(reviewed.store.item_rows(reviewed.job), fmt, reviewed.shown or reviewed.output_dir, out)
+        rows = _with_verdicts(reviewed)
+        if only:
+            rows = (row for row in rows if row.get("verdict") == only)
+        write_export(rows, fmt, reviewed.shown or reviewed.output_dir, out)
+
+
+def _with_verdicts(reviewed: ReviewedJob) -> Iterator[dict[str, Any]]:
+    """The job's item rows, each judged one with its standing verdict and pick from the review."""
+    judged = standing_verdicts(reviewed.store, reviewed.job)
+    for row in reviewed.store.item_rows(reviewed.job):
+        hit = judged.get(row["key"])
+        yield {**row, "verdict": hit[0], "pick": hit[1]} if hit else row
 
 
 @contextmanager
@@ -143,3 +157,57 @@ def _destination(output: Path | None) -> Iterator[TextIO]:
             stream.detach()  # leave sys.stdout's buffer open for whoever writes after us
         except ValueError:
             pass
+
+
+@click.command("review")
+@manifest_arg
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; anything but loopback needs --token.")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free one).")
+@click.option("--token", metavar="TOKEN", help="The token state-changing requests must send (default: a random one).")
+@db_option
+def review(manifest: Path, host: str, port: int, token: str | None, db: str | None) -> None:
+    """Serve the review page: approve, reject (with a note, a prompt line, a new seed), pick; prints the URL."""
+    import asyncio
+
+    from batchfuse.errors import InputError
+    from batchfuse.review.api import ReviewContext
+    from batchfuse.review.picking import settle_all
+    from batchfuse.review.server import is_loopback, serve, token_for
+
+    if not is_loopback(host):
+        if not token:
+            raise InputError(f"--host {host} is not a loopback address: give --token too (anyone who can reach it could judge)")
+        click.echo(f"warning: serving on {host}, reachable from other machines; the token guards every change", err=True)
+    with reading_job(manifest, db, writable=True) as (m, store, job):
+        planner = Planner(m, manifest)
+        # a pick whose files a crash left half moved is finished before anything is shown
+        picks = {key: pick for key, (_, pick) in standing_verdicts(store, job).items() if pick}
+        settle_all(store, job, planner.output_dir, picks)
+        ctx = ReviewContext(
+            store=store, job=job, output_dir=planner.output_dir, manifest_dir=manifest.resolve().parent,
+            thumbs_dir=thumbs_dir_for((manifest.parent / default_report_name(job.name)).resolve()),
+            token=token_for(token), cost_per_image=_cost_per_image(planner),
+        )
+
+        def announce(url: str) -> None:
+            click.echo(f"review of job {job.name}: {url} (Ctrl-C stops it)")
+            sys.stdout.flush()
+
+        try:
+            asyncio.run(serve(ctx, host, port, announce))
+        except KeyboardInterrupt:
+            click.echo("review stopped", err=True)
+        except OSError as exc:
+            raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _cost_per_image(planner: Planner) -> float:
+    """Money per image from the manifest's pricing (0 when none is set), as the run counts it."""
+    pricing = planner.manifest.pricing
+    if pricing is None:
+        return 0.0
+    if pricing.per_image is not None:
+        return pricing.per_image
+    tokens = planner.provider.tokens_per_image(planner.manifest.provider.model, planner.defaults)
+    return tokens * (pricing.per_million_tokens or 0.0) / 1e6

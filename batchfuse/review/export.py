@@ -29,6 +29,8 @@ COLUMNS = (
     "error_class",
     "last_error",
     "tokens",
+    "verdict",
+    "pick",
 )
 #: Joins several outputs (and their digests) in one CSV cell; JSON Lines keeps real lists.
 CSV_JOIN = ";"
@@ -52,6 +54,8 @@ def export_record(row: dict[str, Any], output_dir: str) -> dict[str, Any]:
         "error_class": row.get("error_class"),
         "last_error": scrub(error) if error else None,
         "tokens": int(row.get("tokens") or 0),
+        "verdict": row.get("verdict"),
+        "pick": row.get("pick"),
     }
 
 

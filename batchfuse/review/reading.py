@@ -16,11 +16,15 @@ from batchfuse.store.queries import Store
 
 
 @contextlib.contextmanager
-def reading_job(path: Path, db: str | None = None) -> Iterator[tuple[Manifest, Store, Job]]:
+def reading_job(
+    path: Path, db: str | None = None, *, writable: bool = False
+) -> Iterator[tuple[Manifest, Store, Job]]:
     """The manifest's job opened for reading; InputError if it has never been run.
 
     A missing SQLite file is reported rather than opened (opening would create an empty
-    database just to say there is nothing in it), and readers never migrate.
+    database just to say there is nothing in it), and readers never migrate.  The review
+    (``writable``) records verdicts: it opens the database for writing and brings its schema up
+    to date, but still never creates a database or a job.
     """
     manifest = load_manifest(path)
     url = resolve_db_url(db, path)
@@ -29,7 +33,7 @@ def reading_job(path: Path, db: str | None = None) -> Iterator[tuple[Manifest, S
     if missing is not None:
         raise InputError(f"{not_run} (no database at {missing})")
     try:
-        store = Store.open(url, migrate=False)
+        store = Store.open(url, migrate=writable)
     except EmptyDatabase:
         raise InputError(f"{not_run} (no such job in the database)") from None
     try:

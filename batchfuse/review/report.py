@@ -277,6 +277,7 @@ def _card(
         "error": clip(scrub(error)) if error else None,
         "outputs": outputs,
         "refs": refs,
+        "verdict": row.get("verdict"),
     }
 
 
@@ -422,7 +423,23 @@ _CSP = (
 )
 
 
-def _head(job_name: str, output_dir: Path, counts: dict[str, int]) -> str:
+#: The review server's page: the same page, which talks to its own server and nothing else.
+LIVE_CSP = (
+    f"default-src 'none'; img-src 'self'; connect-src 'self'; style-src {_csp_hash(_CSS)}; "
+    f"script-src {_csp_hash(_JS)}; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+def live_page(job_name: str, output_dir: Path, counts: dict[str, int], token: str) -> str:
+    """The page ``batchfuse review`` serves: the report's page with no data in it (the script
+    asks the JSON API) and the run's token in ``<meta name="batchfuse-token">``."""
+    meta = f'<meta name="batchfuse-token" content="{html.escape(token)}">'
+    return _head(job_name, output_dir, counts, csp=LIVE_CSP, meta=meta, made="live review") + _tail()
+
+
+def _head(
+    job_name: str, output_dir: Path, counts: dict[str, int], *, csp: str = _CSP, meta: str = "", made: str = ""
+) -> str:
     """Everything before the item data; the counts are in the HTML itself (readable without JS)."""
     e = html.escape
     total = counts.get("total", sum(counts.get(s, 0) for s in STATES))
@@ -436,9 +453,9 @@ def _head(job_name: str, output_dir: Path, counts: dict[str, int]) -> str:
         f"{s} <span>{total if s == 'all' else counts.get(s, 0)}</span></button>"
         for s in ("all", "failed", "succeeded", "pending", *shown[3:])
     )
-    made = time.strftime("%Y-%m-%d %H:%M")
+    made = made or "report made " + time.strftime("%Y-%m-%d %H:%M")
     return _PAGE.substitute(
-        csp=e(_CSP), job=e(job_name), css=_CSS, output_dir=e(str(output_dir)), made=e(made),
+        csp=e(csp), meta=meta, job=e(job_name), css=_CSS, output_dir=e(str(output_dir)), made=e(made),
         count_items=count_items, buttons=buttons,
     )
 

@@ -34,12 +34,14 @@ from batchfuse.records import Job, PlanSummary
 from batchfuse.run.breaker import Breaker
 from batchfuse.run.other_jobs import check_other_jobs, with_adoptions
 from batchfuse.run.retry import RetryPolicy
+from batchfuse.run.revisions import keep_superseded, revised_digest, revised_rows
 from batchfuse.run.scheduler import Scheduler, SchedulerConfig
 from batchfuse.run.stats import RunStats
 from batchfuse.run.wire import WireConnector
 from batchfuse.store.aio import AsyncStore
 from batchfuse.store.engine import resolve_db_url
 from batchfuse.store.queries import Store
+from batchfuse.store.verdicts import job_revisions
 
 log = logging.getLogger("batchfuse.run")
 
@@ -117,8 +119,12 @@ def sync(store: Store, loaded: Loaded, *, dry_run: bool = False, job: Job | None
     if job is None:  # dry run of a job never planned: everything is new
         return Job(-1, m.job, m.provider.kind, m.provider.model, ""), PlanSummary(new=loaded.items)
     problems: list[ManifestError] = []
-    summary = store.sync_plan(job, loaded.planner.rows(problems), m.limits.max_attempts, dry_run=dry_run,
-                              digest=loaded.planner.digest)
+    revisions = job_revisions(store, job)  # the review's rejects
+    rows = revised_rows(loaded.planner.rows(problems), revisions)
+    summary = store.sync_plan(job, rows, m.limits.max_attempts, dry_run=dry_run,
+                              digest=revised_digest(loaded.planner.digest, revisions))
+    if not dry_run:
+        keep_superseded(store, job, loaded.planner.output_dir)  # earlier images live on as versions
     return job, summary
 
 

@@ -9,8 +9,10 @@ from batchfuse.plan.preview import Estimate, Loaded, estimate, load
 from batchfuse.records import ItemSpec, PlanSummary
 from batchfuse.run.job import sync
 from batchfuse.run.other_jobs import check_other_jobs, with_adoptions
+from batchfuse.run.revisions import settled_as_planned
 from batchfuse.store.engine import missing_sqlite_file, resolve_db_url
 from batchfuse.store.queries import Store
+from batchfuse.store.verdicts import job_revisions
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ def plan_preview(path: Path, db: str | None = None) -> Preview:
         try:
             found = check_other_jobs(store, loaded.planner)
             job, summary = sync(store, loaded, dry_run=True)
-            settled = store.settled(job) if job.id >= 0 else {}
+            settled = settled_as_planned(store.settled(job), job_revisions(store, job)) if job.id >= 0 else {}
             thoughts = store.thoughts_per_request(job) if job.id >= 0 else None
         finally:
             store.close()

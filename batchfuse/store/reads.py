@@ -129,6 +129,8 @@ class StoreReads:
             ).all()
             in_flight = self._in_flight(conn, job)
             live = self._live_runners(conn, job)
+        from batchfuse.store.verdicts import verdict_counts
+
         now = time.time()
         worked = [r for r in run_rows if (r.succeeded + r.failed) and (r.ended_at or r.heartbeat_at) > r.started_at]
         throughput = None
@@ -154,6 +156,7 @@ class StoreReads:
             "attempts_by_outcome": by_outcome,
             "rate_limited": rate_limited,
             "tokens": int(tokens),
+            "verdicts": verdict_counts(self, job),  # the review's (store/verdicts.py)
             "errors": [
                 {"class": cls, "message": msg, "items": n, "example": example}
                 for cls, msg, n, example in errors

@@ -223,3 +223,67 @@ uploaded_files = Table(
     Column("expires_at", Float),
     UniqueConstraint("endpoint", "digest"),
 )
+
+# ---------------------------------------------------------------- review (migration 0006)
+
+#: Every verdict ever given on an item, as data: who, when, what, the note.  ``clear`` undoes the
+#: latest standing verdict (which gets ``undone_at``); a ``reject`` makes a new revision of the spec.
+verdicts = Table(
+    "verdicts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("item_id", Integer, ForeignKey("items.id", ondelete="CASCADE"), nullable=False),
+    Column("verdict", String(20), nullable=False),
+    Column("note", Text),
+    Column("prompt_extra", Text),
+    Column("new_seed", Boolean, nullable=False, default=False),
+    Column("pick", Text),
+    Column("reviewer", String(200), nullable=False),
+    Column("created_at", Float, nullable=False),
+    #: The manifest's spec hash of the item when judged: a revision applies to that spec only.
+    Column("base_hash", String(64)),
+    #: The revision a reject made (1, 2, ...), and its seed salt when it asked for a new seed.
+    Column("revision", Integer),
+    Column("seed_salt", Integer),
+    Column("undone_at", Float),
+    Index("ix_verdicts_item", "item_id", "id"),
+)
+
+#: Where each judged item stands: the fold of its standing verdicts (one row per item), so the
+#: review page filters by verdict with an index and a run reads every revision in one query.
+reviews = Table(
+    "reviews",
+    metadata,
+    Column("item_id", Integer, ForeignKey("items.id", ondelete="CASCADE"), primary_key=True),
+    Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("verdict", String(20)),
+    Column("verdict_id", Integer),
+    Column("base_hash", String(64)),
+    Column("revision", Integer, nullable=False, default=0),
+    Column("prompt_extra", Text),
+    Column("seed_salt", Integer),
+    Column("pick", Text),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_reviews_job_verdict", "job_id", "verdict"),
+)
+
+#: Earlier outputs of an item, kept when its spec changed (a revision or a manifest edit): the
+#: file lives on in the versions folder under ``path`` (relative to the output folder).
+output_versions = Table(
+    "output_versions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("item_id", Integer, ForeignKey("items.id", ondelete="CASCADE"), nullable=False),
+    Column("spec_hash", String(64), nullable=False),
+    Column("revision", Integer, nullable=False, default=0),
+    Column("idx", Integer, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("path", Text),
+    Column("sha256", String(64), nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("bytes", Integer, nullable=False),
+    Column("made_at", Float, nullable=False),
+    Column("kept_at", Float, nullable=False),
+    UniqueConstraint("item_id", "spec_hash", "idx"),
+)

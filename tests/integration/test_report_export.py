@@ -210,6 +210,7 @@ def expected_rows(job: JobDir) -> dict[str, dict[str, Any]]:
             "key": key, "state": state, "attempts": attempts, "output_dir": str(job.out),
             "outputs": [p for p, _ in outs], "sha256": [s for _, s in outs],
             "error_class": error_class, "last_error": last_error, "tokens": int(tokens.get(key, 0)),
+            "verdict": None, "pick": None,  # not judged in the review
         }
     return rows
 
@@ -220,7 +221,7 @@ def test_export_csv_to_standard_output(job, mock):
     assert result.exit_code == 0, result.stderr
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert list(rows[0]) == ["key", "state", "attempts", "output_dir", "outputs", "sha256", "error_class",
-                             "last_error", "tokens"]
+                             "last_error", "tokens", "verdict", "pick"]
     expected = expected_rows(job)
     assert [r["key"] for r in rows] == list(expected) == ["fused", "poster", "unsafe", "later", "remote"]
     for row in rows:

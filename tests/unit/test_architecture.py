@@ -136,6 +136,8 @@ def test_module_opens_with_a_docstring(path: Path) -> None:
 #: (the mock is its own aiohttp server; run/wire.py only marks when a request leaves).
 LIBRARIES = {"sqlalchemy": {"store"}, "aiohttp": {"providers", "mock"}}
 LIBRARY_EXCEPTIONS = {("aiohttp", "batchfuse.run.wire")}
+#: The review page's server (``batchfuse review``) is its own aiohttp server, like the mock.
+LIBRARY_EXCEPTIONS |= {("aiohttp", f"batchfuse.review.{m}") for m in ("server", "api", "events")}
 
 
 def test_each_library_is_used_where_its_errors_are_translated() -> None:

@@ -37,7 +37,7 @@ def test_rendered_names_stay_inside_the_output_folder(template, item, sku):
 
 @pytest.mark.parametrize(
     "bad", ["../x.png", "a/../../x.png", "/etc/x.png", "a//b.png", "a\x00.png", "C:/x.png", "x.gif", "", "./x.png",
-            "a\\..\\x.png", ".batchfuse-tmp/x.png"],
+            "a\\..\\x.png", ".batchfuse-tmp/x.png", ".batchfuse-versions/x.v1.png", "a/.Batchfuse-Versions/x.png"],
 )
 def test_escaping_or_odd_names_are_refused(bad):
     with pytest.raises(PathProblem):
