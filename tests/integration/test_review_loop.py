@@ -97,7 +97,7 @@ def test_validate_counts_a_waiting_reject_and_not_a_regenerated_one(job, mock):
     assert cli("run", job.manifest).exit_code == 0
     _judge(job, "i001", "reject", prompt_extra="closer")
     before = cli("validate", job.manifest).stdout
-    assert "1 changed" in before and "would send 1 request " in before and "estimate: 1 images" in before
+    assert "1 changed" in before and "would send 1 request " in before and "estimate: 1 image," in before
     assert cli("run", job.manifest).exit_code == 0
     after = cli("validate", job.manifest).stdout
     assert "0 changed" in after and "would send 0 requests" in after and "estimate: 0 images" in after
