@@ -2,7 +2,8 @@
 
 Rows are written as the store yields them (a page at a time), so a 100k-item job never sits
 in memory.  Output paths are exported exactly as stored (relative to the output folder) with
-the folder itself in an ``output_dir`` column: the pair stays correct when the folder moves.
+the folder itself in an ``output_dir`` column: the pair stays correct when the folder moves;
+``urls`` gives each output whole (``s3://bucket/prefix/name``, or a ``file://`` URL).
 Nothing here can carry a key: the store holds none, and error messages are scrubbed again.
 """
 
@@ -25,6 +26,7 @@ COLUMNS = (
     "attempts",
     "output_dir",
     "outputs",
+    "urls",
     "sha256",
     "error_class",
     "last_error",
@@ -34,6 +36,14 @@ COLUMNS = (
 )
 #: Joins several outputs (and their digests) in one CSV cell; JSON Lines keeps real lists.
 CSV_JOIN = ";"
+
+
+def output_url(output_dir: str, name: str) -> str:
+    """Where an output is, whole: ``s3://bucket/prefix/name`` in object storage, a ``file://``
+    URL of the absolute path in a local folder."""
+    if output_dir.startswith("s3://"):
+        return output_dir.rstrip("/") + "/" + name
+    return (Path(output_dir) / name).absolute().as_uri()
 
 
 def export_record(row: dict[str, Any], output_dir: str) -> dict[str, Any]:
@@ -50,6 +60,7 @@ def export_record(row: dict[str, Any], output_dir: str) -> dict[str, Any]:
         "attempts": int(row.get("attempts") or 0),
         "output_dir": output_dir,
         "outputs": [o["path"] for o in outputs],
+        "urls": [output_url(output_dir, o["path"]) for o in outputs],
         "sha256": [o["sha256"] for o in outputs],
         "error_class": row.get("error_class"),
         "last_error": scrub(error) if error else None,

@@ -208,7 +208,8 @@ def expected_rows(job: JobDir) -> dict[str, dict[str, Any]]:
         outs = outputs.get(key, [])
         rows[key] = {
             "key": key, "state": state, "attempts": attempts, "output_dir": str(job.out),
-            "outputs": [p for p, _ in outs], "sha256": [s for _, s in outs],
+            "outputs": [p for p, _ in outs], "urls": [(job.out / p).absolute().as_uri() for p, _ in outs],
+            "sha256": [s for _, s in outs],
             "error_class": error_class, "last_error": last_error, "tokens": int(tokens.get(key, 0)),
             "verdict": None, "pick": None,  # not judged in the review
         }
@@ -220,7 +221,7 @@ def test_export_csv_to_standard_output(job, mock):
     result = cli("export", job.manifest, "--format", "csv")
     assert result.exit_code == 0, result.stderr
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
-    assert list(rows[0]) == ["key", "state", "attempts", "output_dir", "outputs", "sha256", "error_class",
+    assert list(rows[0]) == ["key", "state", "attempts", "output_dir", "outputs", "urls", "sha256", "error_class",
                              "last_error", "tokens", "verdict", "pick"]
     expected = expected_rows(job)
     assert [r["key"] for r in rows] == list(expected) == ["fused", "poster", "unsafe", "later", "remote"]
@@ -229,6 +230,7 @@ def test_export_csv_to_standard_output(job, mock):
         assert row["state"] == want["state"] and int(row["attempts"]) == want["attempts"]
         assert row["output_dir"] == str(job.out)
         assert row["outputs"] == ";".join(want["outputs"]) and row["sha256"] == ";".join(want["sha256"])
+        assert row["urls"] == ";".join(want["urls"])
         assert row["error_class"] == (want["error_class"] or "")
         assert row["last_error"] == (want["last_error"] or "")
         assert int(row["tokens"]) == want["tokens"]

@@ -178,6 +178,7 @@ def test_export_names_the_objects_and_the_report_thumbnails_them_once(job, mock,
     rows = [json.loads(line) for line in exported.stdout.splitlines()]
     assert {r["output_dir"] for r in rows} == {f"s3://{bucket}/out/"}
     assert sorted(r["outputs"][0] for r in rows) == ["i000.png", "i001.png", "i002.png"]
+    assert sorted(r["urls"][0] for r in rows) == [f"s3://{bucket}/out/i00{i}.png" for i in range(3)]
 
     elsewhere = tmp_path / "review"
     elsewhere.mkdir()
