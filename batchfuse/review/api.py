@@ -20,6 +20,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from batchfuse.errors import OutputError, scrub
+from batchfuse.outputs.objectstore import Location
 from batchfuse.providers.fetch import has_scheme, is_url
 from batchfuse.records import Job
 from batchfuse.review.picking import judge
@@ -49,6 +50,8 @@ class ReviewContext:
     token: str
     cost_per_image: float = 0.0
     reviewer: str = ""
+    #: The bucket the outputs are in (``output.dir: s3://...``); None: in ``output_dir``.
+    bucket: Location | None = None
 
     def __post_init__(self) -> None:
         if not self.reviewer:

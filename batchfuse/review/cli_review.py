@@ -187,7 +187,7 @@ def review(manifest: Path, host: str, port: int, token: str | None, db: str | No
         ctx = ReviewContext(
             store=store, job=job, output_dir=planner.output_dir, manifest_dir=manifest.resolve().parent,
             thumbs_dir=thumbs_dir_for((manifest.parent / default_report_name(job.name)).resolve()),
-            token=token_for(token), cost_per_image=_cost_per_image(planner),
+            token=token_for(token), cost_per_image=_cost_per_image(planner), bucket=planner.output_location,
         )
 
         def announce(url: str) -> None:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from batchfuse.outputs.names import VERSIONS_DIR
+from batchfuse.outputs.objectstore import download
 from batchfuse.providers.fetch import has_scheme
 from batchfuse.review import api, events
 from batchfuse.review.api import CONTEXT, ReviewContext
@@ -99,7 +101,23 @@ async def _output_file(request: web.Request) -> Path:
     rel = request.match_info["path"]
     if not _SAFE_PATH.match(rel) or not await asyncio.to_thread(is_own_output, ctx.store, ctx.job, rel):
         raise _not_found()
+    if ctx.bucket is not None and not rel.startswith(VERSIONS_DIR + "/"):
+        return await _from_bucket(ctx, rel, request.query.get("v", ""))
     return _served(ctx.output_dir / rel, ctx.output_dir)
+
+
+async def _from_bucket(ctx: ReviewContext, rel: str, version: str) -> Path:
+    """An output in the bucket, downloaded once per version (the page names it by its digest)
+    into a cache beside the thumbnails; without a version, fetched anew each time."""
+    cache = ctx.thumbs_dir / "objects" / (re.sub(r"[^0-9a-f]", "", version)[:64] or "latest")
+    path = cache / rel
+    if not version or not path.is_file():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            await download(ctx.bucket, [(rel, path)])  # type: ignore[arg-type]
+        except Exception:  # gone from the bucket, or the bucket unreachable: as if not there
+            raise _not_found() from None
+    return _served(path, cache)
 
 
 async def _ref_file(request: web.Request) -> Path:

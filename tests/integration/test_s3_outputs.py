@@ -197,3 +197,27 @@ def test_export_names_the_objects_and_the_report_thumbnails_them_once(job, mock,
     assert cli("report", job.manifest, "-o", elsewhere / "r.html").exit_code == 0
     assert [p for m, p, _ in s3.requests() if m == "GET" and p.endswith(".png")] == []
     assert all(o["thumb"] for c in page_items((elsewhere / "r.html").read_text("utf-8")).values() for o in c["outputs"])
+
+
+def test_the_review_page_serves_outputs_from_the_bucket(job, mock, s3, tmp_path):
+    from tests.integration.test_review_server import request, review_server
+
+    bucket = s3.new_bucket()
+    job.write(manifest(mock.url, items(2), output=s3.output(bucket)))
+    assert cli("run", job.manifest).exit_code == 0
+    stored = s3.client().get_object(Bucket=bucket, Key="out/i000.png")["Body"].read()
+    assert not (job.root / ".batchfuse-s3" / bucket / "out" / "i000.png").exists()  # no local copy
+    with review_server(job) as server:
+        status, body, _ = request(server, "GET", "/api/items")
+        assert status == 200, body
+        card = {i["key"]: i for i in json.loads(body)["items"]}["i000"]
+        href = card["outputs"][0]["href"]
+        s3.proxy.log.clear()
+        status, image, headers = request(server, "GET", href)
+        assert status == 200 and headers["Content-Type"] == "image/png", (href, image)
+        assert hashlib.sha256(image).hexdigest() == hashlib.sha256(stored).hexdigest()
+        assert request(server, "GET", href)[0] == 200  # the same version again: from the cache
+        gets = [p for m, p, _ in s3.requests() if m == "GET" and p.endswith("i000.png")]
+        assert len(gets) == 1
+        assert request(server, "GET", card["outputs"][0]["thumb"])[0] == 200
+        assert request(server, "GET", "/out/not-an-output.png")[0] == 404
