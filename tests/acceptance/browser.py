@@ -95,11 +95,16 @@ def rendered(page: Page) -> None:
 def all_images_loaded(page: Page) -> list[dict[str, Any]]:
     """Bring every image into view, as a user scrolling would (lazy images load only near the
     viewport), wait until each has loaded, and return each one's address and natural width."""
-    images = page.locator("img")
-    for i in range(images.count()):
-        image = images.nth(i)
-        image.scroll_into_view_if_needed()
-        expect(image).to_have_js_property("complete", True)
+    # one check in the page per poll, so a live update that re-renders the cards meanwhile
+    # (new elements) cannot leave us holding an image that is no longer in the page
+    page.wait_for_function(
+        """() => {
+            const waiting = Array.from(document.images).find((i) => !i.complete);
+            if (waiting) { waiting.scrollIntoView({block: "center"}); return false; }
+            return document.images.length > 0;
+        }""",
+        timeout=60_000,
+    )
     page.evaluate("window.scrollTo(0, 0)")
     return page.evaluate("Array.from(document.images).map((i) => ({src: i.src, w: i.naturalWidth}))")
 
