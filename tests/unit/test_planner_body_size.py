@@ -1,5 +1,5 @@
-"""The planner's request-size check measures each item's body from a remembered skeleton plus
-its prompt: the figure is the provider's own ``body_size`` for every prompt and parameter set."""
+"""The planner's request-size check measures each item's request from a remembered skeleton plus
+its prompt: the figure is the provider's own ``body_size`` for every prompt, parameter set and images."""
 
 from __future__ import annotations
 
@@ -30,14 +30,17 @@ def planned(tmp_path: Path, kind: str, items: list[dict]) -> Planner:
 @pytest.mark.parametrize("kind", ["gemini", "openai_images"])
 def test_every_items_body_size_is_the_providers(tmp_path, kind):
     items = [{"id": f"i{n}", "prompt": p} for n, p in enumerate(PROMPTS)]
+    items += [{"id": f"scene{n}", "prompt": p, "images": [str(SAMPLE_IMAGES / "scene.png")] * 2} for n, p in enumerate(PROMPTS)]
     if kind == "gemini":
         items += [{"id": "seeded", "prompt": "with a seed", "seed": 12345, "aspect_ratio": "16:9"}]
     planner = planned(tmp_path, kind, items)
     rows = list(planner.rows([]))
     assert len(rows) == len(items)
     for row in rows:
-        for b64 in ([0], [1234], [99999]):
-            assert planner._body_size(row.spec, b64) == planner.provider.body_size(planner.model, row.spec, b64)
+        infos = [planner.inspector.inspect(r.src) for r in row.spec.images]
+        assert planner._size(row.spec, infos) == planner.sizer.size(row.spec, infos, None)
+        assert planner._size(row.spec, infos) == planner.provider.body_size(
+            planner.model, row.spec, [planner.sizer.image_b64(r, i, None) for r, i in zip(row.spec.images, infos)])
     assert any(base is not None for base in planner._bodies.values())  # the shortcut was taken
 
 
@@ -46,4 +49,5 @@ def test_per_item_parameters_stop_the_memo(tmp_path):
     planner = planned(tmp_path, "gemini", items)
     assert len(planner._bodies) == MAX_SKELETONS
     for row in list(planner.rows([]))[-3:]:
-        assert planner._body_size(row.spec, [10]) == planner.provider.body_size(planner.model, row.spec, [10])
+        infos = [planner.inspector.inspect(r.src) for r in row.spec.images]
+        assert planner._size(row.spec, infos) == planner.sizer.size(row.spec, infos, None)
