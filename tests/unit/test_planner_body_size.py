@@ -40,7 +40,7 @@ def test_every_items_body_size_is_the_providers(tmp_path, kind):
         infos = [planner.inspector.inspect(r.src) for r in row.spec.images]
         assert planner._size(row.spec, infos) == planner.sizer.size(row.spec, infos, None)
         assert planner._size(row.spec, infos) == planner.provider.body_size(
-            planner.model, row.spec, [planner.sizer.image_b64(r, i, None) for r, i in zip(row.spec.images, infos)])
+            planner.model, row.spec, [planner.sizer.image_b64(r, i, None) for r, i in zip(row.spec.images, infos, strict=True)])
     assert any(base is not None for base in planner._bodies.values())  # the shortcut was taken
 
 
