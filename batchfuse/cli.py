@@ -24,7 +24,6 @@ import click
 from batchfuse import __version__
 from batchfuse.errors import EXIT_INTERNAL, BatchfuseError
 from batchfuse.records import PlanSummary
-from batchfuse.review.reading import job_status
 from batchfuse.run import logs
 from batchfuse.run.batch_text import batch_line, batches_text, price_lines
 from batchfuse.run.progress import final_line, fmt_duration, plural, show_progress
@@ -321,13 +320,27 @@ async def _run(manifest: Path, options: RunOptions) -> int:
     return result.exit_code
 
 
+def _status(manifest: Path, db: str | None) -> dict[str, Any]:
+    """The job's status: read from an SQLite file with sqlite3 when it can be (no SQLAlchemy to
+    import: most of the command's time), else through the store, which also says what is wrong."""
+    from batchfuse.plan.manifest import load_manifest
+    from batchfuse.store.lite import sqlite_status
+
+    info = sqlite_status(db, manifest, load_manifest(manifest).job)
+    if info is None:
+        from batchfuse.review.reading import job_status
+
+        info = job_status(manifest, db)
+    return info
+
+
 @main.command()
 @manifest_arg
 @db_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(manifest: Path, db: str | None, as_json: bool) -> None:
     """Counts per state, errors grouped by cause, and recent runs."""
-    info = job_status(manifest, db)
+    info = _status(manifest, db)
     if as_json:
         click.echo(json.dumps(info, indent=2, ensure_ascii=False))
         return

@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import re
 import sys
 import tempfile
 import time
@@ -67,7 +68,17 @@ def render(reports: dict[str, Report], machine: Machine, quick: bool) -> str:
     notes = BENCH / "notes.md"
     if notes.exists() and not quick:  # hand-written findings (profiles, prototypes), kept across runs
         lines += ["", notes.read_text(encoding="utf-8").strip()]
+    if not quick:  # sections other scripts write between markers (bench/objectstore.py): kept
+        lines += ["", *kept_blocks(BENCH / "RESULTS.md")]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def kept_blocks(path: Path) -> list[str]:
+    """The ``<!-- name:begin -->`` ... ``<!-- name:end -->`` blocks of the current RESULTS.md."""
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    return [m.group(0) for m in re.finditer(r"<!-- (\w+):begin -->.*?<!-- \1:end -->", text, re.S)]
 
 
 def print_report(report: Report) -> None:

@@ -15,6 +15,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,16 @@ def _hashable(values: dict[str, Any]) -> Any:
         return key
     except TypeError:
         return None
+
+
+#: Distinct request skeletons remembered by Planner._size before it stops trying.
+MAX_SKELETONS = 256
+_PROBE_PROMPT = 'a "probe" \\ with\ttabs,\nnew lines, \u00e9\u4e2d\U0001f600 and \u2028 \x00 </script>'
+
+
+def _json_len(text: str) -> int:
+    """Bytes of ``text`` as a JSON string (``json.dumps(..., ensure_ascii=False)``, UTF-8)."""
+    return len(encode_basestring(text).encode("utf-8"))
 
 
 def _duplicates_problem(duplicates: dict[str, list[int | None]], file: str) -> ManifestError:
@@ -109,6 +120,8 @@ class Planner:
         self.request_limit = self.provider.request_limit(self.model)
         images_config = self.manifest.images_config
         self.sizer = BodySizer(lambda spec, b64: self.provider.body_size(self.model, spec, b64), images_config.max_side)
+        #: Request bytes without the prompt, per distinct parameters and images (see _size).
+        self._bodies: dict[Any, int | None] = {}
         self.fit_steps = fit_steps(images_config.max_side) if images_config.fit else []
         #: Items whose reference images were re-encoded to fit the request limit (key -> how).
         self.fitted: dict[str, Fitted] = {}
@@ -150,6 +163,30 @@ class Planner:
         if key is not None:
             self._params[key] = params
         return params
+
+    def _size(self, spec: ItemSpec, infos: list[ImageInfo | None]) -> int:
+        """The request's size (``BodySizer.size``), without building and serializing a body for
+        every item: a body is a skeleton (parameters, images) plus the prompt as one JSON string,
+        so its size is the skeleton's, measured once per distinct parameters and images, plus the
+        prompt's encoded length. Checked when a skeleton is first measured, on the item's prompt
+        and on a probe prompt (quotes, escapes, non-ASCII); a provider whose body is not built
+        that way, or parameters of every item their own (``seed: auto``), are measured each time."""
+        try:
+            key = (json.dumps(spec.params, sort_keys=True), tuple(r.cache_key for r in spec.images))
+        except (TypeError, ValueError):
+            key = None
+        base = self._bodies.get(key, -1) if key is not None else None
+        if base == -1:
+            if len(self._bodies) >= MAX_SKELETONS:
+                return self.sizer.size(spec, infos, None)
+            base = self.sizer.size(replace(spec, prompt=""), infos, None) - 2
+            probes = (spec.prompt, _PROBE_PROMPT)
+            if any(self.sizer.size(replace(spec, prompt=p), infos, None) != base + _json_len(p) for p in probes):
+                base = None
+            self._bodies[key] = base
+        if base is None:
+            return self.sizer.size(spec, infos, None)
+        return base + _json_len(spec.prompt)
 
     def _local_ref(self, src: str) -> tuple[dict[str, Any], ImageInfo] | ImageProblem:
         """A local reference image, checked once per command however many items share it."""
@@ -358,7 +395,7 @@ class Planner:
         if limit is None or not spec.images:
             return spec
         try:
-            size = self.sizer.size(spec, infos, None)
+            size = self._size(spec, infos)
             if size <= limit:
                 return spec
             if not self.fit_steps:

@@ -8,9 +8,6 @@ import os
 import sys
 from typing import TextIO
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from batchfuse.run.stats import RunStats
 
 
@@ -73,6 +70,10 @@ async def show_progress(stats: RunStats, stream: TextIO = sys.stderr) -> None:
 
 
 async def _live(stats: RunStats, stream: TextIO) -> None:
+    # imported here: `status` and `validate` use this module's lines, not the live display
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     console = Console(file=stream)
     with Progress(
         TextColumn("[bold]{task.description}"),

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 #: The newest migration under ``migrations/versions``. Checked against Alembic's own view by a
 #: test, so that opening an up-to-date database never has to import Alembic (a tenth of a
 #: second on every start).
-SCHEMA_HEAD = "0007"
+SCHEMA_HEAD = "0008"
 #: Every revision this batchfuse knows; any other was made by a newer one.
 KNOWN_REVISIONS = frozenset(f"{n:04d}" for n in range(1, int(SCHEMA_HEAD) + 1))
 #: A password query parameter in a URL that cannot be parsed: its value is hidden all the same.

@@ -13,7 +13,8 @@ from contextlib import AbstractContextManager
 from sqlalchemy import Connection, and_, exists, func, or_, select, update
 
 from batchfuse.records import ClaimedItem, ItemState, Job, SpooledImage
-from batchfuse.store.reads import STALE_RUNNER_S, StoreReads
+from batchfuse.store.lite import STALE_RUNNER_S
+from batchfuse.store.reads import StoreReads
 from batchfuse.store.schema import items, jobs, runs, spool
 
 

@@ -45,8 +45,8 @@ from batchfuse.store.engine import (
     upgrade,
 )
 from batchfuse.store.leases import StoreLeases
+from batchfuse.store.lite import runner_alive
 from batchfuse.store.plan_sync import StorePlanSync
-from batchfuse.store.reads import runner_alive
 from batchfuse.store.schema import attempts, items, jobs, outputs, runs, spool
 
 #: One executemany UPDATE for every item a group of attempts finished with.

@@ -7,20 +7,17 @@ store package, and these never write.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
-from sqlalchemy import Connection, case, func, select
+from sqlalchemy import Connection, func, select
 
 from batchfuse.records import ItemState, Job
-from batchfuse.store.schema import attempts, items, jobs, outputs, runs
+from batchfuse.store.lite import runner_alive, status_of
+from batchfuse.store.schema import attempts, items, outputs, runs
 
-#: A runner that has not written a heartbeat for this long is taken for dead.
-STALE_RUNNER_S = 60.0
 PAGE = 1000
 
 
@@ -80,105 +77,9 @@ class StoreReads:
         return {**shown, "in_batch": batched} if batched else shown  # items submitted in a live batch
 
     def status(self, job: Job) -> dict[str, Any]:
-        """Everything ``batchfuse status`` shows."""
+        """Everything ``batchfuse status`` shows but the batches (the queries: :func:`lite.status_of`)."""
         with self._read() as conn:
-            # one pass over the job's items for the counts and the removed ones
-            counts = {s.value: 0 for s in ItemState}
-            removed = 0
-            for state, in_plan, n in conn.execute(
-                select(items.c.state, items.c.in_plan, func.count())
-                .where(items.c.job_id == job.id)
-                .group_by(items.c.state, items.c.in_plan)
-            ).all():
-                if in_plan:
-                    counts[state] += n
-                else:
-                    removed += n
-            counts["total"] = sum(counts.values())
-            counts = self._shown(conn, job, counts)
-            figures = select(
-                attempts.c.outcome,
-                func.count(),
-                func.coalesce(func.sum(case((attempts.c.http_status == 429, 1), else_=0)), 0),
-                func.coalesce(func.sum(attempts.c.total_tokens), 0),
-            )
-            if conn.execute(select(func.count()).select_from(jobs)).scalar_one() > 1:  # else all are this job's
-                figures = figures.select_from(attempts.join(items, attempts.c.item_id == items.c.id)).where(
-                    items.c.job_id == job.id
-                )
-            # one pass over the job's attempts for all four figures
-            per_outcome = conn.execute(figures.group_by(attempts.c.outcome)).all()
-            by_outcome = {outcome: n for outcome, n, _, _ in per_outcome}
-            n_attempts = sum(by_outcome.values())
-            rate_limited = sum(int(r[2]) for r in per_outcome)
-            tokens = sum(int(r[3]) for r in per_outcome)
-            errors = conn.execute(
-                select(items.c.error_class, items.c.last_error, func.count().label("n"), func.min(items.c.key))
-                .where(
-                    items.c.job_id == job.id,
-                    items.c.in_plan,
-                    items.c.state != ItemState.succeeded.value,
-                    items.c.last_error.is_not(None),
-                )
-                .group_by(items.c.error_class, items.c.last_error)
-                .order_by(func.count().desc())
-                .limit(20)
-            ).all()
-            run_rows = conn.execute(
-                select(runs).where(runs.c.job_id == job.id).order_by(runs.c.started_at.desc()).limit(10)
-            ).all()
-            in_flight = self._in_flight(conn, job)
-            live = self._live_runners(conn, job)
-        from batchfuse.store.verdicts import verdict_counts
-
-        now = time.time()
-        worked = [r for r in run_rows if (r.succeeded + r.failed) and (r.ended_at or r.heartbeat_at) > r.started_at]
-        throughput = None
-        if worked:
-            last = worked[0]
-            throughput = (last.succeeded + last.failed) / ((last.ended_at or now) - last.started_at)
-        left = counts["pending"] + counts["running"] + counts["orphaned"]
-        return {
-            "job": job.name,
-            "items_per_s": throughput,
-            "eta_s": left / throughput if throughput and left else (0.0 if not left else None),
-            "items": {
-                "total": counts["total"],
-                "succeeded": counts["succeeded"],
-                "failed": counts["failed"],
-                "pending": counts["pending"],
-                "running": counts["running"],
-                "orphaned": counts["orphaned"],
-                "removed": removed,
-                **({"in_batch": counts["in_batch"]} if "in_batch" in counts else {}),
-            },
-            "attempts": n_attempts,
-            "attempts_by_outcome": by_outcome,
-            "rate_limited": rate_limited,
-            "tokens": int(tokens),
-            "verdicts": verdict_counts(self, job),  # the review's (store/verdicts.py)
-            "errors": [
-                {"class": cls, "message": msg, "items": n, "example": example}
-                for cls, msg, n, example in errors
-            ],
-            "runs": [
-                {
-                    "started_at": r.started_at,
-                    "ended_at": r.ended_at,
-                    "host": r.host,
-                    "pid": r.pid,
-                    "exit_reason": r.exit_reason,
-                    "succeeded": r.succeeded,
-                    "failed": r.failed,
-                    "requests": r.requests,
-                    "runner_id": r.runner_id,
-                    "in_flight": in_flight.get(r.runner_id, 0) if r.ended_at is None else 0,
-                    "heartbeat_at": r.heartbeat_at,
-                    "live": r.runner_id in live,
-                }
-                for r in run_rows
-            ],
-        }
+            return status_of(lambda sql: conn.exec_driver_sql(sql).all(), job.id, job.name)
 
     def runnable_keys(self, job: Job, max_attempts: int) -> list[str]:
         """Keys a run would claim, in plan order."""
@@ -264,19 +165,6 @@ class StoreReads:
             last = page[-1].ordinal
 
 
-
-def runner_alive(host: str, pid: int, heartbeat_at: float, now: float) -> bool:
-    """Whether a runner is alive: by its pid on this host, by its heartbeat elsewhere."""
-    if host == socket.gethostname():
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-        # A live pid with a long-silent heartbeat is a reused pid, not our runner.
-        return now - heartbeat_at < STALE_RUNNER_S * 10
-    return now - heartbeat_at < STALE_RUNNER_S
 
 
 def _shown_state(state: str, owner: str | None, live: set[str]) -> str:

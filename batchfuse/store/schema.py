@@ -69,6 +69,8 @@ items = Table(
     Column("updated_at", Float, nullable=False),
     UniqueConstraint("job_id", "key"),
     Index("ix_items_claim", "job_id", "state", "ordinal"),
+    #: Covers `status`'s counts: they read this index, never the item rows (migration 0008).
+    Index("ix_items_status", "job_id", "state", "in_plan"),
 )
 
 runs = Table(

@@ -260,7 +260,7 @@ def verdict_counts(store: Any, job: Job) -> dict[str, int]:
 
 
 def _live(conn: Connection, job: Job) -> set[str]:
-    from batchfuse.store.reads import runner_alive
+    from batchfuse.store.lite import runner_alive
 
     now = time.time()
     return {
