@@ -122,6 +122,8 @@ def test_a_runner_with_another_output_folder_is_refused(job, mock, pg, tmp_path_
     shutil.copy(job.manifest, elsewhere / "job.yaml")
     refused = cli("run", elsewhere / "job.yaml")
     first.send_signal(signal.SIGTERM)
+    # its held requests are answered only once it is stopping: else their slots send two more
+    wait_for(lambda: "run stopping" in first.err(), "the first runner to begin stopping", proc=first)
     mock.faults(hold=False)
     _, err = first.communicate(timeout=60)
     assert first.returncode == 3, err
