@@ -18,7 +18,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -30,6 +30,8 @@ from batchfuse.records import ItemState
 SCHEMA_HEAD = "0008"
 #: A runner that has not written a heartbeat for this long is taken for dead.
 STALE_RUNNER_S = 60.0
+#: The lease owner of an item submitted in a batch starts with this (``store.batches.OWNER_PREFIX``).
+BATCH_OWNER = "batch:"
 
 Query = Callable[[str], Sequence[Sequence[Any]]]
 
@@ -46,6 +48,21 @@ def runner_alive(host: str, pid: int, heartbeat_at: float, now: float) -> bool:
         # A live pid with a long-silent heartbeat is a reused pid, not our runner.
         return now - heartbeat_at < STALE_RUNNER_S * 10
     return now - heartbeat_at < STALE_RUNNER_S
+
+
+def live_runner_ids(open_runs: Iterable[Sequence[Any]], now: float) -> set[str]:
+    """The ids of the runners alive among open runs, given as (runner_id, host, pid, heartbeat_at)."""
+    return {runner_id for runner_id, host, pid, heartbeat_at in open_runs if runner_alive(host, pid, heartbeat_at, now)}
+
+
+def shown(counts: dict[str, int], in_flight: Mapping[Any, int], live: set[str]) -> dict[str, int]:
+    """Items by state as status, report and export show them: ``running`` only for the items a
+    live runner holds (``in_flight``: lease owner -> items); those a batch holds are ``in_batch``
+    (the key only when there are any), those claimed by a runner that is gone ``orphaned``."""
+    batched = sum(n for owner, n in in_flight.items() if owner and owner.startswith(BATCH_OWNER))
+    orphaned = sum(n for owner, n in in_flight.items() if owner not in live) - batched
+    counts = {**counts, "running": counts["running"] - orphaned - batched, "orphaned": orphaned}
+    return {**counts, "in_batch": batched} if batched else counts
 
 
 def status_of(q: Query, job_id: int, job_name: str) -> dict[str, Any]:
@@ -69,15 +86,10 @@ def status_of(q: Query, job_id: int, job_name: str) -> dict[str, Any]:
         )
     }
     now = time.time()
-    live = {
-        runner_id for runner_id, host, pid, heartbeat_at in q(
-            f"SELECT runner_id, host, pid, heartbeat_at FROM runs WHERE job_id = {j} AND ended_at IS NULL"
-        )
-        if runner_alive(host, pid, heartbeat_at, now)
-    }
-    batched = sum(n for owner, n in in_flight.items() if owner and owner.startswith("batch:"))
-    orphaned = sum(n for owner, n in in_flight.items() if owner not in live) - batched
-    counts = {**counts, "running": counts["running"] - orphaned - batched, "orphaned": orphaned}
+    live = live_runner_ids(
+        q(f"SELECT runner_id, host, pid, heartbeat_at FROM runs WHERE job_id = {j} AND ended_at IS NULL"), now
+    )
+    counts = shown(counts, in_flight, live)
     # the review's standing verdicts of the items in the plan (store/verdicts.py keeps them)
     judged = dict(q(
         "SELECT reviews.verdict, COUNT(*) FROM reviews JOIN items ON items.id = reviews.item_id "
@@ -120,7 +132,7 @@ def status_of(q: Query, job_id: int, job_name: str) -> dict[str, Any]:
             "running": counts["running"],
             "orphaned": counts["orphaned"],
             "removed": removed,
-            **({"in_batch": batched} if batched else {}),
+            **({"in_batch": counts["in_batch"]} if "in_batch" in counts else {}),
         },
         "attempts": sum(by_outcome.values()),
         "attempts_by_outcome": by_outcome,

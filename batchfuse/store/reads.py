@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 
 from batchfuse.records import ItemState, Job
-from batchfuse.store.lite import runner_alive, status_of
+from batchfuse.store.lite import BATCH_OWNER, live_runner_ids, shown, status_of
 from batchfuse.store.schema import attempts, items, outputs, runs
 
 PAGE = 1000
@@ -48,8 +48,7 @@ class StoreReads:
                 runs.c.job_id == job.id, runs.c.ended_at.is_(None)
             )
         ).all()
-        now = time.time()
-        return {r.runner_id for r in open_runs if runner_alive(r.host, r.pid, r.heartbeat_at, now)}
+        return live_runner_ids(open_runs, time.time())
 
     def _in_flight(self, conn: Connection, job: Job) -> dict[str, int]:
         """How many of the job's items each runner holds (state ``running``)."""
@@ -66,15 +65,8 @@ class StoreReads:
         live runner holds; those claimed by a runner that is gone are ``orphaned`` (they run next time)."""
         counts = self.counts(job)
         with self._read() as conn:
-            return self._shown(conn, job, counts)
-
-    def _shown(self, conn: Connection, job: Job, counts: dict[str, int]) -> dict[str, int]:
-        in_flight = self._in_flight(conn, job)
-        live = self._live_runners(conn, job) if in_flight else set()
-        batched = sum(n for owner, n in in_flight.items() if owner and owner.startswith("batch:"))
-        orphaned = sum(n for owner, n in in_flight.items() if owner not in live) - batched
-        shown = {**counts, "running": counts["running"] - orphaned - batched, "orphaned": orphaned}
-        return {**shown, "in_batch": batched} if batched else shown  # items submitted in a live batch
+            in_flight = self._in_flight(conn, job)
+            return shown(counts, in_flight, self._live_runners(conn, job) if in_flight else set())
 
     def status(self, job: Job) -> dict[str, Any]:
         """Everything ``batchfuse status`` shows but the batches (the queries: :func:`lite.status_of`)."""
@@ -172,6 +164,6 @@ def _shown_state(state: str, owner: str | None, live: set[str]) -> str:
     that is gone does."""
     if state != ItemState.running.value:
         return state
-    if owner and owner.startswith("batch:"):
+    if owner and owner.startswith(BATCH_OWNER):
         return "in_batch"
     return "orphaned" if owner not in live else state
