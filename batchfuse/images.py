@@ -14,7 +14,9 @@ import os
 import threading
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -28,6 +30,9 @@ SENDABLE = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 DEFAULT_MAX_SIDE = 3072
 #: The APIs refuse inline requests above about 20 MB; stay under with room for JSON.
 MAX_INLINE_BYTES = 19 * 1024 * 1024
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class ImageProblem(ValueError):
@@ -47,10 +52,18 @@ class ImageInfo:
 
     def sent_as_is(self, max_side: int) -> bool:
         """Whether :func:`normalize` sends the file's own bytes (so their size is known unread)."""
-        return (
-            self.format in SENDABLE and self.orientation == 1 and max(self.width, self.height) <= max_side
-            and self.size <= MAX_INLINE_BYTES
-        )
+        return _as_is(self.format, self.orientation, max(self.width, self.height), self.size, max_side)
+
+
+def _orientation(im: Image.Image, fmt: str) -> object:
+    """The image's EXIF orientation tag (1: upright, also when the format has no EXIF)."""
+    return im.getexif().get(0x0112, 1) if fmt in ("JPEG", "WEBP", "PNG", "TIFF") else 1
+
+
+def _as_is(fmt: str, orientation: object, side: int, size: int, max_side: int) -> bool:
+    """Whether :func:`normalize` sends an image's own bytes: a format the API takes, upright, its
+    longest side ``side`` within ``max_side`` and its ``size`` within the inline limit."""
+    return fmt in SENDABLE and orientation == 1 and side <= max_side and size <= MAX_INLINE_BYTES
 
 
 def open_image(data: bytes, formats: tuple[str, ...] = OPENABLE) -> Image.Image:
@@ -72,7 +85,7 @@ def open_image(data: bytes, formats: tuple[str, ...] = OPENABLE) -> Image.Image:
 def inspect_bytes(data: bytes) -> ImageInfo:
     im = open_image(data)
     fmt = im.format or "PNG"
-    orientation = im.getexif().get(0x0112, 1) if fmt in ("JPEG", "WEBP", "PNG", "TIFF") else 1
+    orientation = _orientation(im, fmt)
     return ImageInfo(
         digest=hashlib.sha256(data).hexdigest(),
         mime=SENDABLE.get(fmt, "image/png"),
@@ -114,18 +127,26 @@ class ImageInspector:
             raise ImageProblem(f"cannot be read: {exc.strerror}") from None
         except ValueError:
             raise ImageProblem("the path contains a NUL byte") from None
-        key = (path, st.st_size, st.st_mtime_ns)
-        hit = self._cache.get(key)
-        if hit is None:
-            self.reads += 1
-            try:
-                hit = inspect_bytes(read_file(path))
-            except ImageProblem as exc:
-                hit = exc
-            self._cache[key] = hit
-        if isinstance(hit, ImageProblem):
-            raise hit
-        return hit
+        return remembered(self._cache, (path, st.st_size, st.st_mtime_ns), lambda: self._read(path))
+
+    def _read(self, path: str) -> ImageInfo:
+        self.reads += 1
+        return inspect_bytes(read_file(path))
+
+
+def remembered(cache: dict[K, V | ImageProblem], key: K, compute: Callable[[], V]) -> V:
+    """``compute()`` once per ``key``: its value from ``cache``, or the :class:`ImageProblem` it
+    raised, raised again."""
+    hit = cache.get(key)
+    if hit is None:
+        try:
+            hit = compute()
+        except ImageProblem as exc:
+            hit = exc
+        cache[key] = hit
+    if isinstance(hit, ImageProblem):
+        raise hit
+    return hit
 
 
 def normalize(data: bytes, max_side: int = DEFAULT_MAX_SIDE) -> tuple[str, bytes]:
@@ -133,8 +154,7 @@ def normalize(data: bytes, max_side: int = DEFAULT_MAX_SIDE) -> tuple[str, bytes
     EXIF orientation applied, converted to a format it takes, and scaled to ``max_side``."""
     im = open_image(data)
     fmt = im.format or ""
-    orientation = im.getexif().get(0x0112, 1) if fmt in ("JPEG", "WEBP", "PNG", "TIFF") else 1
-    if fmt in SENDABLE and orientation == 1 and max(im.size) <= max_side and len(data) <= MAX_INLINE_BYTES:
+    if _as_is(fmt, _orientation(im, fmt), max(im.size), len(data), max_side):
         return SENDABLE[fmt], data
     im = ImageOps.exif_transpose(im)
     if max(im.size) > max_side:

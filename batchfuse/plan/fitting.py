@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
-from batchfuse.images import ImageInfo, ImageProblem, b64_len, encode, read_file
+from batchfuse.images import ImageInfo, ImageProblem, b64_len, encode, read_file, remembered
 from batchfuse.records import ImageRef, ItemSpec
 
 MB = 1024 * 1024
@@ -50,17 +50,9 @@ class BodySizer:
             return len(ref.src)
         if fit is None and info.sent_as_is(self.max_side):
             return b64_len(info.size)
-        key = (ref.digest, fit)
-        hit = self._sizes.get(key)
-        if hit is None:
-            try:
-                hit = b64_len(len(encode(read_file(ref.src), self.max_side, fit)[1]))
-            except ImageProblem as exc:
-                hit = exc
-            self._sizes[key] = hit
-        if isinstance(hit, ImageProblem):
-            raise hit
-        return hit
+        return remembered(
+            self._sizes, (ref.digest, fit), lambda: b64_len(len(encode(read_file(ref.src), self.max_side, fit)[1]))
+        )
 
     def size(self, spec: ItemSpec, infos: list[ImageInfo | None], fit: str | None) -> int:
         pairs = list(zip(spec.images, infos, strict=True))
