@@ -148,8 +148,8 @@ class Planner:
         self._params: dict[Any, BaseModel] = {}
         #: Every output name of the plan, kept by :meth:`validate` for the check against other jobs.
         self.claims: PathClaims | None = None
-        #: The plan in brief, kept by :meth:`validate`: key -> (spec hash, ordinal, images, output
-        #: tokens) of each row, so syncing with the store and estimating need no second pass.
+        #: The plan in brief, kept by :meth:`validate`: key -> (spec hash, ordinal, index into
+        #: :attr:`digest_params`) of each row, so syncing with the store and estimating need no second pass.
         self.digest: dict[str, tuple[str, int, int]] | None = None
         #: The distinct parameter sets of the plan, indexed by the digest's third field.
         self.digest_params: list[dict[str, Any]] = []

@@ -108,12 +108,12 @@ def estimate(loaded: Loaded, settled: dict[str, str], thoughts_per_request: floa
         return (n, n * provider.tokens_per_image(entry, params),
                 None if price is None else n * price, None if batch is None else n * batch)
 
+    # the plan in brief (validate kept it: no second pass over the catalog), priced per distinct parameters
     digest = loaded.planner.digest
-    if digest is not None:  # validated: the plan in brief (no second pass over the catalog)
-        costs = [per_request(params) for params in loaded.planner.digest_params]
-        todo = [costs[index] for key, (spec_hash, _, index) in digest.items() if settled.get(key) != spec_hash]
-    else:
-        todo = [per_request(row.spec.params) for row in loaded.planner.rows([]) if settled.get(row.key) != row.spec_hash]
+    if digest is None:
+        raise RuntimeError("estimate needs a validated plan (preview.load validates)")
+    costs = [per_request(params) for params in loaded.planner.digest_params]
+    todo = [costs[index] for key, (spec_hash, _, index) in digest.items() if settled.get(key) != spec_hash]
     for n, row_tokens, row_cost, row_batch in todo:
         requests, images, tokens = requests + 1, images + n, tokens + row_tokens
         list_cost = None if list_cost is None or row_cost is None else list_cost + row_cost
