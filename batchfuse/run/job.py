@@ -193,10 +193,10 @@ def check_only(loaded: Loaded, only: list[str] | None) -> list[str] | None:
     known = set(keys)
     variant_rows: dict[str, list[str]] = {}
     if any("#" in k for k in only) or getattr(loaded.planner.provider.Params, "model_fields", {}).get("variants"):
-        for row in loaded.planner.rows([]):
-            base, sep, number = row.key.rpartition("#")
-            if sep and number.isdigit() and row.key not in known:
-                variant_rows.setdefault(base, []).append(row.key)
+        for row_key in loaded.planner.digest or ():  # the planned rows' keys, in plan order (validate kept them)
+            base, sep, number = row_key.rpartition("#")
+            if sep and number.isdigit() and row_key not in known:
+                variant_rows.setdefault(base, []).append(row_key)
     rows = {k for group in variant_rows.values() for k in group}
     unknown = [k for k in dict.fromkeys(only) if k not in known and k not in rows]
     if unknown:
