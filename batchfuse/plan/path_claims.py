@@ -102,6 +102,8 @@ class PathClaims:
         self.spec_of: dict[str, str] = {}
         self._owner: Owner = ("", None)
         self._listings: dict[str, dict[str, os.DirEntry[str]] | None] = {}
+        #: :func:`png_head_text` of existing files, read once for :meth:`foreign` and :meth:`adoptable`
+        self._heads: dict[str, dict[str, str]] = {}
         self._folder_problems: dict[str, str | None] = {}
         self._root_bytes = len(str(root).encode("utf-8"))
         self.path_max = 4096
@@ -254,11 +256,10 @@ class PathClaims:
         for owner, name in self.existing:
             if same_file_key(name) in ours:
                 continue
-            path = self.root / name
-            job = png_job(str(path))
+            job = self._head_text(name).get("batchfuse:job")
             if job is not None and job != self.job:
                 yield owner, (
-                    f"{path} is an output of job {job!r}, not of job {self.job!r} (its PNG metadata says so); "
+                    f"{self.root / name} is an output of job {job!r}, not of job {self.job!r} (its PNG metadata says so); "
                     "give each job its own output.dir"
                 )
 
@@ -278,10 +279,17 @@ class PathClaims:
             spec = self.spec_of.get(key)
             if key in found or spec is None or same_file_key(name) in ours:
                 continue
-            text = png_head_text(str(self.root / name))
+            text = self._head_text(name)
             if text.get("batchfuse:job") == self.job and text.get("batchfuse:spec") == spec:
                 found[key] = spec
         return found
+
+    def _head_text(self, name: str) -> dict[str, str]:
+        """The ``batchfuse:*`` text of the existing file ``name`` (:func:`png_head_text`), read once."""
+        text = self._heads.get(name)
+        if text is None:
+            text = self._heads[name] = png_head_text(str(self.root / name))
+        return text
 
     def _foreign_objects(self, ours: set[str]) -> Iterator[tuple[Owner, str]]:
         """Objects under claimed names that are not this job's recorded outputs and belong to
