@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager
 from sqlalchemy import Connection, and_, exists, func, or_, select, update
 
 from batchfuse.records import ClaimedItem, ItemState, Job, SpooledImage
-from batchfuse.store.lite import STALE_RUNNER_S
+from batchfuse.store.lite import BATCH_OWNER, STALE_RUNNER_S
 from batchfuse.store.reads import StoreReads
 from batchfuse.store.schema import items, jobs, runs, spool
 
@@ -148,7 +148,7 @@ class StoreLeases(StoreReads):
                     items.c.job_id == job.id,
                     items.c.state == ItemState.running.value,
                     items.c.lease_owner != runner_id,
-                    ~items.c.lease_owner.startswith("batch:"),  # a batch's items come back when it ends
+                    ~items.c.lease_owner.startswith(BATCH_OWNER),  # a batch's items come back when it ends
                 )
             ).scalar_one()
 
