@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
 from typing import Any, Literal
@@ -203,7 +203,8 @@ def unchecked_entry(name: str, provider_kind: str) -> ModelEntry:
 
 #: Aspect ratios a declared model takes when its ``model_info`` does not list them.
 COMMON_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
-_RATIO = r"^[1-9][0-9]{0,2}:[1-9][0-9]{0,2}$"
+#: An aspect ratio as the APIs write it, like ``16:9``.
+RATIO = r"^[1-9][0-9]{0,2}:[1-9][0-9]{0,2}$"
 
 
 class PricePerImage(BaseModel):
@@ -257,7 +258,7 @@ class ModelInfo(BaseModel):
     @classmethod
     def _ratios(cls, v: list[str] | None) -> list[str] | None:
         for ratio in v or ():
-            if not re.match(_RATIO, ratio):
+            if not re.match(RATIO, ratio):
                 raise ValueError(f"{ratio[:20]!r} is not a ratio like 16:9")
         return v
 
@@ -277,21 +278,15 @@ def resolve(name: str, provider_kind: str, info: ModelInfo | None = None) -> Mod
     for key in ("aspect_ratios", "sizes", "tools", "thinking_levels"):
         if key in given:
             given[key] = tuple(given[key])
-    base: dict[str, Any]
-    if listed is not None:
-        base = {f: getattr(listed, f) for f in ModelEntry.__dataclass_fields__}
-    else:
-        base = {
-            "name": name, "providers": (provider_kind,), "max_reference_images": 14, "aspect_ratios": COMMON_RATIOS,
-            "sizes": ("1K",), "takes_response_modalities": True, "takes_image_size": True, "tools": (),
-            "thinking_levels": None, "include_thoughts": False, "thought_images": False, "relay_size": None,
-            "pixels_1k": {}, "size_scale": {}, "output_tokens_per_image": {},
-            "price_per_image_usd": {"online": {}, "batch": {}}, "sources": {}, "max_request_bytes": None,
-        }
-    return ModelEntry(**{**base, **given, "origin": "model_info"})
+    if listed is None:  # declared by model_info alone: these defaults for what it leaves out
+        listed = replace(
+            unchecked_entry(name, provider_kind), max_reference_images=14, aspect_ratios=COMMON_RATIOS,
+            sizes=("1K",), tools=(), thinking_levels=None, include_thoughts=False,
+        )
+    return replace(listed, **given, origin="model_info")
 
 
 __all__ = [
-    "ModelInfo", "resolve",
+    "COMMON_RATIOS", "RATIO", "ModelInfo", "resolve",
     "Catalog", "CatalogError", "ModelEntry", "load_catalog", "lookup", "model_entry", "parse_catalog", "unchecked_entry",
 ]

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from batchfuse.errors import NoImageError, ProviderError, RejectedError, shorten
 from batchfuse.images import ImageInfo
 from batchfuse.jsonscan import RawString
-from batchfuse.model_catalog import ModelEntry, load_catalog, model_entry
+from batchfuse.model_catalog import RATIO, ModelEntry, load_catalog, model_entry
 from batchfuse.providers.base import FINISH_REASON_CHARS, Problem, Provider, Reply
 from batchfuse.providers.http import (
     HttpReply,
@@ -45,8 +45,6 @@ MAX_VARIANTS = 16
 SEED_MAX = 2**31 - 1
 #: Every ``imageSize`` any Gemini image model makes.
 SIZES = ("512", "1K", "2K", "4K")
-#: An aspect ratio as the APIs write it (which ones a model takes is checked against its rules).
-RATIO = r"^[1-9][0-9]{0,2}:[1-9][0-9]{0,2}$"
 #: ``safetySettings[].category`` and ``.threshold`` values of the Gemini API (HarmCategory,
 #: HarmBlockThreshold: https://ai.google.dev/gemini-api/docs/safety-settings).
 HARM_CATEGORIES = ("HARM_CATEGORY_HARASSMENT", "HARM_CATEGORY_HATE_SPEECH", "HARM_CATEGORY_SEXUALLY_EXPLICIT",
@@ -80,7 +78,7 @@ class GeminiParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     #: Checked against the model's rules (catalog or ``provider.model_info``) by :meth:`GeminiProvider.check`.
-    aspect_ratio: str = Field("1:1", pattern=RATIO)
+    aspect_ratio: str = Field("1:1", pattern=RATIO)  # which ratios a model takes: its rules
     image_size: str = "1K"
     response_modalities: tuple[Literal["TEXT", "IMAGE"], ...] = ("IMAGE",)
     google_search: bool = False
