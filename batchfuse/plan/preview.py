@@ -47,22 +47,22 @@ def mock_config(manifest: Manifest, file: str) -> Any:
         raise ManifestError(file, str(exc), field="provider.mock") from None
 
 
-def cost_per_image(loaded: Loaded) -> float:
-    """Money per image from the manifest's pricing (0 when none is set)."""
-    pricing = loaded.manifest.pricing
+def cost_per_image(planner: Planner) -> float:
+    """Money per image from the manifest's pricing (0 when none is set), as the run counts it."""
+    pricing = planner.manifest.pricing
     if pricing is None:
         return 0.0
     if pricing.per_image is not None:
         return pricing.per_image
-    tokens = loaded.planner.provider.tokens_per_image(loaded.planner.model, loaded.planner.defaults)
+    tokens = planner.provider.tokens_per_image(planner.model, planner.defaults)
     return tokens * (pricing.per_million_tokens or 0.0) / 1e6
 
 
-def cost_per_token(loaded: Loaded) -> float:
+def cost_per_token(planner: Planner) -> float:
     """Money per thinking token for ``limits.max_cost``: the token price with
     ``pricing.per_million_tokens`` (thinking is billed as output), else 0 (a price per image
     covers the whole image)."""
-    pricing = loaded.manifest.pricing
+    pricing = planner.manifest.pricing
     if pricing is None or pricing.per_image is not None or pricing.per_million_tokens is None:
         return 0.0
     return pricing.per_million_tokens / 1e6
