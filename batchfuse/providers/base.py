@@ -23,6 +23,7 @@ from batchfuse.jsonscan import RawString
 from batchfuse.model_catalog import ModelEntry, ModelInfo, resolve
 from batchfuse.providers.credentials import Credentials, key_from_env
 from batchfuse.providers.fetch import Fetcher
+from batchfuse.providers.http import decode_b64
 from batchfuse.records import ItemSpec
 
 #: ``attempts.finish_reason`` holds 50 characters; an echo longer than that is cut, scrubbed first.
@@ -183,3 +184,10 @@ class Provider(ABC):
         ``resume`` is what an earlier attempt's error carried in ``ProviderError.resume``
         (say, result URLs that were paid for but not downloaded): use it rather than paying again.
         """
+
+
+def image_data(value: Any) -> bytes | RawString:
+    """An image's base64 from a reply: a long one stays base64 in the reply's body (a
+    :class:`RawString`, decoded in pieces straight into its output file); a short one, or one
+    from a dict parsed whole (Batch mode's result lines), is decoded here."""
+    return value if isinstance(value, RawString) else decode_b64(value if isinstance(value, str) else "")

@@ -21,7 +21,7 @@ from batchfuse.errors import NoImageError, ProviderError, RejectedError, shorten
 from batchfuse.images import ImageInfo
 from batchfuse.jsonscan import RawString
 from batchfuse.model_catalog import RATIO, ModelEntry, load_catalog, model_entry
-from batchfuse.providers.base import FINISH_REASON_CHARS, Problem, Provider, Reply
+from batchfuse.providers.base import FINISH_REASON_CHARS, Problem, Provider, Reply, image_data
 from batchfuse.providers.http import (
     HttpReply,
     classify_status,
@@ -319,7 +319,7 @@ def parse_reply(reply: HttpReply) -> Reply:
                 continue  # interim images of Gemini 3's thinking are not outputs
             inline = part.get("inlineData") or part.get("inline_data")
             if inline:
-                images.append(_image_data(inline.get("data", "")))
+                images.append(image_data(inline.get("data", "")))
             elif isinstance(part.get("text"), str):
                 found = _DATA_URL.findall(part["text"])
                 if found:
@@ -348,13 +348,6 @@ def parse_reply(reply: HttpReply) -> Reply:
         thoughts_tokens=_count(usage.get("thoughtsTokenCount")),
         finish_reason=finish,
     )
-
-
-def _image_data(value: Any) -> bytes | RawString:
-    """An inline image: a long one stays base64 in the reply's body (a :class:`RawString`, decoded
-    in pieces straight into its output file); a short one, or one from a dict parsed whole
-    (Batch mode's result lines), is decoded here."""
-    return value if isinstance(value, RawString) else decode_b64(value if isinstance(value, str) else "")
 
 
 def _count(value: Any) -> int | None:

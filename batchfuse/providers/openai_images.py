@@ -29,14 +29,12 @@ from batchfuse.errors import (
     shorten,
 )
 from batchfuse.images import ImageInfo
-from batchfuse.jsonscan import RawString
-from batchfuse.model_catalog import ModelEntry, load_catalog, model_entry
-from batchfuse.providers.base import Problem, Provider, ProviderContext, Reply
+from batchfuse.model_catalog import RATIO, ModelEntry, load_catalog, model_entry
+from batchfuse.providers.base import Problem, Provider, ProviderContext, Reply, image_data
 from batchfuse.providers.fetch import is_url
 from batchfuse.providers.http import (
     HttpReply,
     classify_status,
-    decode_b64,
     error_message,
     not_an_image,
     post_json,
@@ -69,7 +67,7 @@ class OpenAIImagesParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     #: An aspect ratio, checked against the model's rules by :meth:`OpenAIImagesProvider.check`.
-    size: str = Field("1:1", pattern=r"^[1-9][0-9]{0,2}:[1-9][0-9]{0,2}$")
+    size: str = Field("1:1", pattern=RATIO)
     response_format: Literal["url", "b64_json"] = "url"
     n: int = Field(1, ge=1, le=10)
     # Controls the relay does not take: accepted here only to be refused by name (see NOT_TAKEN).
@@ -183,7 +181,7 @@ class OpenAIImagesProvider(Provider):
             got = len(data) if isinstance(data, list) else 0
             raise NoImageError(f"the reply carried {got} of {expected} images", status=200, code="no_image")
         if all(isinstance(d, dict) and d.get("b64_json") for d in data):
-            return Reply(images=[_image_data(d["b64_json"]) for d in data[:expected]], http_status=200)
+            return Reply(images=[image_data(d["b64_json"]) for d in data[:expected]], http_status=200)
         urls = [d.get("url") for d in data[:expected] if isinstance(d, dict)]
         if len(urls) != expected or not all(isinstance(u, str) and u for u in urls):
             raise TransientError("the reply's data entries carry neither url nor b64_json", status=200)
@@ -255,12 +253,6 @@ def classify_error(reply: HttpReply) -> ProviderError:
         not_found=code == "model_not_found",
         quota="quota exhausted ({text})" if "quota" in code or "quota" in kind else None,
     )
-
-
-def _image_data(value: Any) -> bytes | RawString:
-    """A ``b64_json`` image: a long one stays base64 in the reply's body (a :class:`RawString`,
-    decoded in pieces into its output file), a short one is decoded here."""
-    return value if isinstance(value, RawString) else decode_b64(value if isinstance(value, str) else "")
 
 
 def _created(value: Any) -> float:
