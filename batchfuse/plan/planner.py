@@ -49,12 +49,24 @@ SEED_MAX = 2**31 - 1
 
 
 def _hashable(values: dict[str, Any]) -> Any:
+    """A key equal for equal parameter dicts, their lists and objects included; None when a
+    value cannot be hashed."""
     try:
-        key = frozenset(values.items())
+        key = _frozen(values)
         hash(key)
         return key
     except TypeError:
         return None
+
+
+def _frozen(value: Any) -> Any:
+    """A stand-in for a JSON-like value that can be hashed (a list as a tuple, an object as a
+    frozenset of items)."""
+    if isinstance(value, dict):
+        return frozenset((k, _frozen(v)) for k, v in value.items())
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    return value
 
 
 #: Distinct request skeletons remembered by Planner._size before it stops trying.
