@@ -33,14 +33,14 @@ from sqlalchemy.exc import (
 )
 
 from batchfuse.errors import BatchfuseError, InputError, StoreError, StoreSetupError, register_secret
+from batchfuse.store.lite import SCHEMA_HEAD
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
-#: The newest migration under ``migrations/versions``. Checked against Alembic's own view by a
-#: test, so that opening an up-to-date database never has to import Alembic (a tenth of a
-#: second on every start).
-SCHEMA_HEAD = "0008"
+# SCHEMA_HEAD: the newest migration under ``migrations/versions``, written down (in lite, which
+# `status` reads without SQLAlchemy) and checked against Alembic's own view by a test, so that
+# opening an up-to-date database never has to import Alembic (a tenth of a second on every start).
 #: Every revision this batchfuse knows; any other was made by a newer one.
 KNOWN_REVISIONS = frozenset(f"{n:04d}" for n in range(1, int(SCHEMA_HEAD) + 1))
 #: A password query parameter in a URL that cannot be parsed: its value is hidden all the same.

@@ -25,8 +25,8 @@ from urllib.parse import quote
 
 from batchfuse.records import ItemState
 
-#: ``store.engine.SCHEMA_HEAD``, repeated so that this module needs no SQLAlchemy (a unit test
-#: holds the two equal). A database at another revision is left to the store.
+#: The newest migration under ``migrations/versions`` (``store.engine`` takes it from here, so
+#: that this module needs no SQLAlchemy). A database at another revision is left to the store.
 SCHEMA_HEAD = "0008"
 #: A runner that has not written a heartbeat for this long is taken for dead.
 STALE_RUNNER_S = 60.0
