@@ -27,7 +27,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from batchfuse.errors import InputError
 from batchfuse.records import ItemState, Job
-from batchfuse.store.schema import attempts, items, output_versions, outputs, reviews, runs, verdicts
+from batchfuse.store.schema import attempts, items, output_versions, outputs, reviews, verdicts
 
 VERDICTS = ("approve", "reject", "clear")
 #: ``verdict=`` filter values of the review API -> the stored verdict (None: not judged).
@@ -259,21 +259,6 @@ def verdict_counts(store: Any, job: Job) -> dict[str, int]:
 # ---------------------------------------------------------------- the review page's queries
 
 
-def _live(conn: Connection, job: Job) -> set[str]:
-    from batchfuse.store.lite import runner_alive
-
-    now = time.time()
-    return {
-        r.runner_id
-        for r in conn.execute(
-            select(runs.c.runner_id, runs.c.host, runs.c.pid, runs.c.heartbeat_at).where(
-                runs.c.job_id == job.id, runs.c.ended_at.is_(None)
-            )
-        )
-        if runner_alive(r.host, r.pid, r.heartbeat_at, now)
-    }
-
-
 def _like(q: str) -> str:
     return "%" + q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
@@ -289,7 +274,7 @@ def list_items(
     kept versions, standing review and the last verdicts given.
     """
     with store._read() as conn:
-        live = _live(conn, job)
+        live = store._live_runners(conn, job)  # an item claimed by any other runner is orphaned
         where = [items.c.job_id == job.id, items.c.in_plan]
         if state == "orphaned":
             where += [items.c.state == ItemState.running.value, ~items.c.lease_owner.in_(live or {""})]
