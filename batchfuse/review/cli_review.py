@@ -171,6 +171,7 @@ def review(manifest: Path, host: str, port: int, token: str | None, db: str | No
     import asyncio
 
     from batchfuse.errors import InputError
+    from batchfuse.plan.preview import Loaded, cost_per_image
     from batchfuse.review.api import ReviewContext
     from batchfuse.review.picking import settle_all
     from batchfuse.review.server import is_loopback, serve, token_for
@@ -187,7 +188,9 @@ def review(manifest: Path, host: str, port: int, token: str | None, db: str | No
         ctx = ReviewContext(
             store=store, job=job, output_dir=planner.output_dir, manifest_dir=manifest.resolve().parent,
             thumbs_dir=thumbs_dir_for((manifest.parent / default_report_name(job.name)).resolve()),
-            token=token_for(token), cost_per_image=_cost_per_image(planner), bucket=planner.output_location,
+            token=token_for(token), bucket=planner.output_location,
+            # money per image as the run counts it (the item count plays no part in it)
+            cost_per_image=cost_per_image(Loaded(manifest, m, planner, items=0)),
         )
 
         def announce(url: str) -> None:
@@ -200,14 +203,3 @@ def review(manifest: Path, host: str, port: int, token: str | None, db: str | No
             click.echo("review stopped", err=True)
         except OSError as exc:
             raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-
-
-def _cost_per_image(planner: Planner) -> float:
-    """Money per image from the manifest's pricing (0 when none is set), as the run counts it."""
-    pricing = planner.manifest.pricing
-    if pricing is None:
-        return 0.0
-    if pricing.per_image is not None:
-        return pricing.per_image
-    tokens = planner.provider.tokens_per_image(planner.manifest.provider.model, planner.defaults)
-    return tokens * (pricing.per_million_tokens or 0.0) / 1e6

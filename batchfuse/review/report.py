@@ -61,6 +61,12 @@ ThumbOutcome = Literal["made", "reused", "missing", "unreadable"]
 # ---------------------------------------------------------------------------- thumbnails
 
 
+def thumb_name(digest: str, side: int = THUMB_SIDE) -> str:
+    """The file name of the thumbnail of the image named by ``digest`` (the report's and the
+    review server's alike).  The side is part of it, so a different size never reuses an old one."""
+    return f"{digest}-{side}{THUMB_EXT}"
+
+
 def make_thumbnail(src: Path, dest: Path, side: int = THUMB_SIDE) -> ThumbOutcome:
     """Write a thumbnail of ``src`` to ``dest`` unless a fresh one is already there.
 
@@ -115,8 +121,7 @@ class ThumbnailFolder:
     outcomes: dict[str, ThumbOutcome] = field(default_factory=dict)
 
     def filename(self, digest: str) -> str:
-        # The side is part of the name so that a different size never reuses an old thumbnail.
-        return f"{digest}-{self.side}{THUMB_EXT}"
+        return thumb_name(digest, self.side)
 
     def ensure(self, wanted: dict[str, Path]) -> None:
         """Make (in the pool) the thumbnails of ``wanted`` (digest -> source) not seen yet."""
@@ -161,7 +166,7 @@ class ThumbnailFolder:
 # ---------------------------------------------------------------------------- page data
 
 
-def _digest_for(digest: str | None, path: Path) -> str:
+def digest_for(digest: str | None, path: Path) -> str:
     """A thumbnail name for an image: its recorded sha256, else a digest of its path."""
     if digest and _SHA256.match(digest):
         return digest
@@ -225,7 +230,7 @@ def _sources(row: dict[str, Any], output_dir: Path, resolver: RefResolver) -> _S
     outputs = []
     for out in row.get("outputs") or []:
         path = output_dir / out["path"]
-        outputs.append((_digest_for(out.get("sha256"), path), path, out))
+        outputs.append((digest_for(out.get("sha256"), path), path, out))
     refs: list[tuple[str | None, Path | None, dict[str, Any]]] = []
     for ref in (row.get("spec") or {}).get("images") or []:
         src = str(ref.get("src", ""))
@@ -233,7 +238,7 @@ def _sources(row: dict[str, Any], output_dir: Path, resolver: RefResolver) -> _S
             refs.append((None, None, ref))
         else:
             path = resolver.resolve(src)
-            refs.append((_digest_for(ref.get("digest"), path), path, ref))
+            refs.append((digest_for(ref.get("digest"), path), path, ref))
     return _Sources(outputs, refs)
 
 

@@ -12,7 +12,6 @@ no API key to begin with).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import ipaddress
 import re
 import secrets
@@ -25,7 +24,7 @@ from batchfuse.outputs.objectstore import download
 from batchfuse.providers.fetch import has_scheme
 from batchfuse.review import api, events
 from batchfuse.review.api import CONTEXT, ReviewContext
-from batchfuse.review.report import THUMB_EXT, RefResolver, live_page, make_thumbnail
+from batchfuse.review.report import RefResolver, digest_for, live_page, make_thumbnail, thumb_name
 from batchfuse.store.verdicts import is_own_output, item_spec
 
 #: Headers on every response: nothing may frame the page, sniff types or leak the address.
@@ -148,16 +147,11 @@ def _image(path: Path, cache: bool = False) -> web.FileResponse:
 async def _thumbnail(request: web.Request, src: Path, cache: bool = False) -> web.StreamResponse:
     """The cached thumbnail of ``src`` (made once, remade when the source is newer)."""
     ctx = request.app[CONTEXT]
-    digest = hashlib.sha256(str(src).encode("utf-8", "surrogatepass")).hexdigest()
-    dest = ctx.thumbs_dir / f"{digest}-256{THUMB_EXT}"
+    dest = ctx.thumbs_dir / thumb_name(digest_for(None, src))
     ctx.thumbs_dir.mkdir(exist_ok=True)
     outcome = await asyncio.to_thread(make_thumbnail, src, dest)
-    if outcome not in ("made", "reused"):
-        return _image(src, cache)  # an image Pillow cannot shrink: the browser may still show it
-    headers = {"Content-Type": "image/webp" if THUMB_EXT == ".webp" else "image/jpeg"}
-    if cache:
-        headers["Cache-Control"] = KEEP
-    return web.FileResponse(dest, headers=headers)
+    # an image Pillow cannot shrink is sent as it is: the browser may still show it
+    return _image(dest if outcome in ("made", "reused") else src, cache)
 
 
 async def output_file(request: web.Request) -> web.StreamResponse:

@@ -27,7 +27,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from batchfuse.errors import InputError
 from batchfuse.records import ItemState, Job
-from batchfuse.store.schema import attempts, items, output_versions, outputs, reviews, runs, verdicts
+from batchfuse.store.schema import attempts, items, output_versions, outputs, reviews, verdicts
 
 VERDICTS = ("approve", "reject", "clear")
 #: ``verdict=`` filter values of the review API -> the stored verdict (None: not judged).
@@ -180,7 +180,7 @@ def record_verdict(
             raise VerdictRefused(f"job {job.name!r} has no item {key!r}", 404)
         if pick is not None and item.state != ItemState.succeeded.value:
             raise VerdictRefused(f"item {key!r} is {item.state}; pick an image of a finished item")
-        if pick is not None and not _names_output(conn, item.id, pick):
+        if pick is not None and not _names_output(conn, pick, items.c.id == item.id):
             raise VerdictRefused(f"item {key!r} has no output or kept version {pick!r} to pick", 400)
         state = _fold(conn, item.id)
         row: dict[str, Any] = dict(
@@ -214,9 +214,12 @@ def _upsert(conn: Connection, table: Any, keys: list[str], row: dict[str, Any], 
     return dialect(table).values(**row).on_conflict_do_update(index_elements=keys, set_=changes)
 
 
-def _names_output(conn: Connection, item_id: int, path: str) -> bool:
+def _names_output(conn: Connection, path: str, whose: Any) -> bool:
+    """Whether ``path`` is an output or a kept version of an item matching ``whose`` (on ``items``)."""
     return any(
-        conn.execute(select(t.c.id).where(t.c.item_id == item_id, t.c.path == path).limit(1)).first() is not None
+        conn.execute(
+            select(t.c.id).join_from(t, items, t.c.item_id == items.c.id).where(whose, t.c.path == path).limit(1)
+        ).first() is not None
         for t in (outputs, output_versions)
     )
 
@@ -259,21 +262,6 @@ def verdict_counts(store: Any, job: Job) -> dict[str, int]:
 # ---------------------------------------------------------------- the review page's queries
 
 
-def _live(conn: Connection, job: Job) -> set[str]:
-    from batchfuse.store.lite import runner_alive
-
-    now = time.time()
-    return {
-        r.runner_id
-        for r in conn.execute(
-            select(runs.c.runner_id, runs.c.host, runs.c.pid, runs.c.heartbeat_at).where(
-                runs.c.job_id == job.id, runs.c.ended_at.is_(None)
-            )
-        )
-        if runner_alive(r.host, r.pid, r.heartbeat_at, now)
-    }
-
-
 def _like(q: str) -> str:
     return "%" + q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
@@ -289,7 +277,7 @@ def list_items(
     kept versions, standing review and the last verdicts given.
     """
     with store._read() as conn:
-        live = _live(conn, job)
+        live = store._live_runners(conn, job)  # an item claimed by any other runner is orphaned
         where = [items.c.job_id == job.id, items.c.in_plan]
         if state == "orphaned":
             where += [items.c.state == ItemState.running.value, ~items.c.lease_owner.in_(live or {""})]
@@ -416,16 +404,7 @@ def changed_keys(store: Any, job: Job, since: float) -> list[str]:
 def is_own_output(store: Any, job: Job, path: str) -> bool:
     """Whether ``path`` (relative to the output folder) is an output or kept version of ``job``."""
     with store._read() as conn:
-        for table in (outputs, output_versions):
-            hit = conn.execute(
-                select(table.c.id)
-                .join_from(table, items, table.c.item_id == items.c.id)
-                .where(items.c.job_id == job.id, table.c.path == path)
-                .limit(1)
-            ).first()
-            if hit is not None:
-                return True
-    return False
+        return _names_output(conn, path, items.c.job_id == job.id)
 
 
 def item_spec(store: Any, job: Job, key: str) -> dict[str, Any] | None:

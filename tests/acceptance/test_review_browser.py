@@ -23,20 +23,9 @@ from playwright.sync_api import Page, expect
 
 from tests.acceptance.browser import all_images_loaded, chromium, keys_of_cards, needs_chromium, rendered
 from tests.conftest import cli, cli_process, generation_requests, items, manifest, wait_for
+from tests.integration.test_review_server import review_url
 
 pytestmark = needs_chromium
-
-
-@contextmanager
-def review_server(job: Any, *extra: str) -> Iterator[tuple[str, Any]]:
-    """``batchfuse review`` on a free loopback port; yields its URL and the process."""
-    proc = cli_process("review", job.manifest, "--port", "0", *extra)
-    try:
-        line = wait_for(lambda: re.search(r"http://127\.0\.0\.1:\d+/", proc.out()), "the review URL", proc=proc)
-        yield line.group(0), proc
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=30)
 
 
 def open_review(page: Page, url: str) -> None:
@@ -66,7 +55,7 @@ def test_approve_by_click_and_key_reject_with_a_note_then_run_regenerates_only_t
     first = sha(job.out / "i002.png")
     me = getpass.getuser()
 
-    with review_server(job) as (url, _proc):
+    with review_url(job) as url:
         with chromium(tmp_path, loopback=True) as (page, _seen):
             open_review(page, url)
             expect(page.locator("#cards .card")).to_have_count(4)
@@ -156,7 +145,7 @@ def test_the_page_updates_live_while_a_run_regenerates(job, mock, tmp_path):
     assert cli("run", job.manifest).exit_code == 0
     old = dict(job.sql("SELECT i.key, o.sha256 FROM outputs o JOIN items i ON i.id = o.item_id"))
 
-    with review_server(job) as (url, _proc), chromium(tmp_path, loopback=True) as (page, _seen):
+    with review_url(job) as url, chromium(tmp_path, loopback=True) as (page, _seen):
         open_review(page, url)
         for k in ("i000", "i002"):
             card(page, k).locator(".act-reject").click()
@@ -229,7 +218,7 @@ def test_the_token_refuses_a_request_without_it_and_a_form_from_another_origin(j
     job.write(manifest(mock.url, items(2)))
     assert cli("run", job.manifest).exit_code == 0
 
-    with review_server(job) as (url, _proc), chromium(tmp_path, loopback=True) as (page, _seen):
+    with review_url(job) as url, chromium(tmp_path, loopback=True) as (page, _seen):
         open_review(page, url)
         # a script on the page itself, without the header or with a wrong one: 403
         statuses = page.evaluate(
@@ -288,7 +277,7 @@ def test_filtering_and_paging_ten_thousand_items(job, mock, tmp_path):
             record_verdict(store, j, f"item-{i:05d}", "approve", reviewer="t")
     assert generation_requests(mock) == []
 
-    with review_server(job) as (url, _proc), chromium(tmp_path, loopback=True) as (page, _seen):
+    with review_url(job) as url, chromium(tmp_path, loopback=True) as (page, _seen):
         open_review(page, url)
         shown = page.locator("#shown")
         expect(shown).to_have_text(f"showing 1–100 of {n}")

@@ -18,15 +18,22 @@ from tests.conftest import TEST_KEY, cli, cli_process, items, manifest, wait_for
 
 
 @contextmanager
-def review_server(job: Any, *extra: str) -> Iterator[tuple[str, int]]:
+def review_url(job: Any, *extra: str) -> Iterator[str]:
+    """``batchfuse review`` as its own process on a free loopback port; yields its URL."""
     proc = cli_process("review", job.manifest, "--port", "0", *extra)
     try:
-        url = wait_for(lambda: re.search(r"http://127\.0\.0\.1:\d+/", proc.out()), "the review URL", proc=proc)
-        parts = urlsplit(url.group(0))
-        yield parts.hostname or "", parts.port or 0
+        yield wait_for(lambda: re.search(r"http://127\.0\.0\.1:\d+/", proc.out()), "the review URL", proc=proc).group(0)
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+@contextmanager
+def review_server(job: Any, *extra: str) -> Iterator[tuple[str, int]]:
+    """:func:`review_url` as the (host, port) :func:`request` takes."""
+    with review_url(job, *extra) as url:
+        parts = urlsplit(url)
+        yield parts.hostname or "", parts.port or 0
 
 
 def request(server: tuple[str, int], method: str, path: str, body: Any = None,
