@@ -11,6 +11,7 @@ them into place.  Another target (object storage) would take the staged files fr
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import shutil
@@ -43,6 +44,15 @@ class PendingOutputs:
         for img in self.images:
             img.discard()
 
+    def record(self, i: int) -> OutputRecord:
+        """The record of image ``i`` (0-based) once it is written under its name."""
+        img = self.images[i]
+        sha256, size = img.digest()
+        return OutputRecord(
+            idx=i + 1, path=self.names[i], sha256=sha256, width=img.width, height=img.height, bytes=size,
+            source_url=self.source_urls[i] if i < len(self.source_urls) else None, source_at=self.source_at,
+        )
+
 
 class LocalTarget:
     """Commit into a local folder: each staged file renamed to its final path (made inside
@@ -70,6 +80,9 @@ class LocalTarget:
 
 class OutputFolder:
     """The job's output folder: atomic writes into it, and cleaning up after a crash."""
+
+    #: Whether outputs leave this machine (a bucket: uploaded by the recorder, not renamed here).
+    remote = False
 
     def __init__(self, root: Path, writer_tag: str = "w", target: CommitTarget | None = None) -> None:
         self.root = root
@@ -118,6 +131,10 @@ class OutputFolder:
         except OSError as exc:
             raise OutputError(f"cannot read outputs in {self.root}: {exc.strerror or exc}") from None
 
+    async def adopt(self, name_for: Callable[[int, int], str], spec_hash: str) -> list[OutputRecord] | None:
+        """:meth:`adoptable` from the event loop (in a worker thread: it reads files)."""
+        return await asyncio.to_thread(self.adoptable, name_for, spec_hash)
+
     def _adoptable(self, name_for: Callable[[int, int], str], spec_hash: str) -> list[OutputRecord] | None:
         for first in (name_for(1, 1), name_for(1, 2)):
             meta = read_png_text(self.root / first) if (self.root / first).is_file() else {}
@@ -155,9 +172,7 @@ class OutputFolder:
         records: list[OutputRecord] = []
         try:
             for i, (name, img) in enumerate(zip(pending.names, pending.images, strict=True)):
-                if img.staged is not None:
-                    sha256, size = img.staged.sha256, img.staged.size
-                else:
+                if img.staged is None:
                     tmp = self.temp_path()
                     with open(tmp, "wb") as f:
                         staged.append((tmp, name))
@@ -166,19 +181,7 @@ class OutputFolder:
                         faultpoints.hit("output.write")
                         faultpoints.hit("output.fsync")
                         os.fsync(f.fileno())
-                    sha256, size = hashlib.sha256(img.payload).hexdigest(), len(img.payload)
-                records.append(
-                    OutputRecord(
-                        idx=i + 1,
-                        path=name,
-                        sha256=sha256,
-                        width=img.width,
-                        height=img.height,
-                        bytes=size,
-                        source_url=pending.source_urls[i] if i < len(pending.source_urls) else None,
-                        source_at=pending.source_at,
-                    )
-                )
+                records.append(pending.record(i))
             order = {name: n for n, name in enumerate(pending.names)}
             touched = self.target.commit(sorted(staged, key=lambda move: order[move[1]]))
             if dirs is None:

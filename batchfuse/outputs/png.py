@@ -8,6 +8,7 @@ conversion, JPEG, WebP) is decoded by Pillow."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import struct
 from collections.abc import Callable, Mapping
@@ -50,6 +51,12 @@ class PreparedImage:
         """Give up on this image: its staged temp file, if any, goes."""
         if self.staged is not None:
             self.staged.discard()
+
+    def digest(self) -> tuple[str, int]:
+        """The sha256 and size of the bytes to write (a staged file's were taken as it was written)."""
+        if self.staged is not None:
+            return self.staged.sha256, self.staged.size
+        return hashlib.sha256(self.payload).hexdigest(), len(self.payload)
 
 
 def prepare(
