@@ -6,7 +6,7 @@ their PNG metadata) from :mod:`batchfuse.outputs.png`.
 Writing is staging then committing (:mod:`batchfuse.outputs.stage`): every image is first a
 complete, fsynced temp file in the folder's temp folder (large ones already are when they come
 from :func:`~batchfuse.outputs.png.prepare`), then the folder's :class:`LocalTarget` renames
-them into place.  Another target (object storage) would take the staged files from there.
+them into place.  A bucket (:mod:`batchfuse.outputs.objecttarget`) uploads the staged files instead.
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from pathlib import Path
 from batchfuse import faultpoints
 from batchfuse.errors import OutputError
 from batchfuse.outputs.names import TEMP_DIR
-from batchfuse.outputs.png import PreparedImage, read_png_text
-from batchfuse.outputs.stage import CommitTarget
+from batchfuse.outputs.png import PreparedImage, read_png
 from batchfuse.records import OutputRecord
 
 
@@ -56,7 +55,8 @@ class PendingOutputs:
 
 class LocalTarget:
     """Commit into a local folder: each staged file renamed to its final path (made inside
-    ``root``), folders created as needed; the folders touched are returned for fsync."""
+    ``root``), folders created as needed; the folders touched are returned for fsync.  A failure
+    raises ``OSError`` and leaves the files not yet renamed where they are (the caller removes them)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -84,12 +84,11 @@ class OutputFolder:
     #: Whether outputs leave this machine (a bucket: uploaded by the recorder, not renamed here).
     remote = False
 
-    def __init__(self, root: Path, writer_tag: str = "w", target: CommitTarget | None = None) -> None:
+    def __init__(self, root: Path, writer_tag: str = "w") -> None:
         self.root = root
         self.temp = root / TEMP_DIR
         self.writer_tag = writer_tag.replace(":", "_").replace("/", "_")
         self.local = LocalTarget(root)
-        self.target: CommitTarget = target or self.local
 
     def temp_path(self) -> Path:
         """A new temp file's path in the temp folder (made if missing), named after this writer."""
@@ -137,22 +136,18 @@ class OutputFolder:
 
     def _adoptable(self, name_for: Callable[[int, int], str], spec_hash: str) -> list[OutputRecord] | None:
         for first in (name_for(1, 1), name_for(1, 2)):
-            meta = read_png_text(self.root / first) if (self.root / first).is_file() else {}
-            if meta.get("batchfuse:spec") != spec_hash:
+            found = read_png(self.root / first) if (self.root / first).is_file() else None
+            if found is None or found.text.get("batchfuse:spec") != spec_hash:
                 continue
-            count = int(meta.get("batchfuse:image", "1/1").partition("/")[2] or 1)
-            names = [name_for(i, count) for i in range(1, count + 1)]
+            count = int(found.text.get("batchfuse:image", "1/1").partition("/")[2] or 1)
             records = []
-            for i, name in enumerate(names, start=1):
-                path = self.root / name
-                if read_png_text(path).get("batchfuse:spec") != spec_hash:
+            for i in range(1, count + 1):
+                name = name_for(i, count)
+                png = found if name == first else read_png(self.root / name)  # each file read once
+                if png is None or png.text.get("batchfuse:spec") != spec_hash:
                     return None
-                data = path.read_bytes()
-                from PIL import Image
-
-                with Image.open(path) as im:
-                    width, height = im.size
-                records.append(OutputRecord(i, name, hashlib.sha256(data).hexdigest(), width, height, len(data)))
+                records.append(OutputRecord(i, name, hashlib.sha256(png.data).hexdigest(), png.width, png.height,
+                                            len(png.data)))
             return records
         return None
 
@@ -183,7 +178,7 @@ class OutputFolder:
                         os.fsync(f.fileno())
                 records.append(pending.record(i))
             order = {name: n for n, name in enumerate(pending.names)}
-            touched = self.target.commit(sorted(staged, key=lambda move: order[move[1]]))
+            touched = self.local.commit(sorted(staged, key=lambda move: order[move[1]]))
             if dirs is None:
                 fsync_dirs(touched)
             else:

@@ -100,13 +100,30 @@ def prepare(
     return PreparedImage(payload, im.width, im.height)
 
 
-def read_png_text(path: Path) -> dict[str, str]:
-    """The text chunks of a PNG (empty for anything else or a broken file)."""
+@dataclass(frozen=True)
+class PngFile:
+    """A whole PNG file as read back: its bytes, text chunks and dimensions."""
+
+    data: bytes
+    text: dict[str, str]
+    width: int
+    height: int
+
+
+def read_png(path: Path) -> PngFile | None:
+    """The PNG at ``path``, read once (None for anything else, a broken file or an unreadable one)."""
     from PIL import Image
 
     try:
-        with Image.open(path, formats=["PNG"]) as im:
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as im:
             im.load()  # a whole, decodable image, not a torn one
-            return dict(getattr(im, "text", {}) or {})
+            return PngFile(data, dict(getattr(im, "text", {}) or {}), im.width, im.height)
     except Exception:  # any unreadable file simply is not adoptable
-        return {}
+        return None
+
+
+def read_png_text(path: Path) -> dict[str, str]:
+    """The text chunks of a PNG (empty for anything else or a broken file)."""
+    found = read_png(path)
+    return found.text if found is not None else {}
