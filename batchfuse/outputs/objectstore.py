@@ -118,11 +118,9 @@ def object_meta(job: str, item: str, spec: str, image: str, sha256: str, width: 
     }
 
 
-def same_owner(meta: Mapping[str, str], job: str, item: str | None = None) -> bool:
-    """Whether an object's metadata names this job (and this item)."""
-    if meta.get(META_JOB) != meta_value(job):
-        return False
-    return item is None or meta.get(META_ITEM) == meta_value(item)
+def same_owner(meta: Mapping[str, str], job: str) -> bool:
+    """Whether an object's metadata names this job."""
+    return meta.get(META_JOB) == meta_value(job)
 
 
 def shown_owner(meta: Mapping[str, str]) -> str:
@@ -331,7 +329,7 @@ class Bucket:
         existing = await self.head(name)
         if existing is None:  # deleted meanwhile: plain create
             return await self._put(key, source, size, meta, content_type, {})
-        if not (same_owner(existing.meta, unquote(meta[META_JOB])) and existing.meta.get(META_ITEM) == meta[META_ITEM]):
+        if any(existing.meta.get(k) != meta[k] for k in (META_JOB, META_ITEM)):  # both as stored, encoded alike
             raise OutputError(
                 f"{self.location.object_url(name)} is {shown_owner(existing.meta)}; it is not overwritten "
                 "(give each job its own output.dir prefix)"
