@@ -1,7 +1,7 @@
 """The run's output target when ``output.dir`` is a bucket: images are staged in a local folder
 (as for a local output folder) and committed by uploading them, with their metadata, under
 their final keys; adoption of objects a dead run uploaded but did not record; the start-up
-probe and the shared-job marker.
+probe (in :meth:`ObjectOutputs.open`) and the shared-job marker.
 
 :class:`ObjectOutputs` is an :class:`~batchfuse.outputs.files.OutputFolder` whose ``root`` is
 the local staging folder; the runner awaits :meth:`ObjectOutputs.upload` on its event loop
@@ -58,7 +58,15 @@ class ObjectOutputs(OutputFolder):
         return self.location.url
 
     async def open(self) -> ObjectOutputs:
+        """The bucket's client, after the probe (a tiny write and delete: bucket there, credentials
+        good) and the abort of a killed runner's stale uploads; closed again when that fails."""
         self.bucket = await Bucket(self.location).__aenter__()
+        try:
+            await self.bucket.probe()
+            await self.bucket.abort_stale_uploads()
+        except BaseException:
+            await self.close()
+            raise
         return self
 
     async def close(self) -> None:
@@ -69,11 +77,9 @@ class ObjectOutputs(OutputFolder):
     # ------------------------------------------------------------------ start-up
 
     async def check(self, token: str | None, live_runners: Callable[[], Coroutine[Any, Any, int]] | None) -> None:
-        """The probe (a tiny write and delete: bucket there, credentials good), then, for runners
-        sharing a job, the marker: every runner must write to the same bucket and prefix."""
+        """For runners sharing a job, the marker: every runner must write to the same bucket and
+        prefix (:meth:`open` has probed it already, once)."""
         assert self.bucket is not None
-        await self.bucket.probe()
-        await self.bucket.abort_stale_uploads()
         if token is None or live_runners is None:
             return
         others = await live_runners()
