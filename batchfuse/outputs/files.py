@@ -43,10 +43,10 @@ class PendingOutputs:
         for img in self.images:
             img.discard()
 
-    def record(self, i: int) -> OutputRecord:
-        """The record of image ``i`` (0-based) once it is written under its name."""
+    def record(self, i: int, sha256: str, size: int) -> OutputRecord:
+        """The record of image ``i`` (0-based) once it is written under its name (``sha256`` and
+        ``size``: :meth:`~batchfuse.outputs.png.PreparedImage.digest`)."""
         img = self.images[i]
-        sha256, size = img.digest()
         return OutputRecord(
             idx=i + 1, path=self.names[i], sha256=sha256, width=img.width, height=img.height, bytes=size,
             source_url=self.source_urls[i] if i < len(self.source_urls) else None, source_at=self.source_at,
@@ -176,7 +176,7 @@ class OutputFolder:
                         faultpoints.hit("output.write")
                         faultpoints.hit("output.fsync")
                         os.fsync(f.fileno())
-                records.append(pending.record(i))
+                records.append(pending.record(i, *img.digest()))
             order = {name: n for n, name in enumerate(pending.names)}
             touched = self.local.commit(sorted(staged, key=lambda move: order[move[1]]))
             if dirs is None:

@@ -140,16 +140,18 @@ class ObjectOutputs(OutputFolder):
         spec = str(pending.text.get("batchfuse:spec", ""))
         count = len(pending.images)
         records: list[OutputRecord] = []
-        for i, (name, img) in enumerate(zip(pending.names, pending.images, strict=True)):
-            sha256, size = img.digest()
-            source: Path | bytes = img.staged.path if img.staged is not None else img.payload
-            meta = object_meta(self.job_name, item, spec, f"{i + 1}/{count}", sha256, img.width, img.height)
-            content_type = CONTENT_TYPES.get(PurePosixPath(name).suffix.lower(), "application/octet-stream")
-            async with self._uploads:
-                try:
-                    await self.bucket.put(name, source, size, meta, content_type)
-                except InputError as exc:  # credentials refused mid-run: the bytes are kept all the same
-                    raise OutputError(exc.message) from None
-            records.append(pending.record(i))
-        pending.discard()  # the staged temp files are not needed any more
+        try:
+            for i, (name, img) in enumerate(zip(pending.names, pending.images, strict=True)):
+                sha256, size = img.digest()
+                source: Path | bytes = img.staged.path if img.staged is not None else img.payload
+                meta = object_meta(self.job_name, item, spec, f"{i + 1}/{count}", sha256, img.width, img.height)
+                content_type = CONTENT_TYPES.get(PurePosixPath(name).suffix.lower(), "application/octet-stream")
+                async with self._uploads:
+                    try:
+                        await self.bucket.put(name, source, size, meta, content_type)
+                    except InputError as exc:  # credentials refused mid-run: the bytes are kept all the same
+                        raise OutputError(exc.message) from None
+                records.append(pending.record(i, sha256, size))
+        finally:  # uploaded, or failed (the spool keeps the reply's bytes): the staged files go either way
+            pending.discard()
         return records
