@@ -19,10 +19,8 @@ from batchfuse.images import ImageProblem, open_image
 from batchfuse.jsonscan import RawString
 from batchfuse.outputs.names import FORMATS
 from batchfuse.outputs.stage import StagedFile, decoded, is_png_source, png_itxt, stage_png
-from batchfuse.pngcheck import PngProblem, check_png
+from batchfuse.pngcheck import SIGNATURE, PngProblem, check_png
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_png_itxt = png_itxt
 #: Images at least this large (their base64, or bytes) are staged in a temp file as they are
 #: decoded, rather than prepared in memory.
 STAGE_BYTES = 256 * 1024
@@ -30,10 +28,10 @@ STAGE_BYTES = 256 * 1024
 
 def add_png_text(png: bytes, text: Mapping[str, str]) -> bytes:
     """Insert iTXt chunks right after IHDR without re-encoding the pixels."""
-    if not png.startswith(_PNG_SIGNATURE):
+    if not png.startswith(SIGNATURE):
         raise ValueError("not a PNG")
     ihdr_end = 8 + 8 + struct.unpack(">I", png[8:12])[0] + 4
-    chunks = b"".join(_png_itxt(k, v) for k, v in text.items())
+    chunks = b"".join(png_itxt(k, v) for k, v in text.items())
     return png[:ihdr_end] + chunks + png[ihdr_end:]
 
 
