@@ -6,11 +6,12 @@ their PNG metadata) from :mod:`batchfuse.outputs.png`.
 Writing is staging then committing (:mod:`batchfuse.outputs.stage`): every image is first a
 complete, fsynced temp file in the folder's temp folder (large ones already are when they come
 from :func:`~batchfuse.outputs.png.prepare`), then the folder's :class:`LocalTarget` renames
-them into place.  Another target (object storage) would take the staged files from there.
+them into place.  A bucket (:mod:`batchfuse.outputs.objecttarget`) uploads the staged files instead.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import shutil
@@ -22,8 +23,7 @@ from pathlib import Path
 from batchfuse import faultpoints
 from batchfuse.errors import OutputError
 from batchfuse.outputs.names import TEMP_DIR
-from batchfuse.outputs.png import PreparedImage, read_png_text
-from batchfuse.outputs.stage import CommitTarget
+from batchfuse.outputs.png import PreparedImage, read_png
 from batchfuse.records import OutputRecord
 
 
@@ -43,10 +43,20 @@ class PendingOutputs:
         for img in self.images:
             img.discard()
 
+    def record(self, i: int, sha256: str, size: int) -> OutputRecord:
+        """The record of image ``i`` (0-based) once it is written under its name (``sha256`` and
+        ``size``: :meth:`~batchfuse.outputs.png.PreparedImage.digest`)."""
+        img = self.images[i]
+        return OutputRecord(
+            idx=i + 1, path=self.names[i], sha256=sha256, width=img.width, height=img.height, bytes=size,
+            source_url=self.source_urls[i] if i < len(self.source_urls) else None, source_at=self.source_at,
+        )
+
 
 class LocalTarget:
     """Commit into a local folder: each staged file renamed to its final path (made inside
-    ``root``), folders created as needed; the folders touched are returned for fsync."""
+    ``root``), folders created as needed; the folders touched are returned for fsync.  A failure
+    raises ``OSError`` and leaves the files not yet renamed where they are (the caller removes them)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -71,12 +81,14 @@ class LocalTarget:
 class OutputFolder:
     """The job's output folder: atomic writes into it, and cleaning up after a crash."""
 
-    def __init__(self, root: Path, writer_tag: str = "w", target: CommitTarget | None = None) -> None:
+    #: Whether outputs leave this machine (a bucket: uploaded by the recorder, not renamed here).
+    remote = False
+
+    def __init__(self, root: Path, writer_tag: str = "w") -> None:
         self.root = root
         self.temp = root / TEMP_DIR
         self.writer_tag = writer_tag.replace(":", "_").replace("/", "_")
         self.local = LocalTarget(root)
-        self.target: CommitTarget = target or self.local
 
     def temp_path(self) -> Path:
         """A new temp file's path in the temp folder (made if missing), named after this writer."""
@@ -118,24 +130,24 @@ class OutputFolder:
         except OSError as exc:
             raise OutputError(f"cannot read outputs in {self.root}: {exc.strerror or exc}") from None
 
+    async def adopt(self, name_for: Callable[[int, int], str], spec_hash: str) -> list[OutputRecord] | None:
+        """:meth:`adoptable` from the event loop (in a worker thread: it reads files)."""
+        return await asyncio.to_thread(self.adoptable, name_for, spec_hash)
+
     def _adoptable(self, name_for: Callable[[int, int], str], spec_hash: str) -> list[OutputRecord] | None:
         for first in (name_for(1, 1), name_for(1, 2)):
-            meta = read_png_text(self.root / first) if (self.root / first).is_file() else {}
-            if meta.get("batchfuse:spec") != spec_hash:
+            found = read_png(self.root / first) if (self.root / first).is_file() else None
+            if found is None or found.text.get("batchfuse:spec") != spec_hash:
                 continue
-            count = int(meta.get("batchfuse:image", "1/1").partition("/")[2] or 1)
-            names = [name_for(i, count) for i in range(1, count + 1)]
+            count = int(found.text.get("batchfuse:image", "1/1").partition("/")[2] or 1)
             records = []
-            for i, name in enumerate(names, start=1):
-                path = self.root / name
-                if read_png_text(path).get("batchfuse:spec") != spec_hash:
+            for i in range(1, count + 1):
+                name = name_for(i, count)
+                png = found if name == first else read_png(self.root / name)  # each file read once
+                if png is None or png.text.get("batchfuse:spec") != spec_hash:
                     return None
-                data = path.read_bytes()
-                from PIL import Image
-
-                with Image.open(path) as im:
-                    width, height = im.size
-                records.append(OutputRecord(i, name, hashlib.sha256(data).hexdigest(), width, height, len(data)))
+                records.append(OutputRecord(i, name, hashlib.sha256(png.data).hexdigest(), png.width, png.height,
+                                            len(png.data)))
             return records
         return None
 
@@ -155,9 +167,7 @@ class OutputFolder:
         records: list[OutputRecord] = []
         try:
             for i, (name, img) in enumerate(zip(pending.names, pending.images, strict=True)):
-                if img.staged is not None:
-                    sha256, size = img.staged.sha256, img.staged.size
-                else:
+                if img.staged is None:
                     tmp = self.temp_path()
                     with open(tmp, "wb") as f:
                         staged.append((tmp, name))
@@ -166,21 +176,9 @@ class OutputFolder:
                         faultpoints.hit("output.write")
                         faultpoints.hit("output.fsync")
                         os.fsync(f.fileno())
-                    sha256, size = hashlib.sha256(img.payload).hexdigest(), len(img.payload)
-                records.append(
-                    OutputRecord(
-                        idx=i + 1,
-                        path=name,
-                        sha256=sha256,
-                        width=img.width,
-                        height=img.height,
-                        bytes=size,
-                        source_url=pending.source_urls[i] if i < len(pending.source_urls) else None,
-                        source_at=pending.source_at,
-                    )
-                )
+                records.append(pending.record(i, *img.digest()))
             order = {name: n for n, name in enumerate(pending.names)}
-            touched = self.target.commit(sorted(staged, key=lambda move: order[move[1]]))
+            touched = self.local.commit(sorted(staged, key=lambda move: order[move[1]]))
             if dirs is None:
                 fsync_dirs(touched)
             else:

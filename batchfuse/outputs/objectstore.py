@@ -49,6 +49,8 @@ _META_MAX = 512
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 #: Error codes that mean "this bucket does not exist" and "these credentials are refused".
 _NO_BUCKET = {"NoSuchBucket"}
+#: Error codes that mean "no object under this key" (HEAD has no body: a bare 404).
+_NO_KEY = {"404", "NotFound", "NoSuchKey"}
 _REFUSED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
             "AllAccessDisabled", "AccountProblem", "403"}
 
@@ -118,11 +120,9 @@ def object_meta(job: str, item: str, spec: str, image: str, sha256: str, width: 
     }
 
 
-def same_owner(meta: Mapping[str, str], job: str, item: str | None = None) -> bool:
-    """Whether an object's metadata names this job (and this item)."""
-    if meta.get(META_JOB) != meta_value(job):
-        return False
-    return item is None or meta.get(META_ITEM) == meta_value(item)
+def same_owner(meta: Mapping[str, str], job: str) -> bool:
+    """Whether an object's metadata names this job."""
+    return meta.get(META_JOB) == meta_value(job)
 
 
 def shown_owner(meta: Mapping[str, str]) -> str:
@@ -231,13 +231,16 @@ class Bucket:
         detail = shorten(f"{type(exc).__name__}: {exc}", 300)
         return OutputError(f"cannot {doing} {where}: {detail}")
 
-    async def _call(self, doing: str, op: str, **kwargs: Any) -> Any:
+    async def _call(self, doing: str, op: str, *, missing_ok: bool = False, **kwargs: Any) -> Any:
+        """One request; with ``missing_ok``, None when there is no object under the key."""
         self.requests += 1
         try:
             return await getattr(self._client, op)(Bucket=self.location.bucket, **kwargs)
         except (InputError, OutputError):
             raise
         except Exception as exc:
+            if missing_ok and _code(exc) in _NO_KEY:
+                return None
             raise self._error(exc, doing) from None
 
     # ------------------------------------------------------------------ operations
@@ -273,12 +276,9 @@ class Bucket:
 
     async def head(self, name: str) -> Head | None:
         """The object's size, ETag and metadata; None when there is none under ``name``."""
-        try:
-            r = await self._call(f"read {name} in", "head_object", Key=self.location.key(name))
-        except (InputError, OutputError) as exc:
-            if "(404" in exc.message or "NotFound" in exc.message or "NoSuchKey" in exc.message:
-                return None
-            raise
+        r = await self._call(f"read {name} in", "head_object", missing_ok=True, Key=self.location.key(name))
+        if r is None:
+            return None
         return Head(int(r.get("ContentLength", 0)), str(r.get("ETag", "")).strip('"'), dict(r.get("Metadata") or {}))
 
     async def names(self) -> AsyncIterator[tuple[str, int, str, float]]:
@@ -303,12 +303,12 @@ class Bucket:
             return await body.read()
 
     async def read_text(self, name: str) -> str | None:
-        try:
-            return (await self.read(name)).decode("utf-8", "replace")
-        except (InputError, OutputError) as exc:
-            if "NoSuchKey" in exc.message or "(404" in exc.message:
-                return None
-            raise
+        """The object's text; None when there is no object under ``name``."""
+        r = await self._call(f"read {name} in", "get_object", missing_ok=True, Key=self.location.key(name))
+        if r is None:
+            return None
+        async with r["Body"] as body:
+            return (await body.read()).decode("utf-8", "replace")
 
     async def write_text(self, name: str, text: str) -> None:
         await self._call(f"write {name} in", "put_object", Key=self.location.key(name), Body=text.encode("utf-8"))
@@ -331,7 +331,7 @@ class Bucket:
         existing = await self.head(name)
         if existing is None:  # deleted meanwhile: plain create
             return await self._put(key, source, size, meta, content_type, {})
-        if not (same_owner(existing.meta, unquote(meta[META_JOB])) and existing.meta.get(META_ITEM) == meta[META_ITEM]):
+        if any(existing.meta.get(k) != meta[k] for k in (META_JOB, META_ITEM)):  # both as stored, encoded alike
             raise OutputError(
                 f"{self.location.object_url(name)} is {shown_owner(existing.meta)}; it is not overwritten "
                 "(give each job its own output.dir prefix)"

@@ -1,22 +1,20 @@
 """The run's output target when ``output.dir`` is a bucket: images are staged in a local folder
 (as for a local output folder) and committed by uploading them, with their metadata, under
 their final keys; adoption of objects a dead run uploaded but did not record; the start-up
-probe and the shared-job marker.
+probe (in :meth:`ObjectOutputs.open`) and the shared-job marker.
 
 :class:`ObjectOutputs` is an :class:`~batchfuse.outputs.files.OutputFolder` whose ``root`` is
 the local staging folder; the runner awaits :meth:`ObjectOutputs.upload` on its event loop
-(the recorder confirms the leases first and records afterwards).  The synchronous methods the
-rest of the runner calls from worker threads (:meth:`adoptable`, :meth:`write`) hand their
-work to that loop.
+(the recorder confirms the leases first and records afterwards) and :meth:`ObjectOutputs.adopt`
+(HEADs on the same loop, no worker thread).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Callable, Coroutine
 from pathlib import Path, PurePosixPath
-from typing import Any, TypeVar
+from typing import Any
 
 from batchfuse.errors import InputError, OutputError
 from batchfuse.outputs.files import OutputFolder, PendingOutputs
@@ -34,7 +32,6 @@ from batchfuse.outputs.objectstore import (
 )
 from batchfuse.records import OutputRecord
 
-T = TypeVar("T")
 CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
 #: Uploads in flight at once per runner.
 UPLOADS_AT_ONCE = 16
@@ -49,7 +46,6 @@ class ObjectOutputs(OutputFolder):
         super().__init__(staging, writer_tag)
         self.location, self.job_name = location, job_name
         self.bucket: Bucket | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._uploads = asyncio.Semaphore(UPLOADS_AT_ONCE)
 
     def tagged(self, writer_tag: str) -> ObjectOutputs:
@@ -62,8 +58,15 @@ class ObjectOutputs(OutputFolder):
         return self.location.url
 
     async def open(self) -> ObjectOutputs:
+        """The bucket's client, after the probe (a tiny write and delete: bucket there, credentials
+        good) and the abort of a killed runner's stale uploads; closed again when that fails."""
         self.bucket = await Bucket(self.location).__aenter__()
-        self._loop = asyncio.get_running_loop()
+        try:
+            await self.bucket.probe()
+            await self.bucket.abort_stale_uploads()
+        except BaseException:
+            await self.close()
+            raise
         return self
 
     async def close(self) -> None:
@@ -71,19 +74,12 @@ class ObjectOutputs(OutputFolder):
             await self.bucket.__aexit__(None, None, None)
             self.bucket = None
 
-    def _on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on the runner's event loop from a worker thread, and wait for it."""
-        assert self._loop is not None, "open() first"
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-
     # ------------------------------------------------------------------ start-up
 
     async def check(self, token: str | None, live_runners: Callable[[], Coroutine[Any, Any, int]] | None) -> None:
-        """The probe (a tiny write and delete: bucket there, credentials good), then, for runners
-        sharing a job, the marker: every runner must write to the same bucket and prefix."""
+        """For runners sharing a job, the marker: every runner must write to the same bucket and
+        prefix (:meth:`open` has probed it already, once)."""
         assert self.bucket is not None
-        await self.bucket.probe()
-        await self.bucket.abort_stale_uploads()
         if token is None or live_runners is None:
             return
         others = await live_runners()
@@ -101,9 +97,10 @@ class ObjectOutputs(OutputFolder):
     # ------------------------------------------------------------------ adoption
 
     def adoptable(self, name_for: Callable[[int, int], str], spec_hash: str) -> list[OutputRecord] | None:
-        return self._on_loop(self.adoptable_async(name_for, spec_hash))
+        """Not for a bucket (the staging folder holds no outputs): the runner awaits :meth:`adopt`."""
+        raise NotImplementedError("a bucket's outputs are adopted with adopt()")
 
-    async def adoptable_async(self, name_for: Callable[[int, int], str], spec_hash: str) -> list[OutputRecord] | None:
+    async def adopt(self, name_for: Callable[[int, int], str], spec_hash: str) -> list[OutputRecord] | None:
         """Objects of ``spec_hash`` of this job already under their final keys, all of them:
         a run died after uploading but before recording.  Read from HEAD (the metadata holds
         the digest and dimensions), so nothing is downloaded."""
@@ -130,8 +127,8 @@ class ObjectOutputs(OutputFolder):
     # ------------------------------------------------------------------ writing
 
     def write(self, pending: PendingOutputs, dirs: set[Path] | None = None) -> list[OutputRecord]:
-        """The synchronous face of :meth:`upload` (from a worker thread)."""
-        return self._on_loop(self.upload(pending))
+        """Not for a bucket: the recorder awaits :meth:`upload` (between its two database trips)."""
+        raise NotImplementedError("a bucket's outputs are written with upload()")
 
     async def upload(self, pending: PendingOutputs) -> list[OutputRecord]:
         """Upload every image of one attempt under its final key, with its metadata; returns the
@@ -139,32 +136,22 @@ class ObjectOutputs(OutputFolder):
         (the caller keeps the bytes in the spool; the images already up are adopted or
         replaced by the next attempt, as they are this item's)."""
         assert self.bucket is not None
-        text = getattr(pending, "text", None) or {}
-        item = str(text.get("batchfuse:item", ""))
-        spec = str(text.get("batchfuse:spec", ""))
+        item = str(pending.text.get("batchfuse:item", ""))
+        spec = str(pending.text.get("batchfuse:spec", ""))
         count = len(pending.images)
         records: list[OutputRecord] = []
-        for i, (name, img) in enumerate(zip(pending.names, pending.images, strict=True)):
-            staged = getattr(img, "staged", None)
-            if staged is not None:
-                source: Path | bytes = staged.path
-                sha256, size = staged.sha256, staged.size
-            else:
-                source = img.payload
-                sha256, size = hashlib.sha256(img.payload).hexdigest(), len(img.payload)
-            meta = object_meta(self.job_name, item, spec, f"{i + 1}/{count}", sha256, img.width, img.height)
-            content_type = CONTENT_TYPES.get(PurePosixPath(name).suffix.lower(), "application/octet-stream")
-            async with self._uploads:
-                try:
-                    await self.bucket.put(name, source, size, meta, content_type)
-                except InputError as exc:  # credentials refused mid-run: the bytes are kept all the same
-                    raise OutputError(exc.message) from None
-            records.append(OutputRecord(
-                idx=i + 1, path=name, sha256=sha256, width=img.width, height=img.height, bytes=size,
-                source_url=pending.source_urls[i] if i < len(pending.source_urls) else None,
-                source_at=pending.source_at,
-            ))
-        discard = getattr(pending, "discard", None)
-        if discard is not None:  # the staged temp files are not needed any more
-            discard()
+        try:
+            for i, (name, img) in enumerate(zip(pending.names, pending.images, strict=True)):
+                sha256, size = img.digest()
+                source: Path | bytes = img.staged.path if img.staged is not None else img.payload
+                meta = object_meta(self.job_name, item, spec, f"{i + 1}/{count}", sha256, img.width, img.height)
+                content_type = CONTENT_TYPES.get(PurePosixPath(name).suffix.lower(), "application/octet-stream")
+                async with self._uploads:
+                    try:
+                        await self.bucket.put(name, source, size, meta, content_type)
+                    except InputError as exc:  # credentials refused mid-run: the bytes are kept all the same
+                        raise OutputError(exc.message) from None
+                records.append(pending.record(i, sha256, size))
+        finally:  # uploaded, or failed (the spool keeps the reply's bytes): the staged files go either way
+            pending.discard()
         return records

@@ -8,6 +8,7 @@ conversion, JPEG, WebP) is decoded by Pillow."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import struct
 from collections.abc import Callable, Mapping
@@ -18,10 +19,8 @@ from batchfuse.images import ImageProblem, open_image
 from batchfuse.jsonscan import RawString
 from batchfuse.outputs.names import FORMATS
 from batchfuse.outputs.stage import StagedFile, decoded, is_png_source, png_itxt, stage_png
-from batchfuse.pngcheck import PngProblem, check_png
+from batchfuse.pngcheck import SIGNATURE, PngProblem, check_png
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_png_itxt = png_itxt
 #: Images at least this large (their base64, or bytes) are staged in a temp file as they are
 #: decoded, rather than prepared in memory.
 STAGE_BYTES = 256 * 1024
@@ -29,10 +28,10 @@ STAGE_BYTES = 256 * 1024
 
 def add_png_text(png: bytes, text: Mapping[str, str]) -> bytes:
     """Insert iTXt chunks right after IHDR without re-encoding the pixels."""
-    if not png.startswith(_PNG_SIGNATURE):
+    if not png.startswith(SIGNATURE):
         raise ValueError("not a PNG")
     ihdr_end = 8 + 8 + struct.unpack(">I", png[8:12])[0] + 4
-    chunks = b"".join(_png_itxt(k, v) for k, v in text.items())
+    chunks = b"".join(png_itxt(k, v) for k, v in text.items())
     return png[:ihdr_end] + chunks + png[ihdr_end:]
 
 
@@ -50,6 +49,12 @@ class PreparedImage:
         """Give up on this image: its staged temp file, if any, goes."""
         if self.staged is not None:
             self.staged.discard()
+
+    def digest(self) -> tuple[str, int]:
+        """The sha256 and size of the bytes to write (a staged file's were taken as it was written)."""
+        if self.staged is not None:
+            return self.staged.sha256, self.staged.size
+        return hashlib.sha256(self.payload).hexdigest(), len(self.payload)
 
 
 def prepare(
@@ -93,13 +98,30 @@ def prepare(
     return PreparedImage(payload, im.width, im.height)
 
 
-def read_png_text(path: Path) -> dict[str, str]:
-    """The text chunks of a PNG (empty for anything else or a broken file)."""
+@dataclass(frozen=True)
+class PngFile:
+    """A whole PNG file as read back: its bytes, text chunks and dimensions."""
+
+    data: bytes
+    text: dict[str, str]
+    width: int
+    height: int
+
+
+def read_png(path: Path) -> PngFile | None:
+    """The PNG at ``path``, read once (None for anything else, a broken file or an unreadable one)."""
     from PIL import Image
 
     try:
-        with Image.open(path, formats=["PNG"]) as im:
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as im:
             im.load()  # a whole, decodable image, not a torn one
-            return dict(getattr(im, "text", {}) or {})
+            return PngFile(data, dict(getattr(im, "text", {}) or {}), im.width, im.height)
     except Exception:  # any unreadable file simply is not adoptable
-        return {}
+        return None
+
+
+def read_png_text(path: Path) -> dict[str, str]:
+    """The text chunks of a PNG (empty for anything else or a broken file)."""
+    found = read_png(path)
+    return found.text if found is not None else {}

@@ -1,6 +1,6 @@
 """Staging an output: its bytes go to a local temp file, checked on the way, and only then are
-committed to the target (a rename into the output folder today; an upload to object storage
-could be another :class:`CommitTarget`).
+committed: renamed into the output folder (:class:`~batchfuse.outputs.files.LocalTarget`), or
+uploaded from there to a bucket (:meth:`~batchfuse.outputs.objecttarget.ObjectOutputs.upload`).
 
 :func:`stage_png` is the one pass a large PNG from a reply takes: its base64 (a
 :class:`~batchfuse.jsonscan.RawString` left in the reply's body, or bytes) is decoded in
@@ -20,10 +20,9 @@ import io
 import os
 import struct
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from batchfuse import faultpoints
 from batchfuse.b64stream import Base64Problem, decode_into
@@ -49,15 +48,6 @@ class StagedFile:
         """Remove the temp file (the output will not be committed)."""
         with contextlib.suppress(OSError):
             self.path.unlink(missing_ok=True)
-
-
-class CommitTarget(Protocol):
-    """Where staged outputs end up.  ``commit`` gives every staged file its final name, in
-    order; a failure raises ``OSError`` and leaves the files not yet committed where they are
-    (the caller removes them).  It returns the local folders whose entries changed, for the
-    caller to fsync once per group (an object store returns none)."""
-
-    def commit(self, moves: Sequence[tuple[Path, str]]) -> set[Path]: ...
 
 
 def png_itxt(keyword: str, text: str) -> bytes:

@@ -73,9 +73,7 @@ class Outcomes:
         """Record outputs a dead run wrote but did not record, instead of sending again."""
         values = item.spec.naming_values
         template = self.config.output_template
-        found = await asyncio.to_thread(
-            self.outputs.adoptable, lambda n, count: output_name(template, values, n, count), item.spec_hash
-        )
+        found = await self.outputs.adopt(lambda n, count: output_name(template, values, n, count), item.spec_hash)
         if not found:
             return False
         record = _attempt_record(

@@ -113,7 +113,7 @@ class Recorder:
                     entry.future.set_result(result)
 
     async def _commit_group(self, batch: list[_Entry]) -> list[Recorded | OutputError]:
-        if getattr(self.outputs, "remote", False):  # uploads on the event loop, between two DB trips
+        if self.outputs.remote:  # uploads on the event loop, between two DB trips
             from batchfuse.run.remote_commit import commit_remote
 
             return await commit_remote(self, batch)

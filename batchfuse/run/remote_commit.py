@@ -43,9 +43,7 @@ async def commit_remote(recorder: Recorder, batch: list[_Entry]) -> list[Recorde
         if entry.pending is None:
             return rec, None
         if current.get(rec.item_id) != rec.spec_hash:  # not this runner's any more, or re-planned
-            discard = getattr(entry.pending, "discard", None)
-            if discard is not None:
-                discard()
+            entry.pending.discard()
             return rec, None
         try:
             written = await asyncio.wait_for(outputs.upload(entry.pending), timeout=limit)  # type: ignore[attr-defined]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -110,23 +112,35 @@ def test_a_killed_runners_items_are_finished_by_the_others_after_its_leases_expi
     assert dead and not dead[0]["live"]
 
 
-def test_a_runner_with_another_output_folder_is_refused(job, mock, pg, tmp_path_factory):
-    mock.configure(image_mode="solid", record_bodies=False)
+def refused_while_one_runs(job, mock, other_manifest: Callable[[], Path]):
+    """Start a runner on ``job`` (concurrency 2) and hold its requests at the mock; run another
+    runner from the manifest ``other_manifest()`` sets up meanwhile; stop the first (SIGTERM) and
+    check that it ends as stopped.  Returns the other runner's result."""
     mock.faults(hold=True)  # the first runner stays in the middle of its job
-    job.write(manifest(mock.url, items(40), limits={"concurrency": 2, "requests_per_minute": None,
-                                                    "timeout_s": 300}))
     first = cli_process("run", job.manifest)
     wait_for(lambda: mock.faults()["held"] == 2, "the first runner to plan and send", proc=first)
-    elsewhere = tmp_path_factory.mktemp("other-machine")
-    shutil.copytree(job.root / "images", elsewhere / "images")
-    shutil.copy(job.manifest, elsewhere / "job.yaml")
-    refused = cli("run", elsewhere / "job.yaml")
+    refused = cli("run", other_manifest())
     first.send_signal(signal.SIGTERM)
     # its held requests are answered only once it is stopping: else their slots send two more
     wait_for(lambda: "run stopping" in first.err(), "the first runner to begin stopping", proc=first)
     mock.faults(hold=False)
     _, err = first.communicate(timeout=60)
     assert first.returncode == 3, err
+    return refused
+
+
+def test_a_runner_with_another_output_folder_is_refused(job, mock, pg, tmp_path_factory):
+    mock.configure(image_mode="solid", record_bodies=False)
+    job.write(manifest(mock.url, items(40), limits={"concurrency": 2, "requests_per_minute": None,
+                                                    "timeout_s": 300}))
+
+    def elsewhere() -> Path:
+        root = tmp_path_factory.mktemp("other-machine")
+        shutil.copytree(job.root / "images", root / "images")
+        shutil.copy(job.manifest, root / "job.yaml")
+        return root / "job.yaml"
+
+    refused = refused_while_one_runs(job, mock, elsewhere)
     assert refused.exit_code == 2, refused.stderr
     assert "is not the one the other runners" in refused.stderr and "marker is missing" in refused.stderr
 

@@ -15,7 +15,7 @@ from collections import Counter
 
 import pytest
 
-from tests.acceptance.test_postgres_runners import pg, query  # noqa: F401  (fixture)
+from tests.acceptance.test_postgres_runners import pg, query, refused_while_one_runs  # noqa: F401  (fixture)
 from tests.conftest import cli, cli_process, items, manifest, needs_postgres, page_items, wait_for
 from tests.s3server import s3, s3_server  # noqa: F401  (fixtures)
 
@@ -92,23 +92,18 @@ def test_three_runners_on_three_machines_fill_one_bucket(job, mock, pg, s3, tmp_
 
 def test_a_runner_pointed_at_another_prefix_is_refused_while_others_run(job, mock, pg, s3, tmp_path_factory):
     mock.configure(image_mode="solid", record_bodies=False)
-    mock.faults(hold=True)  # the first runner stays in the middle of its job
     bucket = s3.new_bucket()
     job.write(manifest(mock.url, items(20), output=s3.output(bucket, "catalog/"),
                        limits={"concurrency": 2, "requests_per_minute": None, "timeout_s": 300}))
-    first = cli_process("run", job.manifest)
-    wait_for(lambda: mock.faults()["held"] == 2, "the first runner to plan and send", proc=first)
-    elsewhere = machine(job, tmp_path_factory, "misconfigured")
-    job.write(manifest(mock.url, items(20), output=s3.output(bucket, "elsewhere/"),
-                       limits={"concurrency": 2, "requests_per_minute": None, "timeout_s": 300}))
-    shutil.copy(job.manifest, elsewhere / "job.yaml")
-    refused = cli("run", elsewhere / "job.yaml")
-    first.send_signal(signal.SIGTERM)
-    # its held requests are answered only once it is stopping: else their slots send two more
-    wait_for(lambda: "run stopping" in first.err(), "the first runner to begin stopping", proc=first)
-    mock.faults(hold=False)
-    _, err = first.communicate(timeout=60)
-    assert first.returncode == 3, err
+
+    def elsewhere():
+        root = machine(job, tmp_path_factory, "misconfigured")
+        job.write(manifest(mock.url, items(20), output=s3.output(bucket, "elsewhere/"),
+                           limits={"concurrency": 2, "requests_per_minute": None, "timeout_s": 300}))
+        shutil.copy(job.manifest, root / "job.yaml")
+        return root / "job.yaml"
+
+    refused = refused_while_one_runs(job, mock, elsewhere)
     assert refused.exit_code == 2, refused.stderr
     assert f"output.dir s3://{bucket}/elsewhere/ is not where the other runners" in refused.stderr
     assert len([r for r in mock.requests() if r["api"] in ("gemini", "openai")]) == 2  # the refused one sent nothing

@@ -69,3 +69,41 @@ def test_metadata_carries_any_item_key_as_ascii():
     assert same_owner(meta, "春の job") and not same_owner(meta, "other")
     long = "x" * 2000
     assert meta_value(long).startswith("sha256:") and len(meta_value(long)) < 100
+
+
+class _StoreWithOne:
+    """A client stub holding one object: conditional creates are refused (it is there)."""
+
+    def __init__(self, meta: dict[str, str]) -> None:
+        self.meta, self.puts = meta, []
+
+    async def put_object(self, **kw):
+        if "IfNoneMatch" in kw:
+            raise _Refused()
+        self.puts.append(kw)
+        return {"ETag": '"new"'}
+
+    async def head_object(self, **kw):
+        return {"ContentLength": 3, "ETag": '"old"', "Metadata": self.meta}
+
+
+class _Refused(Exception):
+    response = {"Error": {"Code": "PreconditionFailed"}}
+
+
+@pytest.mark.parametrize("job", ["j", "春" * 80])  # a long non-ASCII job name is kept as its digest
+def test_an_items_own_older_object_is_replaced_and_another_items_is_not(job):
+    import asyncio
+
+    from batchfuse.errors import OutputError
+    from batchfuse.outputs.objectstore import Bucket
+
+    mine = object_meta(job, "a", "old-spec", "1/1", "0" * 64, 1, 1)
+    bucket = Bucket(Location.parse("s3://bucket/p/"))
+    bucket._client = _StoreWithOne(mine)
+    new = object_meta(job, "a", "new-spec", "1/1", "1" * 64, 1, 1)
+    assert asyncio.run(bucket.put("a.png", b"png", 3, new, "image/png")) == "new"
+    assert bucket._client.puts[0]["IfMatch"] == '"old"'
+    bucket._client = _StoreWithOne(object_meta(job, "b", "old-spec", "1/1", "0" * 64, 1, 1))
+    with pytest.raises(OutputError, match="is not overwritten"):
+        asyncio.run(bucket.put("a.png", b"png", 3, new, "image/png"))
