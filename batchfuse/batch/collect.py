@@ -60,8 +60,6 @@ class Collector:
                                       succeeded_count=remote.succeeded, failed_count=remote.failed)
         if remote.state in ENDED and b.state not in ENDED:
             values["ended_at"] = time.time()
-        if b.state == SUCCEEDED and remote.state == SUCCEEDED:
-            values.pop("ended_at", None)
         await ctx.q(ctx.batches.update, b.id, **values)
         reason = f"batch {b.display_name} ended {remote.state.upper()}" + (f": {remote.error}" if remote.error else "")
         if remote.state == SUCCEEDED:
@@ -78,7 +76,7 @@ class Collector:
     async def download(self, b: BatchRow) -> bool:
         """The results file, whole, on disk (resumed where a failed download stopped)."""
         ctx = self.ctx
-        path = ctx.workdir / f"batch-{b.id}-results.jsonl"
+        path = ctx.work_file(b.id, "results")
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         for attempt in range(1, DOWNLOAD_TRIES + 1):
             try:
@@ -103,7 +101,7 @@ class Collector:
         ctx = self.ctx
         if not b.result_file or not await self.download(b):
             return
-        path = ctx.workdir / f"batch-{b.id}-results.jsonl"
+        path = ctx.work_file(b.id, "results")
         recorder = Recorder(ctx.db, ctx.run_id, b.owner, FOREVER, ctx.outputs)
         try:
             with path.open("rb") as f:

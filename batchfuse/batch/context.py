@@ -56,6 +56,10 @@ class BatchContext:
         self.batches = BatchQueries(self.db.store)
         self._beat = -HEARTBEAT_S
 
+    def work_file(self, batch_id: int, kind: str) -> Path:
+        """A batch's ``input`` or ``results`` file while the batch is open."""
+        return self.workdir / f"batch-{batch_id}-{kind}.jsonl"
+
     async def q(self, fn: Callable[..., object], *args: object, **kw: object) -> object:
         """A store call on the store's thread."""
         return await self.db.in_thread(fn, *args, **kw)

@@ -143,7 +143,7 @@ class Submitter:
             await ctx.q(ctx.batches.hand_back, b.id, "cancelled", "its items changed before it was created")
             return
         ctx.workdir.mkdir(parents=True, exist_ok=True)
-        path = ctx.workdir / f"batch-{b.id}-input.jsonl"
+        path = ctx.work_file(b.id, "input")
         with path.open("w", encoding="utf-8") as f:
             for m in members:
                 files = await self.refs.files_for(m.item.spec.images)
@@ -188,4 +188,4 @@ class Submitter:
     async def _record_created(self, b: BatchRow, remote: RemoteBatch) -> None:
         await self.ctx.q(self.ctx.batches.update, b.id, remote_name=remote.name, state=remote.state,
                          submitted_at=time.time(), checked_at=time.time())
-        (self.ctx.workdir / f"batch-{b.id}-input.jsonl").unlink(missing_ok=True)  # the API has it
+        self.ctx.work_file(b.id, "input").unlink(missing_ok=True)  # the API has it
