@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from batchfuse import faultpoints
@@ -74,9 +75,12 @@ class Collector:
         return remote
 
     async def download(self, b: BatchRow) -> bool:
-        """The results file, whole, on disk (resumed where a failed download stopped)."""
+        """The results file, whole, on disk (resumed where a failed download stopped; not
+        asked for again once a download has finished, when applying it resumes)."""
         ctx = self.ctx
         path = ctx.work_file(b.id, "results")
+        if b.download_offset and _size(path) == b.download_offset:
+            return True
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         for attempt in range(1, DOWNLOAD_TRIES + 1):
             try:
@@ -225,6 +229,13 @@ class Collector:
         images = [prepare(data, name, {**text, "batchfuse:image": f"{n}/{count}"})
                   for n, (data, name) in enumerate(zip(reply.images, names, strict=True), start=1)]
         return PendingOutputs(names, images)
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
 
 
 def _json_line(raw: bytes) -> dict[str, Any] | None:
