@@ -43,9 +43,6 @@ DOWNLOAD_TRIES = 5
 class Collector:
     def __init__(self, ctx: BatchContext) -> None:
         self.ctx = ctx
-        self.applied = 0
-        self.unknown = 0
-        self.duplicate = 0
 
     async def poll(self, b: BatchRow) -> RemoteBatch | None:
         """Look at a submitted batch; apply it when it succeeded, hand its items back when it
@@ -170,8 +167,8 @@ class Collector:
             outcomes[key] = outcome
         await ctx.q(ctx.batches.mark_applied, b.id, outcomes, offset, unknown, duplicate)
         faultpoints.hit("batch.apply")
-        self.unknown += unknown
-        self.duplicate += duplicate
+        ctx.outcome.unknown_lines += unknown
+        ctx.outcome.duplicate_lines += duplicate
 
     async def _apply_line(self, m: Member, reply: Reply | None, error: ProviderError | None,
                           recorder: Recorder) -> str:
@@ -217,7 +214,7 @@ class Collector:
         if dropped is not None:
             return str(dropped.value)
         self.ctx.stats.succeeded += 1
-        self.applied += 1
+        self.ctx.outcome.applied += 1
         return "succeeded"
 
     def _prepare(self, m: Member, reply: Reply) -> PendingOutputs:
