@@ -18,7 +18,7 @@ from batchfuse.batch.context import BatchContext, BatchOutcome
 from batchfuse.batch.refs import RefUploads
 from batchfuse.batch.submit import Submitter
 from batchfuse.errors import TransientError
-from batchfuse.providers.batch_base import LIVE
+from batchfuse.providers.batch_base import CANCELLED, LIVE, SUCCEEDED
 from batchfuse.store.batches import BatchRow
 
 log = logging.getLogger("batchfuse.run")
@@ -42,10 +42,10 @@ async def run_batches(ctx: BatchContext) -> BatchOutcome:
             open_rows: list[BatchRow] = await ctx.q(ctx.batches.take, ctx.job, ctx.runner_id)  # type: ignore[assignment]
             await submitter.adopt_or_launch([b for b in open_rows if b.remote_name is None])
             cancelled = []
-            for b in open_rows:
-                if b.remote_name is not None or b.state == "succeeded":
-                    remote = await collector.poll(await ctx.q(ctx.batches.batch, b.id))  # type: ignore[arg-type]
-                    if remote is not None and remote.state == "cancelled":
+            for b in open_rows:  # as read by take: only this runner changes them, and launching did not
+                if b.remote_name is not None or b.state == SUCCEEDED:
+                    remote = await collector.poll(b)
+                    if remote is not None and remote.state == CANCELLED:
                         cancelled.append(b.display_name)
             if cancelled:  # someone cancelled (`batches cancel`, the console): do not send them again now
                 outcome.reason = f"batch {cancelled[0]} was cancelled; its items are pending for the next run"
@@ -98,8 +98,8 @@ async def _fall_back(ctx: BatchContext, collector: Collector, outcome: BatchOutc
         keys = [m.item.key for m in members.values() if m.open]  # type: ignore[attr-defined]
         if b.remote_name is not None:
             await ctx.backend.cancel(b.remote_name)
-            remote = await collector.poll(await ctx.q(ctx.batches.batch, b.id))  # type: ignore[arg-type]
-            if remote is not None and remote.state == "succeeded":
+            remote = await collector.poll(b)
+            if remote is not None and remote.state == SUCCEEDED:
                 continue
         await ctx.q(ctx.batches.hand_back, b.id, "cancelled", "taken out of its batch to run online before the deadline",
                     "fallback")
@@ -131,6 +131,6 @@ async def cancel_live_batches(ctx: BatchContext) -> int:
         if b.remote_name is None:
             continue
         await ctx.backend.cancel(b.remote_name)
-        await collector.poll(await ctx.q(ctx.batches.batch, b.id))  # type: ignore[arg-type]
+        await collector.poll(b)
         n += 1
     return n
