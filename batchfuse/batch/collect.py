@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from batchfuse import faultpoints
@@ -42,9 +43,6 @@ DOWNLOAD_TRIES = 5
 class Collector:
     def __init__(self, ctx: BatchContext) -> None:
         self.ctx = ctx
-        self.applied = 0
-        self.unknown = 0
-        self.duplicate = 0
 
     async def poll(self, b: BatchRow) -> RemoteBatch | None:
         """Look at a submitted batch; apply it when it succeeded, hand its items back when it
@@ -60,8 +58,6 @@ class Collector:
                                       succeeded_count=remote.succeeded, failed_count=remote.failed)
         if remote.state in ENDED and b.state not in ENDED:
             values["ended_at"] = time.time()
-        if b.state == SUCCEEDED and remote.state == SUCCEEDED:
-            values.pop("ended_at", None)
         await ctx.q(ctx.batches.update, b.id, **values)
         reason = f"batch {b.display_name} ended {remote.state.upper()}" + (f": {remote.error}" if remote.error else "")
         if remote.state == SUCCEEDED:
@@ -76,9 +72,12 @@ class Collector:
         return remote
 
     async def download(self, b: BatchRow) -> bool:
-        """The results file, whole, on disk (resumed where a failed download stopped)."""
+        """The results file, whole, on disk (resumed where a failed download stopped; not
+        asked for again once a download has finished, when applying it resumes)."""
         ctx = self.ctx
-        path = ctx.workdir / f"batch-{b.id}-results.jsonl"
+        path = ctx.work_file(b.id, "results")
+        if b.download_offset and _size(path) == b.download_offset:
+            return True
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         for attempt in range(1, DOWNLOAD_TRIES + 1):
             try:
@@ -103,7 +102,7 @@ class Collector:
         ctx = self.ctx
         if not b.result_file or not await self.download(b):
             return
-        path = ctx.workdir / f"batch-{b.id}-results.jsonl"
+        path = ctx.work_file(b.id, "results")
         recorder = Recorder(ctx.db, ctx.run_id, b.owner, FOREVER, ctx.outputs)
         try:
             with path.open("rb") as f:
@@ -168,8 +167,8 @@ class Collector:
             outcomes[key] = outcome
         await ctx.q(ctx.batches.mark_applied, b.id, outcomes, offset, unknown, duplicate)
         faultpoints.hit("batch.apply")
-        self.unknown += unknown
-        self.duplicate += duplicate
+        ctx.outcome.unknown_lines += unknown
+        ctx.outcome.duplicate_lines += duplicate
 
     async def _apply_line(self, m: Member, reply: Reply | None, error: ProviderError | None,
                           recorder: Recorder) -> str:
@@ -215,7 +214,7 @@ class Collector:
         if dropped is not None:
             return str(dropped.value)
         self.ctx.stats.succeeded += 1
-        self.applied += 1
+        self.ctx.outcome.applied += 1
         return "succeeded"
 
     def _prepare(self, m: Member, reply: Reply) -> PendingOutputs:
@@ -227,6 +226,13 @@ class Collector:
         images = [prepare(data, name, {**text, "batchfuse:image": f"{n}/{count}"})
                   for n, (data, name) in enumerate(zip(reply.images, names, strict=True), start=1)]
         return PendingOutputs(names, images)
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
 
 
 def _json_line(raw: bytes) -> dict[str, Any] | None:

@@ -24,13 +24,19 @@ from batchfuse.store.batches import BatchQueries
 WORKDIR = ".batchfuse-batches"
 
 
-def batch_ratio(model: str, size: str | None) -> float:
-    """Batch price / online price for ``model`` at ``size`` from the model catalog (0.5 when unknown)."""
+def catalog_prices(model: str, size: str | None) -> tuple[str, float | None, float | None] | None:
+    """The model catalog's size for ``size`` (itself when listed, else the model's first) and
+    the online and batch prices of one image at it; None when the catalog lacks the model."""
     entry = lookup(model)
     if entry is None:
-        return 0.5
+        return None
     size = size if size in entry.sizes else entry.sizes[0]
-    online, batch = entry.price_per_image(size), entry.price_per_image(size, batch=True)
+    return size, entry.price_per_image(size), entry.price_per_image(size, batch=True)
+
+
+def batch_ratio(model: str, size: str | None) -> float:
+    """Batch price / online price for ``model`` at ``size`` from the model catalog (0.5 when unknown)."""
+    _, online, batch = catalog_prices(model, size) or ("", None, None)
     return batch / online if online and batch is not None else 0.5
 
 
@@ -71,12 +77,9 @@ async def run_batch_mode(*args: Any) -> BatchOutcome:
     ctx = make_context(*args)
     outcome = await run_batches(ctx)
     loaded, config = args[0], args[1]
-    entry = lookup(config.model)
-    if entry is not None:
-        size = loaded.planner.defaults.get("image_size")
-        size = size if size in entry.sizes else entry.sizes[0]
-        outcome.batch_price, outcome.online_price = entry.price_per_image(size, batch=True), entry.price_per_image(size)
-        outcome.price_size = size
+    prices = catalog_prices(config.model, loaded.planner.defaults.get("image_size"))
+    if prices is not None:
+        outcome.price_size, outcome.online_price, outcome.batch_price = prices
     return outcome
 
 

@@ -1,4 +1,5 @@
-"""What the batch layer works with during one run (:class:`BatchContext`)."""
+"""What the batch layer works with during one run (:class:`BatchContext`) and what it came to
+(:class:`BatchOutcome`)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,33 @@ from batchfuse.store.batches import BatchQueries
 TICK_S = 0.1
 #: How often a batch run proves it is alive (well under the store's 60 s staleness).
 HEARTBEAT_S = 15.0
+
+
+@dataclass
+class BatchOutcome:
+    """What the batch part of a run came to (the stages count into :attr:`BatchContext.outcome`)."""
+
+    #: Items to run online now: the fallback's stragglers and items with a spooled result.
+    online_keys: list[str] = field(default_factory=list)
+    #: Of ``online_keys``, how many the fallback took out of their batches.
+    fallback: int = 0
+    #: The fallback came: everything runnable (the run's ``--only`` still holds) runs online now.
+    online_all: bool = False
+    #: Items still out in batches when the run ended (collected by a later run).
+    out: int = 0
+    batches_out: int = 0
+    created: int = 0
+    adopted: int = 0
+    applied: int = 0
+    uploads: int = 0
+    unknown_lines: int = 0
+    duplicate_lines: int = 0
+    #: Per image at the default size, from the model catalog (None when unknown).
+    batch_price: float | None = None
+    online_price: float | None = None
+    price_size: str = ""
+    #: Why the run ended before every batch had ended (None: they all did).
+    reason: str | None = None
 
 
 @dataclass
@@ -51,10 +79,15 @@ class BatchContext:
     #: Items a run may still send: ``None`` for no budget.
     budget_items: int | None = None
     images_per_item: int = 1
+    outcome: BatchOutcome = field(default_factory=BatchOutcome)
 
     def __post_init__(self) -> None:
         self.batches = BatchQueries(self.db.store)
         self._beat = -HEARTBEAT_S
+
+    def work_file(self, batch_id: int, kind: str) -> Path:
+        """A batch's ``input`` or ``results`` file while the batch is open."""
+        return self.workdir / f"batch-{batch_id}-{kind}.jsonl"
 
     async def q(self, fn: Callable[..., object], *args: object, **kw: object) -> object:
         """A store call on the store's thread."""

@@ -31,7 +31,6 @@ class RefUploads:
         self.ctx = ctx
         self.endpoint = ctx.provider.base_url
         self._files: dict[str, RemoteFile] = {}
-        self.uploads = 0
 
     async def files_for(self, refs: tuple[ImageRef, ...]) -> list[RemoteFile]:
         return [await self.file_for(ref) for ref in refs]
@@ -55,7 +54,7 @@ class RefUploads:
             remote = await self.ctx.backend.upload(path, encoded.mime, f"ref-{ref.digest[-16:]}")
         if not remote.mime:
             remote = RemoteFile(remote.name, remote.uri, encoded.mime, remote.size, remote.expires_at)
-        self.uploads += 1
+        self.ctx.outcome.uploads += 1
         await self.ctx.q(self.ctx.batches.put_uploaded, self.endpoint, key, remote.name, remote.uri, remote.mime,
                          remote.size, remote.expires_at)
         log.info("reference image uploaded: %s as %s", ref.src, remote.name,

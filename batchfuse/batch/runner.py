@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 
 from batchfuse.batch.collect import Collector
-from batchfuse.batch.context import BatchContext
+from batchfuse.batch.context import BatchContext, BatchOutcome
 from batchfuse.batch.refs import RefUploads
 from batchfuse.batch.submit import Submitter
 from batchfuse.errors import TransientError
-from batchfuse.providers.batch_base import LIVE
+from batchfuse.providers.batch_base import CANCELLED, LIVE, SUCCEEDED
 from batchfuse.store.batches import BatchRow
 
 log = logging.getLogger("batchfuse.run")
@@ -27,37 +26,9 @@ log = logging.getLogger("batchfuse.run")
 __all__ = ["BatchContext", "BatchOutcome", "cancel_live_batches", "run_batches"]
 
 
-@dataclass
-class BatchOutcome:
-    """What the batch part of a run came to."""
-
-    #: Items to run online now: the fallback's stragglers and items with a spooled result.
-    online_keys: list[str] = field(default_factory=list)
-    #: Of ``online_keys``, how many the fallback took out of their batches.
-    fallback: int = 0
-    #: The fallback came: everything runnable (the run's ``--only`` still holds) runs online now.
-    online_all: bool = False
-    #: Items still out in batches when the run ended (collected by a later run).
-    out: int = 0
-    batches_out: int = 0
-    created: int = 0
-    adopted: int = 0
-    applied: int = 0
-    uploads: int = 0
-    unknown_lines: int = 0
-    duplicate_lines: int = 0
-    #: Per image at the default size, from the model catalog (None when unknown).
-    batch_price: float | None = None
-    online_price: float | None = None
-    price_size: str = ""
-    #: Why the run ended before every batch had ended (None: they all did).
-    reason: str | None = None
-
-
 async def run_batches(ctx: BatchContext) -> BatchOutcome:
-    refs = RefUploads(ctx)
-    submitter, collector = Submitter(ctx, refs), Collector(ctx)
-    outcome = BatchOutcome()
+    submitter, collector = Submitter(ctx, RefUploads(ctx)), Collector(ctx)
+    outcome = ctx.outcome
     warned: set[int] = set()
     fallback_at = None
     if ctx.deadline is not None and ctx.config.fallback_online:
@@ -71,10 +42,10 @@ async def run_batches(ctx: BatchContext) -> BatchOutcome:
             open_rows: list[BatchRow] = await ctx.q(ctx.batches.take, ctx.job, ctx.runner_id)  # type: ignore[assignment]
             await submitter.adopt_or_launch([b for b in open_rows if b.remote_name is None])
             cancelled = []
-            for b in open_rows:
-                if b.remote_name is not None or b.state == "succeeded":
-                    remote = await collector.poll(await ctx.q(ctx.batches.batch, b.id))  # type: ignore[arg-type]
-                    if remote is not None and remote.state == "cancelled":
+            for b in open_rows:  # as read by take: only this runner changes them, and launching did not
+                if b.remote_name is not None or b.state == SUCCEEDED:
+                    remote = await collector.poll(b)
+                    if remote is not None and remote.state == CANCELLED:
                         cancelled.append(b.display_name)
             if cancelled:  # someone cancelled (`batches cancel`, the console): do not send them again now
                 outcome.reason = f"batch {cancelled[0]} was cancelled; its items are pending for the next run"
@@ -113,9 +84,6 @@ async def run_batches(ctx: BatchContext) -> BatchOutcome:
     if outcome.out and outcome.reason is None:
         outcome.reason = f"{outcome.out} items still out in {outcome.batches_out} batches"
     outcome.online_keys = submitter.spooled_keys + outcome.online_keys
-    outcome.created, outcome.adopted = submitter.created, submitter.adopted
-    outcome.applied, outcome.uploads = collector.applied, refs.uploads
-    outcome.unknown_lines, outcome.duplicate_lines = collector.unknown, collector.duplicate
     return outcome
 
 
@@ -130,8 +98,8 @@ async def _fall_back(ctx: BatchContext, collector: Collector, outcome: BatchOutc
         keys = [m.item.key for m in members.values() if m.open]  # type: ignore[attr-defined]
         if b.remote_name is not None:
             await ctx.backend.cancel(b.remote_name)
-            remote = await collector.poll(await ctx.q(ctx.batches.batch, b.id))  # type: ignore[arg-type]
-            if remote is not None and remote.state == "succeeded":
+            remote = await collector.poll(b)
+            if remote is not None and remote.state == SUCCEEDED:
                 continue
         await ctx.q(ctx.batches.hand_back, b.id, "cancelled", "taken out of its batch to run online before the deadline",
                     "fallback")
@@ -163,6 +131,6 @@ async def cancel_live_batches(ctx: BatchContext) -> int:
         if b.remote_name is None:
             continue
         await ctx.backend.cancel(b.remote_name)
-        await collector.poll(await ctx.q(ctx.batches.batch, b.id))  # type: ignore[arg-type]
+        await collector.poll(b)
         n += 1
     return n

@@ -53,8 +53,6 @@ class Submitter:
     def __init__(self, ctx: BatchContext, refs: RefUploads) -> None:
         self.ctx = ctx
         self.refs = refs
-        self.created = 0
-        self.adopted = 0
         #: Items found with a paid result in the spool: written by an online pass, never sent.
         self.spooled_keys: list[str] = []
         #: A ``create`` of the batch being launched ended without a definite answer.
@@ -80,7 +78,7 @@ class Submitter:
         for b in preparing:
             remote = found.get(b.display_name)
             if remote is not None:
-                self.adopted += 1
+                self.ctx.outcome.adopted += 1
                 log.warning("batch %s adopted: it was created before the last run ended (%s)",
                             b.display_name, remote.name,
                             extra={"event": "batch_adopted", "batch": b.display_name, "remote": remote.name})
@@ -143,7 +141,7 @@ class Submitter:
             await ctx.q(ctx.batches.hand_back, b.id, "cancelled", "its items changed before it was created")
             return
         ctx.workdir.mkdir(parents=True, exist_ok=True)
-        path = ctx.workdir / f"batch-{b.id}-input.jsonl"
+        path = ctx.work_file(b.id, "input")
         with path.open("w", encoding="utf-8") as f:
             for m in members:
                 files = await self.refs.files_for(m.item.spec.images)
@@ -174,12 +172,12 @@ class Submitter:
                     return  # still "preparing": the next run lists, adopts or creates
                 remote = (await self.find_remote({b.display_name})).get(b.display_name)
                 if remote is not None:
-                    self.adopted += 1
+                    self.ctx.outcome.adopted += 1
                     break
         if remote is None:
             return
         faultpoints.hit("batch.created")
-        self.created += 1
+        self.ctx.outcome.created += 1
         await self._record_created(b, remote)
         log.info("batch %s submitted: %d items (%s)", b.display_name, b.request_count, remote.name,
                  extra={"event": "batch_submitted", "batch": b.display_name, "remote": remote.name,
@@ -188,4 +186,4 @@ class Submitter:
     async def _record_created(self, b: BatchRow, remote: RemoteBatch) -> None:
         await self.ctx.q(self.ctx.batches.update, b.id, remote_name=remote.name, state=remote.state,
                          submitted_at=time.time(), checked_at=time.time())
-        (self.ctx.workdir / f"batch-{b.id}-input.jsonl").unlink(missing_ok=True)  # the API has it
+        self.ctx.work_file(b.id, "input").unlink(missing_ok=True)  # the API has it

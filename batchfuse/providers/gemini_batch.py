@@ -27,7 +27,7 @@ import aiohttp
 
 from batchfuse import faultpoints
 from batchfuse.errors import FatalError, GoneError, ProviderError, TransientError, scrub, shorten
-from batchfuse.providers.base import ProviderContext
+from batchfuse.providers.base import ProviderContext, Reply
 from batchfuse.providers.batch_base import (
     CANCELLED,
     EXPIRED,
@@ -110,6 +110,15 @@ def _remote_file(data: Any) -> RemoteFile:
     )
 
 
+def _http_reply(status: int, headers: Mapping[str, str], raw: bytes, latency_ms: float = 0.0) -> HttpReply:
+    """An answer of the API with its JSON parsed (None when it is not JSON)."""
+    try:
+        parsed = json.loads(raw) if raw else None
+    except ValueError:
+        parsed = None
+    return HttpReply(status, headers, raw, parsed, latency_ms)
+
+
 class GeminiBatch(BatchBackend):
     """Gemini's Batch and Files APIs through a run's provider context."""
 
@@ -142,11 +151,7 @@ class GeminiBatch(BatchBackend):
             raise TransientError(f"no reply within {self.ctx.timeout_s:g} s (timeout)", code="timeout") from None
         except aiohttp.ClientError as exc:
             raise TransientError(f"connection failed: {scrub(str(exc)) or type(exc).__name__}", code="connection") from None
-        try:
-            parsed = json.loads(raw) if raw else None
-        except ValueError:
-            parsed = None
-        reply = HttpReply(status, resp_headers, raw, parsed, (time.monotonic() - started) * 1000)
+        reply = _http_reply(status, resp_headers, raw, (time.monotonic() - started) * 1000)
         if status not in ok:
             raise classify_error(reply)
         return reply
@@ -227,12 +232,7 @@ class GeminiBatch(BatchBackend):
                     raise GoneError(f"the results file {result_file} is no longer served (HTTP {resp.status})",
                                     status=resp.status, code="gone")
                 if resp.status not in (200, 206):
-                    raw = await resp.read()
-                    try:
-                        parsed = json.loads(raw)
-                    except ValueError:
-                        parsed = None
-                    raise classify_error(HttpReply(resp.status, resp.headers, raw, parsed, 0.0))
+                    raise classify_error(_http_reply(resp.status, resp.headers, await resp.read()))
                 mode = "ab" if resp.status == 206 else "wb"  # 200: the server restarts from byte 0
                 with dest.open(mode) as f:
                     async for chunk in resp.content.iter_chunked(DOWNLOAD_CHUNK):
@@ -279,7 +279,7 @@ def result_line(line: dict[str, Any]) -> ResultLine:
     return ResultLine(key, error=error)
 
 
-def reply_from_dict(data: dict[str, Any]) -> Any:
+def reply_from_dict(data: dict[str, Any]) -> Reply:
     """A reply body already parsed into a dict, judged by the online provider's parser
     (:func:`batchfuse.providers.gemini.parse_reply`)."""
     return parse_reply(HttpReply(200, {}, b"", data, 0.0))

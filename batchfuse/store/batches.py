@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, select, update
 
 from batchfuse.records import ClaimedItem, ItemState, Job
 from batchfuse.store.queries import Store
@@ -180,11 +180,12 @@ class BatchQueries:
         """Result lines applied (line key -> outcome) and how far the file has been read."""
         now = time.time()
         with self.store._write() as conn:
-            for key, outcome in outcomes.items():
+            if outcomes:  # one statement for the group's lines
                 conn.execute(
                     update(batch_items)
-                    .where(batch_items.c.batch_id == batch_id, batch_items.c.line_key == key)
-                    .values(outcome=outcome, applied_at=now)
+                    .where(batch_items.c.batch_id == batch_id, batch_items.c.line_key == bindparam("b_key"))
+                    .values(outcome=bindparam("b_outcome"), applied_at=now),
+                    [{"b_key": key, "b_outcome": outcome} for key, outcome in outcomes.items()],
                 )
             conn.execute(
                 update(batches).where(batches.c.id == batch_id).values(

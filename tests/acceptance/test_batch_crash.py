@@ -74,6 +74,18 @@ def test_a_download_cut_midway_resumes_with_range(job, mock):
     check_done_once(job, mock)
 
 
+def test_a_kill_while_applying_resumes_from_the_results_on_disk_without_asking_again(job, mock):
+    mock.configure(image_mode="noise", image_scale=1 / 8)
+    job.write(batch_job(mock.url))
+    proc = cli_process("run", job.manifest, env={"BATCHFUSE_FAULTPOINT": "batch.apply:1:kill"})
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == -9, err
+    assert cli("run", job.manifest).exit_code == 0
+    downloads = [r for r in mock.requests() if ":download" in r["path"]]
+    assert [d["status"] for d in downloads] == [200], downloads
+    check_done_once(job, mock)
+
+
 def test_the_fallback_runs_stragglers_online_before_the_deadline(job, mock):
     mock.configure(batch_pending_s=None)  # the batch never starts
     job.write(batch_job(mock.url, wait=False))

@@ -52,6 +52,16 @@ def test_items_of_several_ratios_come_back_each_to_its_own_item(job, mock):
     assert "batch: 3 batches created" in result.stderr
 
 
+def left_pending(job: Any, mock: Any, items: list[dict[str, Any]]) -> str:
+    """A run that submits ``items`` in one batch the mock leaves pending and does not wait
+    (exit 3); the batch's remote name."""
+    mock.configure(batch_pending_s=None)
+    job.write(batch_manifest(mock.url, items, wait=False))
+    assert cli("run", job.manifest).exit_code == 3
+    (remote,) = [r[1] for r in batch_rows(job)]
+    return remote
+
+
 def generation_requests_online(mock: Any) -> list[dict[str, Any]]:
     return [r for r in mock.requests() if r["path"].endswith(":generateContent")]
 
@@ -101,10 +111,7 @@ def test_unknown_and_repeated_keys_are_counted_never_applied(job, mock):
 
 
 def test_an_expired_batch_hands_its_items_back_and_the_next_run_completes_them(job, mock):
-    mock.configure(batch_pending_s=None)
-    job.write(batch_manifest(mock.url, numbered(5), wait=False))
-    assert cli("run", job.manifest).exit_code == 3
-    (remote,) = [r[1] for r in batch_rows(job)]
+    remote = left_pending(job, mock, numbered(5))
     status = json.loads(cli("status", job.manifest, "--json").stdout)
     assert status["items"]["in_batch"] == 5 and status["batches"][0]["state"] == "pending"
     assert sorted(status["batches"][0]["items"]) == [f"i{i:03d}" for i in range(5)]
@@ -270,10 +277,7 @@ def test_a_failed_batch_counts_as_an_attempt_so_it_cannot_loop(job, mock):
 
 
 def test_a_batch_cancelled_by_someone_else_stops_the_waiting_run(job, mock):
-    mock.configure(batch_pending_s=None)
-    job.write(batch_manifest(mock.url, numbered(2), wait=False))
-    assert cli("run", job.manifest).exit_code == 3
-    (remote,) = [r[1] for r in batch_rows(job)]
+    remote = left_pending(job, mock, numbered(2))
     assert http("POST", f"{mock.url}/v1beta/{remote}:cancel", headers=KEY).status == 200  # from the console
     job.write(batch_manifest(mock.url, numbered(2)))
     run = cli("run", job.manifest)
@@ -301,10 +305,7 @@ def test_a_wrong_key_or_an_unknown_model_stops_the_run_as_online(job, mock, monk
 
 
 def test_a_results_file_gone_at_the_api_hands_the_items_back(job, mock):
-    mock.configure(batch_pending_s=None)
-    job.write(batch_manifest(mock.url, numbered(3), wait=False))
-    assert cli("run", job.manifest).exit_code == 3
-    (remote,) = [r[1] for r in batch_rows(job)]
+    remote = left_pending(job, mock, numbered(3))
     done = force(mock, remote, "SUCCEEDED")
     results = done["response"]["responsesFile"]
     assert http("DELETE", f"{mock.url}/v1beta/{results}", headers=KEY).status == 200  # 48 h later
