@@ -171,7 +171,7 @@ def review(manifest: Path, host: str, port: int, token: str | None, db: str | No
     import asyncio
 
     from batchfuse.errors import InputError
-    from batchfuse.plan.preview import Loaded, cost_per_image
+    from batchfuse.plan.preview import cost_per_image
     from batchfuse.review.api import ReviewContext
     from batchfuse.review.picking import settle_all
     from batchfuse.review.server import is_loopback, serve, token_for
@@ -190,7 +190,7 @@ def review(manifest: Path, host: str, port: int, token: str | None, db: str | No
             thumbs_dir=thumbs_dir_for((manifest.parent / default_report_name(job.name)).resolve()),
             token=token_for(token), bucket=planner.output_location,
             # money per image as the run counts it (the item count plays no part in it)
-            cost_per_image=cost_per_image(Loaded(manifest, m, planner, items=0)),
+            cost_per_image=cost_per_image(planner),
         )
 
         def announce(url: str) -> None:

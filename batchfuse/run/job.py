@@ -364,13 +364,7 @@ async def _open_bucket(loaded: Loaded) -> ObjectOutputs | None:
     location = loaded.planner.output_location
     if location is None:
         return None
-    remote = await ObjectOutputs(location, loaded.planner.output_dir, "w", loaded.manifest.job).open()
-    try:
-        await remote.check(None, None)
-    except BaseException:
-        await remote.close()
-        raise
-    return remote
+    return await ObjectOutputs(location, loaded.planner.output_dir, "w", loaded.manifest.job).open()
 
 
 async def cancel_batches(path: Path, options: RunOptions) -> tuple[int, int]:

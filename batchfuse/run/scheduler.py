@@ -119,7 +119,7 @@ class Scheduler(Outcomes):
         self._grace: asyncio.TimerHandle | None = None
         self._runners = 1
         #: Only PNG outputs carry the metadata that proves which spec made them (objects in a bucket: any format).
-        self._may_adopt = config.output_template.lower().endswith(".png") or getattr(outputs, "remote", False)
+        self._may_adopt = config.output_template.lower().endswith(".png") or outputs.remote
         self.stop_reason: str | None = None
         self.stop_error: BatchfuseError | None = None
         self._stopping = asyncio.Event()

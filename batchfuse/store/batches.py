@@ -16,13 +16,14 @@ from typing import Any
 from sqlalchemy import and_, bindparam, delete, func, insert, select, update
 
 from batchfuse.records import ClaimedItem, ItemState, Job
+from batchfuse.store.lite import BATCH_OWNER
 from batchfuse.store.queries import Store
 from batchfuse.store.schema import batch_items, batches, items, uploaded_files
 
 #: The lease of an item in a batch: never expires (the batch hands it back when it ends).
 FOREVER = 1e15
 #: Lease owners of items held by a batch start with this.
-OWNER_PREFIX = "batch:"
+OWNER_PREFIX = BATCH_OWNER
 #: States of a batch row that may still hold items.
 OPEN_STATES = ("preparing", "pending", "running", "succeeded")
 CHUNK = 500
