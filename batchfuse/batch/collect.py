@@ -199,7 +199,7 @@ class Collector:
         record = AttemptRecord(
             **base, outcome=AttemptOutcome.succeeded, item_state=ItemState.succeeded, counts=True, http_status=200,
             prompt_tokens=reply.prompt_tokens, output_tokens=reply.output_tokens, total_tokens=reply.total_tokens,
-            finish_reason=reply.finish_reason, text="\n".join(reply.texts) or None,
+            thoughts_tokens=reply.thoughts_tokens, finish_reason=reply.finish_reason, text="\n".join(reply.texts) or None,
         )
         unwritten = AttemptRecord(
             **base, outcome=AttemptOutcome.spooled, item_state=ItemState.pending, counts=True, error_class="output",

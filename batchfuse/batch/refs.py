@@ -1,4 +1,4 @@
-"""Reference images through the Files API: each distinct image (by content digest and the
+"""Reference images through the Files API: each distinct image (by content digest, fitting step and the
 run's ``reference_images.max_side``) is uploaded once and used by every request as a
 ``file_data`` URI until shortly before it expires (48 h at Gemini), then uploaded again.
 """
@@ -36,7 +36,7 @@ class RefUploads:
         return [await self.file_for(ref) for ref in refs]
 
     async def file_for(self, ref: ImageRef) -> RemoteFile:
-        key = f"{ref.digest}@{self.ctx.provider.images.max_side}"
+        key = f"{ref.cache_key}@{self.ctx.provider.images.max_side}"
         now = time.time()
         known = self._files.get(key)
         if known is not None and (known.expires_at is None or known.expires_at > now + IN_RUN_S):
