@@ -25,11 +25,10 @@ from batchfuse.batch.context import BatchContext
 from batchfuse.errors import ErrorClass, GoneError, NoImageError, OutputError, ProviderError, TransientError
 from batchfuse.images import ImageProblem
 from batchfuse.outputs.files import PendingOutputs
-from batchfuse.outputs.names import output_name
-from batchfuse.outputs.png import prepare
 from batchfuse.providers.base import Reply
 from batchfuse.providers.batch_base import ENDED, FAILED, SUCCEEDED, RemoteBatch
 from batchfuse.records import AttemptOutcome, AttemptRecord, ItemState, SpooledImage
+from batchfuse.run.outcomes import prepare_outputs
 from batchfuse.run.recorder import Recorder
 from batchfuse.run.retry import decide
 from batchfuse.store.batches import FOREVER, BatchRow, Member
@@ -218,14 +217,8 @@ class Collector:
         return "succeeded"
 
     def _prepare(self, m: Member, reply: Reply) -> PendingOutputs:
-        ctx, item = self.ctx, m.item
-        count = len(reply.images)
-        names = [output_name(ctx.output_template, item.spec.naming_values, n, count) for n in range(1, count + 1)]
-        text = {"prompt": item.spec.prompt, "model": ctx.model, "batchfuse:job": ctx.job.name,
-                "batchfuse:item": item.key, "batchfuse:spec": item.spec_hash}
-        images = [prepare(data, name, {**text, "batchfuse:image": f"{n}/{count}"})
-                  for n, (data, name) in enumerate(zip(reply.images, names, strict=True), start=1)]
-        return PendingOutputs(names, images)
+        ctx = self.ctx
+        return prepare_outputs(m.item, reply, ctx.output_template, ctx.model, ctx.job.name)
 
 
 def _size(path: Path) -> int | None:

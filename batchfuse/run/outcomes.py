@@ -11,7 +11,9 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchfuse.errors import BatchfuseError, ErrorClass, NoImageError, OutputError, ProviderError, StoreError
@@ -230,22 +232,33 @@ class Outcomes:
         return self._prepare_now(item, reply)
 
     def _prepare_now(self, item: ClaimedItem, reply: Reply) -> PendingOutputs:
-        values = item.spec.naming_values
-        count = len(reply.images)
-        names = [output_name(self.config.output_template, values, n, count) for n in range(1, count + 1)]
-        text = {
-            "prompt": item.spec.prompt,
-            "model": self.config.model,
-            "batchfuse:job": self.config.job_name,
-            "batchfuse:item": item.key,
-            "batchfuse:spec": item.spec_hash,
-        }
-        images: list[PreparedImage] = []
-        try:
-            for n, (data, name) in enumerate(zip(reply.images, names, strict=True), start=1):
-                images.append(prepare(data, name, {**text, "batchfuse:image": f"{n}/{count}"}, self.outputs.temp_path))
-        except BaseException:
-            for img in images:  # an image of the reply is bad: the ones staged before it go
-                img.discard()
-            raise
-        return PendingOutputs(names, images, reply.source_urls, reply.source_at, text=text)
+        return prepare_outputs(
+            item, reply, self.config.output_template, self.config.model, self.config.job_name, self.outputs.temp_path
+        )
+
+
+def prepare_outputs(
+    item: ClaimedItem, reply: Reply, template: str, model: str, job_name: str,
+    temp_path: Callable[[], Path] | None = None,
+) -> PendingOutputs:
+    """Check every image of ``item``'s reply and give it its name and metadata (the PNG text a
+    rerun adopts it by); with ``temp_path``, a large PNG is staged in a temp file as it is decoded."""
+    values = item.spec.naming_values
+    count = len(reply.images)
+    names = [output_name(template, values, n, count) for n in range(1, count + 1)]
+    text = {
+        "prompt": item.spec.prompt,
+        "model": model,
+        "batchfuse:job": job_name,
+        "batchfuse:item": item.key,
+        "batchfuse:spec": item.spec_hash,
+    }
+    images: list[PreparedImage] = []
+    try:
+        for n, (data, name) in enumerate(zip(reply.images, names, strict=True), start=1):
+            images.append(prepare(data, name, {**text, "batchfuse:image": f"{n}/{count}"}, temp_path))
+    except BaseException:
+        for img in images:  # an image of the reply is bad: the ones staged before it go
+            img.discard()
+        raise
+    return PendingOutputs(names, images, reply.source_urls, reply.source_at, text=text)

@@ -221,3 +221,16 @@ def test_the_review_page_serves_outputs_from_the_bucket(job, mock, s3, tmp_path)
         assert len(gets) == 1
         assert request(server, "GET", card["outputs"][0]["thumb"])[0] == 200
         assert request(server, "GET", "/out/not-an-output.png")[0] == 404
+
+
+def test_batch_mode_objects_carry_their_item_and_spec(job, mock, s3):
+    bucket = s3.new_bucket()
+    data = manifest(mock.url, items(3), output=s3.output(bucket), batch={"poll_s": 0.05})
+    data["provider"]["mode"] = "batch"
+    job.write(data)
+    result = cli("run", job.manifest)
+    assert result.exit_code == 0, result.stderr
+    specs = dict(job.sql("SELECT key, spec_hash FROM items"))
+    for key, spec in specs.items():
+        meta = s3.head(bucket, f"out/{key}.png")["Metadata"]
+        assert meta["batchfuse-item"] == key and meta["batchfuse-spec"] == spec and meta["batchfuse-job"] == "test-job"
