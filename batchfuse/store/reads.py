@@ -21,6 +21,17 @@ from batchfuse.store.schema import attempts, items, outputs, runs
 PAGE = 1000
 
 
+def tokens_by_item(conn: Connection, ids: list[int]) -> dict[int, int]:
+    """Tokens of all attempts, per item of ``ids`` (a page of the export, report or review)."""
+    return dict(
+        conn.execute(
+            select(attempts.c.item_id, func.coalesce(func.sum(attempts.c.total_tokens), 0))
+            .where(attempts.c.item_id.in_(ids))
+            .group_by(attempts.c.item_id)
+        ).all()
+    )
+
+
 class StoreReads:
     """Queries that only read. Expects ``_read()`` from the store."""
 
@@ -133,13 +144,7 @@ class StoreReads:
                     select(outputs).where(outputs.c.item_id.in_(ids)).order_by(outputs.c.item_id, outputs.c.idx)
                 ):
                     outs.setdefault(o.item_id, []).append(o)
-                tokens = dict(
-                    conn.execute(
-                        select(attempts.c.item_id, func.coalesce(func.sum(attempts.c.total_tokens), 0))
-                        .where(attempts.c.item_id.in_(ids))
-                        .group_by(attempts.c.item_id)
-                    ).all()
-                )
+                tokens = tokens_by_item(conn, ids)
             for r in page:
                 yield {
                     "key": r.key,

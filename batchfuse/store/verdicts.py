@@ -27,6 +27,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from batchfuse.errors import InputError
 from batchfuse.records import ItemState, Job
+from batchfuse.store.reads import tokens_by_item
 from batchfuse.store.schema import attempts, items, output_versions, outputs, reviews, verdicts
 
 VERDICTS = ("approve", "reject", "clear")
@@ -332,13 +333,7 @@ def _with_details(conn: Connection, page_rows: list[Any], live: set[str]) -> lis
                  "prompt_extra": v.prompt_extra, "new_seed": v.new_seed, "pick": v.pick, "revision": v.revision,
                  "undone": v.undone_at is not None}
             )
-        tokens = dict(
-            conn.execute(
-                select(attempts.c.item_id, func.coalesce(func.sum(attempts.c.total_tokens), 0))
-                .where(attempts.c.item_id.in_(ids))
-                .group_by(attempts.c.item_id)
-            ).all()
-        )
+        tokens = tokens_by_item(conn, ids)
     return [
         {
             "key": r.key,
