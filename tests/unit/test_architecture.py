@@ -153,3 +153,13 @@ def test_each_library_is_used_where_its_errors_are_translated() -> None:
                 if lib in LIBRARIES and stage(me) not in LIBRARIES[lib] and (lib, me) not in LIBRARY_EXCEPTIONS:
                     bad.append(f"{me} imports {lib}")
     assert bad == []
+
+
+def test_every_subpackage_is_in_the_distribution() -> None:
+    """``pip install .`` builds a wheel from pyproject's package list: a subpackage missing there
+    (the batch layer was, once) imports in a checkout and fails in every real install."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"])
+    on_disk = {".".join(p.parent.relative_to(PACKAGE.parent).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert on_disk - listed == set(), f"add to [tool.setuptools] packages in pyproject.toml: {sorted(on_disk - listed)}"
