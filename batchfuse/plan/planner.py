@@ -11,7 +11,6 @@ once to collect every problem (nothing is written if there is one) and once more
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -37,6 +36,7 @@ from batchfuse.plan.manifest import (
     validation_problems,
 )
 from batchfuse.plan.path_claims import PathClaims
+from batchfuse.plan.spec_hash import SpecHasher, canonical_json, spec_hash
 from batchfuse.providers import provider_class
 from batchfuse.providers.base import Provider
 from batchfuse.providers.fetch import has_scheme, url_problem
@@ -93,14 +93,18 @@ def _duplicates_problem(duplicates: dict[str, list[int | None]], file: str) -> M
     return ManifestError(file, f"duplicate item keys: {shown}{more}", field=field)
 
 
-def spec_hash(kind: str, model: str, prompt: str, params: dict[str, Any], digests: list[str]) -> str:
-    canonical = json.dumps(
-        {"provider": kind, "model": model, "prompt": prompt, "params": params, "images": digests},
-        sort_keys=True,
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+@dataclass(frozen=True)
+class ParamSet:
+    """One distinct set of item parameters and what the plan derives from it, worked out once
+    for all the rows that share it."""
+
+    params: BaseModel
+    #: The parameters among the naming values (``{aspect_ratio}`` in a file name, ...).
+    values: dict[str, Any]
+    #: What the request sends (``Provider.request_params``): the rows' ``spec.params``, shared, never changed.
+    request: dict[str, Any]
+    #: ``request`` by :func:`canonical_json`; None when it is not JSON (then nothing is memoized).
+    request_json: str | None
 
 
 @dataclass
@@ -157,7 +161,10 @@ class Planner:
         self._extras = getattr(self.provider, "MAY_ADD_IMAGES", False) and not numbered
         # Memos for large catalogs, where thousands of rows share images and parameters.
         self._refs: dict[str, tuple[dict[str, Any], ImageInfo] | ImageProblem] = {}
-        self._params: dict[Any, BaseModel] = {}
+        self._params: dict[Any, ParamSet] = {}
+        #: id of a memoized ParamSet's ``request`` -> its hashable key (the memo keeps it alive).
+        self._param_keys: dict[int, Any] = {}
+        self._spec_hash = SpecHasher(self.provider.kind, self.model.name)
         #: Every output name of the plan, kept by :meth:`validate` for the check against other jobs.
         self.claims: PathClaims | None = None
         #: The plan in brief, kept by :meth:`validate`: key -> (spec hash, ordinal, index into
@@ -166,27 +173,37 @@ class Planner:
         #: The distinct parameter sets of the plan, indexed by the digest's third field.
         self.digest_params: list[dict[str, Any]] = []
 
-    def _validated_params(self, overrides: dict[str, Any]) -> BaseModel:
+    def _validated_params(self, overrides: dict[str, Any]) -> ParamSet:
         """The item's parameters: defaults with its overrides, validated once per distinct set."""
         key = _hashable(overrides)
         if key is not None and key in self._params:
             return self._params[key]
         params = self.provider.Params.model_validate({**self.defaults, **overrides})
+        request = self.provider.request_params(self.model, params)
+        try:
+            request_json: str | None = canonical_json(request)
+        except (TypeError, ValueError):
+            request_json = None
+        values = {k: v for k, v in params.model_dump(mode="json").items() if v is not None and (k, v) != ("variants", 1)}
+        param_set = ParamSet(params, values, request, request_json)
         if key is not None:
-            self._params[key] = params
-        return params
+            self._params[key] = param_set
+            self._param_keys[id(request)] = _hashable(request)
+        return param_set
 
-    def _size(self, spec: ItemSpec, infos: list[ImageInfo | None]) -> int:
+    def _size(self, spec: ItemSpec, infos: list[ImageInfo | None], params_json: str | None = None) -> int:
         """The request's size (``BodySizer.size``), without building and serializing a body for
         every item: a body is a skeleton (parameters, images) plus the prompt as one JSON string,
         so its size is the skeleton's, measured once per distinct parameters and images, plus the
         prompt's encoded length. Checked when a skeleton is first measured, on the item's prompt
         and on a probe prompt (quotes, escapes, non-ASCII); a provider whose body is not built
         that way, or parameters of every item their own (``seed: auto``), are measured each time."""
-        try:
-            key = (json.dumps(spec.params, sort_keys=True), tuple(r.cache_key for r in spec.images))
-        except (TypeError, ValueError):
-            key = None
+        if params_json is None:
+            try:
+                params_json = canonical_json(spec.params)
+            except (TypeError, ValueError):
+                params_json = None
+        key = (params_json, tuple(r.cache_key for r in spec.images)) if params_json is not None else None
         base = self._bodies.get(key, -1) if key is not None else None
         if base == -1:
             if len(self._bodies) >= MAX_SKELETONS:
@@ -252,7 +269,9 @@ class Planner:
         seen: dict[Any, int] = {}
         params: list[dict[str, Any]] = []
         for row in self.rows(problems, claims):
-            key = _hashable(row.spec.params)
+            key = self._param_keys.get(id(row.spec.params))
+            if key is None:
+                key = _hashable(row.spec.params)
             index = seen.get(key) if key is not None else None
             if index is None:
                 index = len(params)
@@ -320,14 +339,14 @@ class Planner:
                     return None
         model = self.model
         try:
-            params = self._validated_params(overrides)
+            param_set = self._validated_params(overrides)
         except ValidationError as exc:
             for fld, message in describe_errors(exc, self.provider.Params):
                 problem(fld, message)
             return None
         values: dict[str, Any] = {
             **{k: v for k, v in own.items() if isinstance(v, (str, int, float, bool))},
-            **{k: v for k, v in params.model_dump(mode="json").items() if v is not None and (k, v) != ("variants", 1)},
+            **param_set.values,
             "job": self.manifest.job,
             "item": key,
             "id": key,
@@ -367,23 +386,23 @@ class Planner:
                 return None
             refs.append(ref[0])
             infos.append(ref[1])
-        broken = self.provider.check(model, params, infos)
+        broken = self.provider.check(model, param_set.params, infos)
         if broken:
             for p in broken:
                 problem(p.field, p.message)
             return None
-        request_params = self.provider.request_params(model, params)
+        request_params = param_set.request
         spec = ItemSpec(
             prompt=prompt,
             params=request_params,
             images=tuple(refs),
             vars={k: v for k, v in values.items() if k not in request_params},
         )
-        spec = self._fitted(key, spec, infos, problem)
+        spec = self._fitted(key, spec, infos, problem, param_set.request_json)
         if spec is None:
             return None
         planned = []
-        for variant_key, variant_spec in variants(key, spec, getattr(params, "variants", None) or 1):
+        for variant_key, variant_spec in variants(key, spec, getattr(param_set.params, "variants", None) or 1):
             try:  # named exactly as the runner will name them, every image of the request
                 names = item_names(
                     self.manifest.output.filename, variant_spec, self.provider.images_per_item(variant_spec.params)
@@ -391,15 +410,18 @@ class Planner:
             except PathProblem as exc:
                 problem("output.filename", str(exc))
                 return None
-            digest = spec_hash(
-                self.provider.kind, self.model.name, variant_spec.prompt, variant_spec.params,
-                [r.cache_key for r in variant_spec.images],
-            )
+            params_json = param_set.request_json if variant_spec.params is request_params else None
+            if params_json is None:
+                digest = spec_hash(self.provider.kind, self.model.name, variant_spec.prompt, variant_spec.params,
+                                   [r.cache_key for r in variant_spec.images])
+            else:
+                digest = self._spec_hash(variant_spec.prompt, params_json, tuple(r.cache_key for r in variant_spec.images))
             planned.append((PlannedRow(key=variant_key, ordinal=item.ordinal, spec_hash=digest, spec=variant_spec), names))
         return planned
 
     def _fitted(
-        self, key: str, spec: ItemSpec, infos: list[ImageInfo | None], problem: Callable[[str | None, str], None]
+        self, key: str, spec: ItemSpec, infos: list[ImageInfo | None], problem: Callable[[str | None, str], None],
+        params_json: str | None = None,
     ) -> ItemSpec | None:
         """The spec whose request fits the API's size limit: as it is, or with its reference
         images re-encoded (``reference_images.fit``); None after saying why it cannot."""
@@ -407,7 +429,7 @@ class Planner:
         if limit is None or not spec.images:
             return spec
         try:
-            size = self._size(spec, infos)
+            size = self._size(spec, infos, params_json)
             if size <= limit:
                 return spec
             if not self.fit_steps:

@@ -220,7 +220,7 @@ def test_controls_reach_the_request_body_and_the_spec(job, mock):
 
 def test_controls_left_unset_keep_the_spec_of_older_plans(job, mock):
     """A manifest that sets none of the new controls plans the same spec hash as before they existed."""
-    from batchfuse.plan.planner import spec_hash
+    from batchfuse.plan.spec_hash import spec_hash
 
     job.write(manifest(mock.url, [{"id": "a", "prompt": "p", "aspect_ratio": "4:5"}]))
     assert cli("run", job.manifest).exit_code == 0

@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from batchfuse.plan.manifest import load_manifest
 from batchfuse.plan.planner import MAX_SKELETONS, Planner
+from batchfuse.plan.spec_hash import SpecHasher, canonical_json, spec_hash
 from tests.conftest import SAMPLE_IMAGES
 
 PROMPTS = ["plain", 'quotes " and \\ backslashes', "tabs\tand\nlines", "é中😀 \u2028 \x00 </script>", "x" * 5000, " padded "]
@@ -51,3 +54,52 @@ def test_per_item_parameters_stop_the_memo(tmp_path):
     for row in list(planner.rows([]))[-3:]:
         infos = [planner.inspector.inspect(r.src) for r in row.spec.images]
         assert planner._size(row.spec, infos) == planner.sizer.size(row.spec, infos, None)
+
+
+# -- the spec hash, written once per parameter set and images, the prompt spliced in ------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from(["gemini", "openai_images", 'odd "kind" é']),
+    model=st.text(max_size=30),
+    prompt=st.text(),
+    params=st.dictionaries(st.text(max_size=12), json_values, max_size=5),
+    digests=st.lists(st.text(max_size=70), max_size=4),
+)
+def test_the_memoized_spec_hash_is_the_spec_hash(kind, model, prompt, params, digests):
+    """The bytes hashed are the same, so no item's spec hash changes (a changed hash would send it again)."""
+    hasher = SpecHasher(kind, model)
+    try:
+        expected = spec_hash(kind, model, prompt, params, digests)
+    except UnicodeEncodeError:  # a lone surrogate: refused the same way
+        with pytest.raises(UnicodeEncodeError):
+            hasher(prompt, canonical_json(params), tuple(digests))
+        return
+    assert hasher(prompt, canonical_json(params), tuple(digests)) == expected
+    assert hasher(prompt, canonical_json(params), tuple(digests)) == expected  # from the memo
+
+
+def test_the_plans_spec_hashes_are_the_spec_hash(tmp_path):
+    """Every row of a plan (shared parameters, own parameters, variants, seed: auto) has the hash
+    :func:`spec_hash` gives its spec, and the plan in brief groups rows by equal parameters."""
+    items = [{"id": f"i{n}", "prompt": p} for n, p in enumerate(PROMPTS)]
+    items += [{"id": "own", "prompt": "p", "seed": 7, "aspect_ratio": "16:9"},
+              {"id": "auto", "prompt": "p", "seed": "auto"},
+              {"id": "three", "prompt": "p", "variants": 3}]
+    planner = planned(tmp_path, "gemini", items)
+    rows = list(planner.rows([]))
+    assert len(rows) == len(items) + 2
+    for row in rows:
+        expected = spec_hash(planner.provider.kind, planner.model.name, row.spec.prompt, row.spec.params,
+                             [r.cache_key for r in row.spec.images])
+        assert row.spec_hash == expected == planner.digest[row.key][0]
+        assert planner.digest_params[planner.digest[row.key][2]] == row.spec.params
+    shared = {planner.digest[f"i{n}"][2] for n in range(len(PROMPTS))}
+    assert len(shared) == 1
