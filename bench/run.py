@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BENCH, MOCK_CPU, Machine, Report, Target, others_load, pin_self  # noqa: E402
+from common import BENCH, MOCK_CPU, Machine, Report, Target, others_load, pin_self, use_bytecode  # noqa: E402
 
 #: In the order they run.
 BENCHMARKS = ["throughput", "rate", "rate_limiters", "wrong_limit", "scale", "shared_images", "large", "memory"]
@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     work_root = Path(tempfile.mkdtemp(prefix="batchfuse-bench-"))
     try:
+        use_bytecode(work_root / "pycache")
         for name in args.only or BENCHMARKS:
             module = importlib.import_module(name)
             work = work_root / name
