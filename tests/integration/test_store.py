@@ -9,27 +9,76 @@ import threading
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, text
 
 from batchfuse.records import ItemSpec, PlannedRow
 from batchfuse.store.engine import SCHEMA_HEAD, create_store_engine, head_revision, upgrade
 from batchfuse.store.queries import Store
 from batchfuse.store.schema import metadata
-from tests.conftest import cli, generation_requests, manifest, wait_for
+from tests.conftest import cli, fresh_postgres_database, generation_requests, manifest, wait_for
 
 
 def test_the_head_constant_is_alembics_head():
     assert head_revision() == SCHEMA_HEAD
 
 
-def test_migrations_produce_exactly_the_models_schema(db_url):
-    engine = create_store_engine(db_url)
+def schema_of(conn) -> dict:
+    """Every table's columns, primary key, indexes, unique constraints and foreign keys, as reflected."""
+    seen = inspect(conn)
+    return {
+        table: {
+            # by name: a migration adds a column at the end, the models may list it anywhere
+            "columns": sorted((c["name"], str(c["type"]), c["nullable"]) for c in seen.get_columns(table)),
+            "primary key": seen.get_pk_constraint(table)["constrained_columns"],
+            "indexes": sorted((i["name"], tuple(i["column_names"]), bool(i["unique"])) for i in seen.get_indexes(table)),
+            "unique": sorted(tuple(u["column_names"]) for u in seen.get_unique_constraints(table)),
+            "foreign keys": sorted((tuple(f["constrained_columns"]), f["referred_table"], tuple(f["referred_columns"]))
+                                   for f in seen.get_foreign_keys(table)),
+        }
+        for table in sorted(seen.get_table_names())
+    }
+
+
+def test_migrations_produce_exactly_the_models_schema(db_url, tmp_path):
+    """Every migration in turn (Alembic) and an empty database made from the models at once
+    (what a new job gets) end with the same schema, the models' own, stamped with the head."""
+    second = None if db_url.startswith("sqlite") else fresh_postgres_database()
+    migrated = create_store_engine(db_url)
+    direct = create_store_engine(f"sqlite:///{tmp_path / 'direct.db'}" if second is None else next(second))
+    try:
+        assert upgrade(migrated, from_models=False) is True
+        assert upgrade(direct) is True
+        schemas = []
+        for engine in (migrated, direct):
+            assert upgrade(engine) is False  # already at head: nothing to do
+            with engine.connect() as conn:
+                assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+                assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == SCHEMA_HEAD
+                schemas.append(schema_of(conn))
+        assert schemas[0] == schemas[1]
+        assert "items" in schemas[0] and "alembic_version" in schemas[0]
+    finally:
+        migrated.dispose()
+        direct.dispose()
+        if second is not None:
+            second.close()  # drops the second database
+
+
+def test_an_empty_database_made_at_once_takes_the_migrations_after_it(tmp_path):
+    """A database made from the models is an ordinary one to Alembic: stamped with the head, so a
+    later batchfuse's migrations apply on top (here: it is taken back one step and brought up again)."""
+    from alembic import command
+
+    from batchfuse.store.engine import alembic_config
+
+    engine = create_store_engine(f"sqlite:///{tmp_path / 'made.db'}")
     try:
         assert upgrade(engine) is True
-        assert upgrade(engine) is False  # already at head: nothing to do
+        command.downgrade(alembic_config(engine), "-1")
+        assert upgrade(engine) is True
         with engine.connect() as conn:
-            diff = compare_metadata(MigrationContext.configure(conn), metadata)
-        assert diff == []
+            assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == SCHEMA_HEAD
     finally:
         engine.dispose()
 
