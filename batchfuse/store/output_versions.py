@@ -13,12 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from batchfuse.errors import OutputError
 from batchfuse.records import Job
-from batchfuse.store.schema import attempts, items, output_versions, outputs, reviews
+from batchfuse.store.schema import attempts, conflict_insert, items, output_versions, outputs, reviews
 
 
 @dataclass(frozen=True)
@@ -89,8 +87,7 @@ def record_versions(store: Any, kept: Iterable[tuple[Superseded, str | None]]) -
     if rows:
         with store._write() as conn:
             # runners sharing a job (PostgreSQL) may keep the same version at once: the first wins
-            dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-            conn.execute(dialect_insert(output_versions).on_conflict_do_nothing(), rows)
+            conn.execute(conflict_insert(conn, output_versions).on_conflict_do_nothing(), rows)
     return len(rows)
 
 

@@ -7,6 +7,8 @@ compare, and free of the naive/aware datetime trap. The Alembic migrations under
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -289,3 +291,14 @@ output_versions = Table(
     Column("kept_at", Float, nullable=False),
     UniqueConstraint("item_id", "spec_hash", "idx"),
 )
+
+
+def conflict_insert(conn: Any, table: Table) -> Any:
+    """``INSERT`` into ``table`` that takes ``ON CONFLICT`` clauses, in the connection's dialect
+    (imported here: a run on SQLite need not load the PostgreSQL dialect, nor the other way round)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table)
+

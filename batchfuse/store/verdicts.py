@@ -22,13 +22,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, func, insert, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from batchfuse.errors import InputError
 from batchfuse.records import ItemState, Job
 from batchfuse.store.reads import tokens_by_item
-from batchfuse.store.schema import attempts, items, output_versions, outputs, reviews, verdicts
+from batchfuse.store.schema import (
+    attempts,
+    conflict_insert,
+    items,
+    output_versions,
+    outputs,
+    reviews,
+    verdicts,
+)
 
 VERDICTS = ("approve", "reject", "clear")
 #: ``verdict=`` filter values of the review API -> the stored verdict (None: not judged).
@@ -211,8 +217,7 @@ def record_verdict(
 
 def _upsert(conn: Connection, table: Any, keys: list[str], row: dict[str, Any], changes: dict[str, Any]) -> Any:
     """INSERT .. ON CONFLICT (``keys``) DO UPDATE SET ``changes``, in the connection's dialect."""
-    dialect = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    return dialect(table).values(**row).on_conflict_do_update(index_elements=keys, set_=changes)
+    return conflict_insert(conn, table).values(**row).on_conflict_do_update(index_elements=keys, set_=changes)
 
 
 def _names_output(conn: Connection, path: str, whose: Any) -> bool:
