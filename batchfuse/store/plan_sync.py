@@ -82,9 +82,9 @@ class StorePlanSync:
             fresh: dict[str, int | None] = {}
 
             def flush(final: bool = False) -> None:
-                for batch, statement in ((new_rows, insert(items)), (changed_rows, None), (moved_rows, None)):
+                for batch in (new_rows, changed_rows, moved_rows):
                     if batch and (final or len(batch) >= PLAN_BATCH):
-                        conn.execute(statement if statement is not None else _update_by_id(batch), batch)
+                        conn.execute(insert(items) if batch is new_rows else _update_by_id(batch), batch)
                         batch.clear()
 
             def write(row: PlannedRow, old_id: int | None) -> None:
