@@ -36,7 +36,7 @@ from batchfuse.plan.manifest import (
     validation_problems,
 )
 from batchfuse.plan.path_claims import PathClaims
-from batchfuse.plan.spec_hash import SpecHasher, canonical_json, spec_hash
+from batchfuse.plan.spec_hash import SpecHasher, canonical_json
 from batchfuse.providers import provider_class
 from batchfuse.providers.base import Provider
 from batchfuse.providers.fetch import has_scheme, url_problem
@@ -103,8 +103,8 @@ class ParamSet:
     values: dict[str, Any]
     #: What the request sends (``Provider.request_params``): the rows' ``spec.params``, shared, never changed.
     request: dict[str, Any]
-    #: ``request`` by :func:`canonical_json`; None when it is not JSON (then nothing is memoized).
-    request_json: str | None
+    #: ``request`` by :func:`canonical_json` (it is JSON: the providers dump it in pydantic's JSON mode).
+    request_json: str
 
 
 @dataclass
@@ -180,12 +180,8 @@ class Planner:
             return self._params[key]
         params = self.provider.Params.model_validate({**self.defaults, **overrides})
         request = self.provider.request_params(self.model, params)
-        try:
-            request_json: str | None = canonical_json(request)
-        except (TypeError, ValueError):
-            request_json = None
         values = {k: v for k, v in params.model_dump(mode="json").items() if v is not None and (k, v) != ("variants", 1)}
-        param_set = ParamSet(params, values, request, request_json)
+        param_set = ParamSet(params, values, request, canonical_json(request))
         if key is not None:
             self._params[key] = param_set
             self._param_keys[id(request)] = _hashable(request)
@@ -410,12 +406,9 @@ class Planner:
             except PathProblem as exc:
                 problem("output.filename", str(exc))
                 return None
-            params_json = param_set.request_json if variant_spec.params is request_params else None
-            if params_json is None:
-                digest = spec_hash(self.provider.kind, self.model.name, variant_spec.prompt, variant_spec.params,
-                                   [r.cache_key for r in variant_spec.images])
-            else:
-                digest = self._spec_hash(variant_spec.prompt, params_json, tuple(r.cache_key for r in variant_spec.images))
+            shared = variant_spec.params is request_params  # else a variant's own seed
+            params_json = param_set.request_json if shared else canonical_json(variant_spec.params)
+            digest = self._spec_hash(variant_spec.prompt, params_json, tuple(r.cache_key for r in variant_spec.images))
             planned.append((PlannedRow(key=variant_key, ordinal=item.ordinal, spec_hash=digest, spec=variant_spec), names))
         return planned
 

@@ -18,6 +18,7 @@ def canonical_json(value: Any) -> str:
 
 
 def spec_hash(kind: str, model: str, prompt: str, params: dict[str, Any], digests: list[str]) -> str:
+    """The definition (the planner hashes through :class:`SpecHasher`, which a test holds to it)."""
     canonical = canonical_json({"provider": kind, "model": model, "prompt": prompt, "params": params, "images": digests})
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 

@@ -22,8 +22,6 @@ from batchfuse.store.schema import batch_items, batches, items, uploaded_files
 
 #: The lease of an item in a batch: never expires (the batch hands it back when it ends).
 FOREVER = 1e15
-#: Lease owners of items held by a batch start with this.
-OWNER_PREFIX = BATCH_OWNER
 #: States of a batch row that may still hold items.
 OPEN_STATES = ("preparing", "pending", "running", "succeeded")
 CHUNK = 500
@@ -31,7 +29,7 @@ CHUNK = 500
 
 def owner_of(display_name: str) -> str:
     """The lease owner of a batch's items: ``batch:`` and the token that ends its display name."""
-    return OWNER_PREFIX + display_name.rsplit("-", 1)[-1]
+    return BATCH_OWNER + display_name.rsplit("-", 1)[-1]
 
 
 @dataclass(frozen=True)
@@ -236,7 +234,7 @@ class BatchQueries:
             return conn.execute(
                 select(func.count()).where(
                     items.c.job_id == job.id, items.c.state == ItemState.running.value,
-                    items.c.lease_owner.startswith(OWNER_PREFIX),
+                    items.c.lease_owner.startswith(BATCH_OWNER),
                 )
             ).scalar_one()
 

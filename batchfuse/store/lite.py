@@ -30,7 +30,7 @@ from batchfuse.records import ItemState
 SCHEMA_HEAD = "0008"
 #: A runner that has not written a heartbeat for this long is taken for dead.
 STALE_RUNNER_S = 60.0
-#: The lease owner of an item submitted in a batch starts with this (``store.batches.OWNER_PREFIX``).
+#: The lease owner of an item submitted in a batch starts with this (``store.batches.owner_of``).
 BATCH_OWNER = "batch:"
 
 Query = Callable[[str], Sequence[Sequence[Any]]]
@@ -65,6 +65,17 @@ def shown(counts: dict[str, int], in_flight: Mapping[Any, int], live: set[str]) 
     return {**counts, "in_batch": batched} if batched else counts
 
 
+def verdicts_of(q: Query, job_id: int, total: int) -> dict[str, int]:
+    """The review's standing verdicts (store/verdicts.py keeps them) of the ``total`` items in the
+    plan: ``approved``, ``rejected``, ``unjudged``."""
+    judged = dict(q(
+        "SELECT reviews.verdict, COUNT(*) FROM reviews JOIN items ON items.id = reviews.item_id "
+        f"WHERE reviews.job_id = {int(job_id)} AND items.in_plan AND reviews.verdict IS NOT NULL GROUP BY reviews.verdict"
+    ))
+    approved, rejected = judged.get("approve", 0), judged.get("reject", 0)
+    return {"approved": approved, "rejected": rejected, "unjudged": total - approved - rejected}
+
+
 def status_of(q: Query, job_id: int, job_name: str) -> dict[str, Any]:
     """Everything ``batchfuse status`` shows but the batches, read with ``q`` (SQL -> rows) inside
     one read transaction."""
@@ -90,13 +101,7 @@ def status_of(q: Query, job_id: int, job_name: str) -> dict[str, Any]:
         q(f"SELECT runner_id, host, pid, heartbeat_at FROM runs WHERE job_id = {j} AND ended_at IS NULL"), now
     )
     counts = shown(counts, in_flight, live)
-    # the review's standing verdicts of the items in the plan (store/verdicts.py keeps them)
-    judged = dict(q(
-        "SELECT reviews.verdict, COUNT(*) FROM reviews JOIN items ON items.id = reviews.item_id "
-        f"WHERE reviews.job_id = {j} AND items.in_plan AND reviews.verdict IS NOT NULL GROUP BY reviews.verdict"
-    ))
-    approved, rejected = judged.get("approve", 0), judged.get("reject", 0)
-    verdicts = {"approved": approved, "rejected": rejected, "unjudged": counts["total"] - approved - rejected}
+    verdicts = verdicts_of(q, j, counts["total"])
     # one pass over the attempts for all four figures (no join when the database holds one job)
     only_job = q("SELECT COUNT(*) FROM jobs")[0][0] <= 1
     source = "attempts" if only_job else f"attempts JOIN items ON attempts.item_id = items.id WHERE items.job_id = {j}"

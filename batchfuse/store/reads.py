@@ -162,8 +162,6 @@ class StoreReads:
             last = page[-1].ordinal
 
 
-
-
 def _shown_state(state: str, owner: str | None, live: set[str]) -> str:
     """An item's state as shown: ``in_batch`` when a batch holds it, ``orphaned`` when a runner
     that is gone does."""

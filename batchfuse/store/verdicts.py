@@ -25,6 +25,7 @@ from sqlalchemy import Connection, func, insert, or_, select, update
 
 from batchfuse.errors import InputError
 from batchfuse.records import ItemState, Job
+from batchfuse.store.lite import verdicts_of
 from batchfuse.store.reads import tokens_by_item
 from batchfuse.store.schema import (
     attempts,
@@ -252,17 +253,8 @@ def job_revisions(store: Any, job: Job) -> dict[str, Revision]:
 def verdict_counts(store: Any, job: Job) -> dict[str, int]:
     """Items in the plan by standing verdict: ``approved``, ``rejected``, ``unjudged``."""
     with store._read() as conn:
-        judged = dict(
-            conn.execute(
-                select(reviews.c.verdict, func.count())
-                .join_from(reviews, items, reviews.c.item_id == items.c.id)
-                .where(reviews.c.job_id == job.id, items.c.in_plan, reviews.c.verdict.is_not(None))
-                .group_by(reviews.c.verdict)
-            ).all()
-        )
         total = conn.execute(select(func.count()).where(items.c.job_id == job.id, items.c.in_plan)).scalar_one()
-    approved, rejected = judged.get("approve", 0), judged.get("reject", 0)
-    return {"approved": approved, "rejected": rejected, "unjudged": total - approved - rejected}
+        return verdicts_of(lambda sql: conn.exec_driver_sql(sql).all(), job.id, total)
 
 
 # ---------------------------------------------------------------- the review page's queries

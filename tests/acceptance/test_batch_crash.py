@@ -26,6 +26,16 @@ def creates(mock) -> int:
     return len([r for r in mock.requests() if r["path"].endswith(":batchGenerateContent")])
 
 
+def killed_at(job, mock, point: str) -> None:
+    """Write the batch job (results of about a MiB: several download pieces) and run it until
+    SIGKILL at the fault point ``point``."""
+    mock.configure(image_mode="noise", image_scale=1 / 8)
+    job.write(batch_job(mock.url))
+    proc = cli_process("run", job.manifest, env={"BATCHFUSE_FAULTPOINT": point})
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == -9, err  # it died at the fault point
+
+
 def check_done_once(job, mock) -> None:
     keys = [f"i{i:03d}" for i in range(N)]
     assert job.state_of() == dict.fromkeys(keys, "succeeded")
@@ -48,11 +58,7 @@ def check_done_once(job, mock) -> None:
     "db.record:1:kill",        # inside the transaction recording the first results
 ])
 def test_a_kill_at_each_step_of_a_batch_never_makes_a_second_batch_or_pays_twice(job, mock, point):
-    mock.configure(image_mode="noise", image_scale=1 / 8)  # results of about a MiB: several download pieces
-    job.write(batch_job(mock.url))
-    proc = cli_process("run", job.manifest, env={"BATCHFUSE_FAULTPOINT": point})
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == -9, err  # it died at the fault point
+    killed_at(job, mock, point)
     rerun = cli("run", job.manifest)
     assert rerun.exit_code == 0, rerun.stderr
     if point == "batch.created:1:kill":
@@ -61,11 +67,7 @@ def test_a_kill_at_each_step_of_a_batch_never_makes_a_second_batch_or_pays_twice
 
 
 def test_a_download_cut_midway_resumes_with_range(job, mock):
-    mock.configure(image_mode="noise", image_scale=1 / 8)
-    job.write(batch_job(mock.url))
-    proc = cli_process("run", job.manifest, env={"BATCHFUSE_FAULTPOINT": "batch.download:1:kill"})
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == -9, err
+    killed_at(job, mock, "batch.download:1:kill")
     (partial,) = (job.out / ".batchfuse-batches").glob("*-results.jsonl")
     assert partial.stat().st_size > 0
     assert cli("run", job.manifest).exit_code == 0
@@ -75,11 +77,7 @@ def test_a_download_cut_midway_resumes_with_range(job, mock):
 
 
 def test_a_kill_while_applying_resumes_from_the_results_on_disk_without_asking_again(job, mock):
-    mock.configure(image_mode="noise", image_scale=1 / 8)
-    job.write(batch_job(mock.url))
-    proc = cli_process("run", job.manifest, env={"BATCHFUSE_FAULTPOINT": "batch.apply:1:kill"})
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == -9, err
+    killed_at(job, mock, "batch.apply:1:kill")
     assert cli("run", job.manifest).exit_code == 0
     downloads = [r for r in mock.requests() if ":download" in r["path"]]
     assert [d["status"] for d in downloads] == [200], downloads
