@@ -615,6 +615,7 @@ def test_log_records_requests_and_never_the_key() -> None:
     assert (first["prompt"], first["n_images"], first["key_ok"]) == ("logged prompt", 1, True)
     assert first["body"]["contents"][0]["parts"][0]["text"] == "logged prompt"
     assert isinstance(first["t"], float)
+    assert isinstance(first["received"], float) and first["received"] <= first["t"]
     assert [e["status"] for e in log] == [200, 400, 400, 200]
     assert log[3]["api"] == "openai"
     assert log[3]["model"] == PRO

@@ -50,7 +50,7 @@ async def line_outcome(
 ) -> dict[str, Any]:
     """``{"response": GenerateContentResponse}`` or ``{"error": Status}`` for one request."""
     entry: dict[str, Any] = {
-        "t": None, "method": "BATCH", "path": log_path, "api": "gemini-batch", "model": spec.name,
+        "t": None, "received": None, "method": "BATCH", "path": log_path, "api": "gemini-batch", "model": spec.name,
         "status": None, "fault": None, "prompt": None, "n_images": 0, "key_ok": True,
     }
     try:

@@ -142,12 +142,14 @@ class MockState:
     # -- log --------------------------------------------------------------------------------
 
     def begin(self, request: web.BaseRequest, api: str, model: str | None = None) -> dict[str, Any]:
-        """A log entry for a request, filled in by the handler and appended by :meth:`record`.
+        """A log entry for a request, filled in by the handler and appended by :meth:`record`
+        (``received``: when the request arrived; ``t``: when it was answered).
 
         ``path`` is the path only: a ``?key=`` query must never reach the log.
         """
         return {
             "t": None,
+            "received": time.time(),
             "method": request.method,
             "path": request.path,
             "api": api,
